@@ -1,0 +1,61 @@
+"""Platform users: Argon2id hashes in the store (argon2-cffi), checked in a worker thread.
+
+argon2-cffi releases the GIL while hashing, so a thread keeps the event loop (and every
+token validation on it) free while a sign-in burns its configured cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from ..errors import InvalidCredentials
+from ..models import LoginType
+from ..settings import Argon2Settings
+from ..store.base import UserRecord
+from .base import Authenticator, PasswordCredentials, Verified
+
+WRONG_CREDENTIALS = "wrong login or password"
+
+
+class PlatformAuthenticator(Authenticator):
+    login_type = LoginType.PLATFORM
+
+    def __init__(self, settings: Argon2Settings) -> None:
+        self.hasher = PasswordHasher(
+            time_cost=settings.time_cost,
+            memory_cost=settings.memory_cost,
+            parallelism=settings.parallelism,
+            type=Type.ID,
+        )
+        # A hash of nothing anyone knows: verifying against it makes an unknown login cost
+        # exactly what a wrong password costs.
+        self._decoy = self.hasher.hash("sessiond decoy password")
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def matches(self, password_hash: str, password: str) -> bool:
+        return await asyncio.to_thread(self._check, password_hash, password)
+
+    def _check(self, password_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def verify(self, user: UserRecord, credentials: PasswordCredentials) -> Verified:
+        if not user.password_hash:
+            await self.burn(credentials.password)
+            raise InvalidCredentials(WRONG_CREDENTIALS)
+        if not await self.matches(user.password_hash, credentials.password):
+            raise InvalidCredentials(WRONG_CREDENTIALS)
+        if self.hasher.check_needs_rehash(user.password_hash):
+            return Verified(new_password_hash=await self.hash(credentials.password))
+        return Verified()
+
+    async def burn(self, password: str) -> None:
+        """Spend one verification's time on nothing (unknown login)."""
+        await self.matches(self._decoy, password)

@@ -1,0 +1,414 @@
+"""Operator commands: serve, users, sessions, config, audit, keys.
+
+Administrative commands work on the store directly, as the server itself ("System"), so they
+need the same settings (``--config`` or ``SESSIOND_*``) as the server they administer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SessiondError, SettingsError
+from .keys import KeyRing
+from .models import AccessLevel, AuditAction, LoginType
+from .service import Actor, SessionService
+from .settings import Settings, load_settings
+from .store import AuditRecord
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, help="sessiond: the platform's session server.")
+users_app = typer.Typer(no_args_is_help=True, help="Platform, Windows and LDAP users.")
+sessions_app = typer.Typer(no_args_is_help=True, help="Open sessions.")
+config_app = typer.Typer(no_args_is_help=True, help="The configuration version.")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
+keys_app = typer.Typer(no_args_is_help=True, help="Token signature keys.")
+app.add_typer(users_app, name="users")
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(config_app, name="config")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (or SESSIOND_CONFIG)", show_default=False),
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(exc: SessiondError) -> typer.Exit:
+    err.print(f"[red]error[/red] [{exc.code}]: {exc.message}", highlight=False)
+    return typer.Exit(1)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except SessiondError as exc:
+        raise _fail(exc) from None
+
+
+def _with_service(
+    config: Path | None, action: Callable[[SessionService], Awaitable[T]]
+) -> T:
+    async def main() -> T:
+        from .server.app import build_service
+
+        service = build_service(_settings(config))
+        await service.start()
+        try:
+            return await action(service)
+        finally:
+            await service.close()
+
+    return _run(main())
+
+
+def _time(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else ""
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run the server. With no settings: SQLite in ./sessiond-data, first administrator created."""
+    import uvicorn
+
+    from .server.app import build_service, create_app
+
+    try:
+        settings = _settings(config, host=host, port=port)
+    except SessiondError as exc:
+        raise _fail(exc) from None
+
+    async def bootstrap() -> None:
+        service = build_service(settings)
+        await service.start()
+        try:
+            created = await service.ensure_first_administrator()
+        finally:
+            await service.close()
+        if created:
+            user, password = created
+            if password:
+                out.print(
+                    f"First administrator created: login [bold]{user.login}[/bold], one-time "
+                    f"password [bold]{password}[/bold]\nIt is shown only now; change it with "
+                    f"'sessiond users set-password {user.login}'.",
+                    highlight=False,
+                )
+            else:
+                out.print(f"First administrator created: login {user.login} (password from settings)")
+
+    _run(bootstrap())
+    out.print(
+        f"sessiond listening on http://{settings.host}:{settings.port} "
+        f"(store: {settings.effective_database_url})",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+@app.command()
+def openapi() -> None:
+    """Print the HTTP API's OpenAPI document (JSON)."""
+    import tempfile
+
+    from .server.app import create_app
+
+    # The document depends on no setting; a scratch data folder keeps this side-effect free.
+    with tempfile.TemporaryDirectory() as scratch:
+        document = create_app(Settings(data_dir=Path(scratch))).openapi()
+    out.print_json(json.dumps(document))
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+@users_app.command("add")
+def users_add(
+    login: str,
+    config: ConfigOption = None,
+    name: Annotated[str | None, typer.Option(help="display name")] = None,
+    password: Annotated[str | None, typer.Option(help="password (prompted if omitted)")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="make an administrator")] = False,
+    login_type: Annotated[str, typer.Option(help="Platform, Windows, Ldap or None")] = "Platform",
+    account: Annotated[
+        str | None, typer.Option(help="Windows (DOMAIN\\name or UPN) or LDAP account")
+    ] = None,
+) -> None:
+    """Add a user."""
+    try:
+        kind = LoginType.from_wire(login_type)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if kind == LoginType.PLATFORM and password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = _with_service(
+        config,
+        lambda s: s.add_user(
+            Actor.system(),
+            login,
+            name=name,
+            password=password if kind == LoginType.PLATFORM else None,
+            access_level=AccessLevel.ADMINISTRATOR if admin else AccessLevel.REGULAR,
+            login_type=kind,
+            account=account,
+        ),
+    )
+    out.print(f"added {user.login} ({user.id})", highlight=False)
+
+
+@users_app.command("list")
+def users_list(config: ConfigOption = None) -> None:
+    """List users."""
+    users = _with_service(config, lambda s: s.list_users(Actor.system()))
+    table = Table("login", "name", "id", "access", "login type", "account", "blocked")
+    for u in users:
+        blocked = ("until " + _time(u.blocked_due_date) if u.blocked_due_date else "yes") if u.blocked else ""
+        table.add_row(
+            u.login, u.name, str(u.id), u.access_level.wire, u.login_type.wire, u.account or "", blocked
+        )
+    out.print(table)
+
+
+@users_app.command("set-password")
+def users_set_password(
+    login: str,
+    config: ConfigOption = None,
+    password: Annotated[str | None, typer.Option(help="new password (prompted if omitted)")] = None,
+) -> None:
+    """Set a platform user's password."""
+    if password is None:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    new = password
+    _with_service(config, lambda s: s.set_password(Actor.system(), login, new))
+    out.print(f"password of {login} changed", highlight=False)
+
+
+@users_app.command("block")
+def users_block(
+    login: str,
+    config: ConfigOption = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="ISO time the block ends (default: until unblocked)")
+    ] = None,
+) -> None:
+    """Block a user from signing in."""
+    from datetime import UTC
+
+    end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
+    _with_service(config, lambda s: s.set_blocked(Actor.system(), login, True, end))
+    out.print(f"{login} blocked" + (f" until {_time(end)}" if end else ""), highlight=False)
+
+
+@users_app.command("unblock")
+def users_unblock(login: str, config: ConfigOption = None) -> None:
+    """Lift a user's block."""
+    _with_service(config, lambda s: s.set_blocked(Actor.system(), login, False))
+    out.print(f"{login} unblocked", highlight=False)
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+@sessions_app.command("list")
+def sessions_list(
+    config: ConfigOption = None,
+    user: Annotated[str | None, typer.Option(help="only this user's sessions (login)")] = None,
+) -> None:
+    """List open sessions."""
+
+    async def action(s: SessionService) -> Any:
+        user_id = (await s.get_user_by_login(user)).id if user else None
+        return await s.list_sessions(Actor.system(), user_id)
+
+    records = _with_service(config, action)
+    table = Table("session", "user", "login type", "service", "created", "last activity", "from")
+    for r in records:
+        t = r.token
+        table.add_row(
+            str(t.session_id),
+            t.user_name,
+            t.login_type.wire,
+            t.service_type.wire,
+            _time(t.created),
+            _time(r.last_activity),
+            r.client_address or "",
+        )
+    out.print(table)
+
+
+@sessions_app.command("close")
+def sessions_close(session_id: UUID, config: ConfigOption = None) -> None:
+    """Close a session as administrator."""
+    closed = _with_service(
+        config, lambda s: s.close_session_as_admin(Actor.system(), session_id)
+    )
+    out.print("closed" if closed else "that session was not open")
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def _print_configuration(info: Any) -> None:
+    for key, value in info.to_dict().items():
+        out.print(f"{key}: {value if value is not None else ''}", highlight=False)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Show the configuration version and build information."""
+    _print_configuration(_with_service(config, lambda s: s.get_configuration()))
+
+
+@config_app.command("increment-version")
+def config_increment(config: ConfigOption = None) -> None:
+    """Increment the configuration version: every client drops its caches."""
+    _print_configuration(
+        _with_service(config, lambda s: s.increment_configuration_version(Actor.system()))
+    )
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+_AUDIT_COLUMNS = [
+    "id",
+    "at",
+    "action",
+    "session_id",
+    "user_id",
+    "user_name",
+    "actor_id",
+    "actor_name",
+    "client_address",
+    "details",
+]
+
+
+def _audit_row(r: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "at": r.at.isoformat(),
+        "action": r.action.wire,
+        "session_id": str(r.session_id) if r.session_id else None,
+        "user_id": str(r.user_id) if r.user_id else None,
+        "user_name": r.user_name,
+        "actor_id": str(r.actor_id) if r.actor_id else None,
+        "actor_name": r.actor_name,
+        "client_address": r.client_address,
+        "details": r.details,
+    }
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOption = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default stdout)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="only records at or after (ISO)")] = None,
+    action: Annotated[str | None, typer.Option(help="only this action, e.g. Login")] = None,
+) -> None:
+    """Export the audit trail."""
+    if format not in ("jsonl", "csv"):
+        raise typer.BadParameter("--format must be jsonl or csv")
+    try:
+        wanted = AuditAction.from_wire(action) if action else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    from datetime import UTC
+
+    start = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    records = _with_service(config, lambda s: s.audit_records(since=start, action=wanted))
+    stream = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if format == "jsonl":
+            for r in records:
+                stream.write(json.dumps(_audit_row(r), ensure_ascii=False) + "\n")
+        else:
+            writer = csv.DictWriter(stream, fieldnames=_AUDIT_COLUMNS)
+            writer.writeheader()
+            for r in records:
+                row = _audit_row(r)
+                row["details"] = json.dumps(row["details"], ensure_ascii=False)
+                writer.writerow(row)
+    finally:
+        if output:
+            stream.close()
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List signature key ids (the current one marked)."""
+    settings = _settings(config)
+    try:
+        ring = KeyRing.load_or_create(settings.effective_keys_file)
+    except SettingsError as exc:
+        raise _fail(exc) from None
+    for key_id in ring.keys:
+        out.print(("* " if key_id == ring.current else "  ") + key_id, highlight=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate(config: ConfigOption = None) -> None:
+    """Add a new signature key and sign new tokens with it; old tokens stay valid.
+    Restart (or roll) the servers afterwards so they load it."""
+    settings = _settings(config)
+    try:
+        ring = KeyRing.load_or_create(settings.effective_keys_file)
+        key_id = ring.rotate()
+        ring.save(settings.effective_keys_file)
+    except SettingsError as exc:
+        raise _fail(exc) from None
+    out.print(f"new current key {key_id}", highlight=False)
+
+
+@keys_app.command("retire")
+def keys_retire(key_id: str, config: ConfigOption = None) -> None:
+    """Drop an old key: tokens it signed stop verifying (their holders sign in again)."""
+    settings = _settings(config)
+    try:
+        ring = KeyRing.load(settings.effective_keys_file)
+        ring.retire(key_id)
+        ring.save(settings.effective_keys_file)
+    except SettingsError as exc:
+        raise _fail(exc) from None
+    out.print(f"retired {key_id}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except SessiondError as exc:
+        raise SystemExit(_fail(exc).exit_code) from None

@@ -1,0 +1,331 @@
+"""The client library: ``AsyncSessionClient`` and ``SessionClient``, the platform's ISessionClient.
+
+Both are thin drivers over one core. Each call is written once, as a generator that yields the
+HTTP requests it needs and receives their responses (a multi-leg Negotiate sign-in is just a
+longer conversation); the sync client drives it with ``httpx.Client``, the async one with
+``httpx.AsyncClient``, so the two can never drift apart.
+
+The client shares only the token, the models and the errors with the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from uuid import UUID
+
+import httpx
+
+from .errors import ProtocolError, SessionRequired, TransportError, error_from_body
+from .models import ConfigurationInfo, DeviceType, ServiceType
+from .token import SessionToken
+
+__all__ = ["AsyncSessionClient", "SessionClient"]
+
+SESSION_HEADER = "Tessa-Session"
+VERSION_HEADER = "Tessa-Configuration-Version"
+DEFAULT_TIMEOUT = 30.0
+
+T = TypeVar("T")
+Flow = Generator[httpx.Request, httpx.Response, T]
+VersionListener = Callable[[int | None, int], None]
+
+
+class _ClientCore:
+    """Everything both clients share: request building, response handling, session state."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        application_id: UUID | None = None,
+        service_type: ServiceType = ServiceType.DESKTOP_CLIENT,
+        device_type: DeviceType = DeviceType.DESKTOP,
+        culture: str | None = None,
+        ui_culture: str | None = None,
+        utc_offset: int | None = None,
+        session_token: SessionToken | None = None,
+    ) -> None:
+        self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        self.application_id = application_id
+        self.service_type = service_type
+        self.device_type = device_type
+        self.culture = culture
+        self.ui_culture = ui_culture
+        self.utc_offset = utc_offset
+        #: The current session's token; set by ``open_session``, kept after ``close_session``.
+        self.session_token: SessionToken | None = session_token
+        #: The configuration version the server last reported (every response carries it).
+        self.configuration_version: int | None = None
+        self._version_listeners: list[VersionListener] = []
+
+    def on_configuration_version_changed(self, listener: VersionListener) -> None:
+        """Call ``listener(old, new)`` when a response reports a new configuration version:
+        the moment to drop caches."""
+        self._version_listeners.append(listener)
+
+    # --- the five calls, written once ----------------------------------------------------
+
+    def _open_session_flow(
+        self,
+        login: str | None,
+        password: str | None,
+        domain: str | None,
+        overrides: dict[str, Any],
+    ) -> Flow[SessionToken]:
+        if not login and not password:
+            return (yield from self._open_windows_flow(overrides))
+        body = self._client_params(overrides)
+        body.update(Login=login or "", Password=password or "", Domain=domain)
+        response = yield self._request("POST", "api/v1/sessions/open", json=body, auth=False)
+        return self._accept_token(self._json(response))
+
+    def _open_windows_flow(self, overrides: dict[str, Any]) -> Flow[SessionToken]:
+        body = self._client_params(overrides)
+        response = yield self._request("POST", "api/v1/sessions/open-windows", json=body, auth=False)
+        return self._accept_token(self._json(response))
+
+    def _close_session_flow(self) -> Flow[bool]:
+        response = yield self._request("POST", "api/v1/sessions/close")
+        return bool(self._json(response)["Closed"])
+
+    def _close_session_as_admin_flow(self, session_id: UUID | str) -> Flow[bool]:
+        sid = UUID(str(session_id))
+        response = yield self._request("DELETE", f"api/v1/sessions/{sid}")
+        return bool(self._json(response)["Closed"])
+
+    def _increment_configuration_version_flow(self) -> Flow[ConfigurationInfo]:
+        response = yield self._request("POST", "api/v1/configuration/increment-version")
+        return ConfigurationInfo.from_dict(self._json(response))
+
+    def _get_flow(self, path: str) -> Flow[Any]:
+        response = yield self._request("GET", path)
+        return self._json(response)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _client_params(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        application_id = overrides.pop("application_id", self.application_id)
+        params = {
+            "ApplicationID": str(application_id) if application_id else None,
+            "ServiceType": ServiceType(overrides.pop("service_type", self.service_type)).wire,
+            "DeviceType": DeviceType(overrides.pop("device_type", self.device_type)).wire,
+            "Culture": overrides.pop("culture", self.culture),
+            "UICulture": overrides.pop("ui_culture", self.ui_culture),
+            "UtcOffsetMinutes": overrides.pop("utc_offset", self.utc_offset),
+        }
+        names = {
+            "instance_name": "InstanceName",
+            "host_name": "HostName",
+            "os_name": "OSName",
+            "user_agent": "UserAgent",
+            "client_64bit": "Client64Bit",
+            "client_64bit_os": "Client64BitOS",
+        }
+        for key, value in overrides.items():
+            if key not in names:
+                raise TypeError(f"unexpected keyword argument {key!r}")
+            params[names[key]] = value
+        return {k: v for k, v in params.items() if v is not None}
+
+    def _request(
+        self, method: str, path: str, *, json: Any = None, auth: bool = True
+    ) -> httpx.Request:
+        headers = {}
+        if auth:
+            if self.session_token is None:
+                raise SessionRequired("no session: call open_session() first")
+            headers[SESSION_HEADER] = self.session_token.to_auth_xml()
+        return httpx.Request(method, self.base_url.join(path), json=json, headers=headers)
+
+    def _json(self, response: httpx.Response) -> Any:
+        self._note_version(response)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and body is not None:
+            return body
+        if not response.is_success:
+            raise error_from_body(response.status_code, body)
+        raise ProtocolError(f"the server answered HTTP {response.status_code} without JSON")
+
+    def _note_version(self, response: httpx.Response) -> None:
+        raw = response.headers.get(VERSION_HEADER)
+        if raw is None or not raw.isdigit():
+            return
+        new = int(raw)
+        old = self.configuration_version
+        if new != old:
+            self.configuration_version = new
+            for listener in list(self._version_listeners):
+                listener(old, new)
+
+    def _accept_token(self, body: Any) -> SessionToken:
+        try:
+            token = SessionToken.from_xml(body["Token"])
+        except (KeyError, TypeError):
+            raise ProtocolError("the sign-in answer carries no token") from None
+        self.session_token = token
+        return token
+
+
+class SessionClient(_ClientCore):
+    """Synchronous client. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, **options)
+        self._http = http or httpx.Client(timeout=timeout)
+
+    def _run(self, flow: Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    response = self._http.send(request)
+                    response.read()
+                except httpx.TransportError as exc:
+                    raise TransportError(f"cannot reach sessiond at {self.base_url}: {exc}") from exc
+                request = flow.send(response)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def open_session(
+        self,
+        login: str | None = None,
+        password: str | None = None,
+        domain: str | None = None,
+        **client_params: Any,
+    ) -> SessionToken:
+        """OpenSessionAsync: sign in and keep the session's token."""
+        return self._run(self._open_session_flow(login, password, domain, client_params))
+
+    def open_session_windows_auth(self, **client_params: Any) -> SessionToken:
+        """OpenSessionWindowsAuthAsync: integrated Windows sign-in."""
+        return self._run(self._open_windows_flow(client_params))
+
+    def close_session(self) -> bool:
+        """CloseSessionAsync: True if the session was still open."""
+        return self._run(self._close_session_flow())
+
+    def close_session_as_admin(self, session_id: UUID | str) -> bool:
+        """CloseSessionAsAdminAsync: True if that session was still open."""
+        return self._run(self._close_session_as_admin_flow(session_id))
+
+    def increment_configuration_version(self) -> ConfigurationInfo:
+        """IncrementConfigurationVersionAsync (administrators)."""
+        return self._run(self._increment_configuration_version_flow())
+
+    def get_configuration(self) -> ConfigurationInfo:
+        return ConfigurationInfo.from_dict(self._run(self._get_flow("api/v1/configuration")))
+
+    def current_session(self) -> dict[str, Any]:
+        """Validate the current session on the server and describe it."""
+        result: dict[str, Any] = self._run(self._get_flow("api/v1/sessions/current"))
+        return result
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._run(self._get_flow("api/v1/sessions"))
+        return result
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncSessionClient(_ClientCore):
+    """Asynchronous client. Use as an async context manager, or call :meth:`aclose`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, **options)
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+
+    async def _run(self, flow: Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    response = await self._http.send(request)
+                    await response.aread()
+                except httpx.TransportError as exc:
+                    raise TransportError(f"cannot reach sessiond at {self.base_url}: {exc}") from exc
+                request = flow.send(response)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def open_session(
+        self,
+        login: str | None = None,
+        password: str | None = None,
+        domain: str | None = None,
+        **client_params: Any,
+    ) -> SessionToken:
+        """OpenSessionAsync: sign in and keep the session's token."""
+        return await self._run(self._open_session_flow(login, password, domain, client_params))
+
+    async def open_session_windows_auth(self, **client_params: Any) -> SessionToken:
+        """OpenSessionWindowsAuthAsync: integrated Windows sign-in."""
+        return await self._run(self._open_windows_flow(client_params))
+
+    async def close_session(self) -> bool:
+        """CloseSessionAsync: True if the session was still open."""
+        return await self._run(self._close_session_flow())
+
+    async def close_session_as_admin(self, session_id: UUID | str) -> bool:
+        """CloseSessionAsAdminAsync: True if that session was still open."""
+        return await self._run(self._close_session_as_admin_flow(session_id))
+
+    async def increment_configuration_version(self) -> ConfigurationInfo:
+        """IncrementConfigurationVersionAsync (administrators)."""
+        return await self._run(self._increment_configuration_version_flow())
+
+    async def get_configuration(self) -> ConfigurationInfo:
+        return ConfigurationInfo.from_dict(await self._run(self._get_flow("api/v1/configuration")))
+
+    async def current_session(self) -> dict[str, Any]:
+        """Validate the current session on the server and describe it."""
+        result: dict[str, Any] = await self._run(self._get_flow("api/v1/sessions/current"))
+        return result
+
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._run(self._get_flow("api/v1/sessions"))
+        return result
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

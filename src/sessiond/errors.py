@@ -1,0 +1,210 @@
+"""Every refusal sessiond makes, with a stable code, an HTTP status and a readable message.
+
+The server raises these; the HTTP layer renders them as ``{"error": {"code", "message",
+"details"}}`` with the status below; the client turns that body back into the same class, so
+integrators catch one tree on both sides::
+
+    SessiondError
+    ├── RequestError             400  invalid_request          the request body or a parameter is malformed
+    ├── AuthenticationError      401  (base of sign-in and token failures)
+    │   ├── InvalidCredentials   401  invalid_credentials      wrong login, password or domain
+    │   ├── SessionRequired      401  session_required         no Tessa-Session header
+    │   ├── TokenInvalid         401  token_invalid            malformed or oversized token
+    │   ├── TokenSignatureInvalid 401 token_signature_invalid  signature or key does not check out
+    │   ├── SessionNotFound      401  session_not_found        the session was closed or never existed
+    │   ├── SessionExpired       401  session_expired          absolute lifetime or inactivity timeout passed
+    │   ├── PasswordExpired      401  password_expired         the password must be changed before sign-in
+    │   └── NegotiateRequired    401  negotiate_required       integrated Windows sign-in: continue the exchange
+    ├── PermissionDenied         403  admin_required           the call needs an administrator's session
+    ├── LoginForbidden           403  login_forbidden          the user's login type is None
+    ├── UserBlocked              403  user_blocked             too many failed sign-ins; details say until when
+    ├── NotFound                 404  not_found                no such user (administrative calls)
+    ├── Conflict                 409  conflict                 e.g. a login that already exists
+    ├── PasswordRejected         422  password_rejected        too short, too weak, or reused
+    ├── LicenceLimitReached      429  licence_limit_reached    no free seat of the session's licence type
+    ├── LicenceInvalid           503  licence_invalid          no valid licence is loaded
+    ├── NotConfigured            501  not_configured           the feature is switched off in settings
+    ├── ServiceUnavailable       503  service_unavailable      the store or the directory cannot be reached
+    └── SettingsError                 invalid_settings         server side: settings, key ring or licence file unusable
+
+Client-side only: ``TransportError`` (the server could not be reached) and
+``ProtocolError`` (the server answered something that is not sessiond).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SessiondError(Exception):
+    """Base of every sessiond refusal."""
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class RequestError(SessiondError):
+    code = "invalid_request"
+    status = 400
+
+
+class AuthenticationError(SessiondError):
+    code = "authentication_failed"
+    status = 401
+
+
+class InvalidCredentials(AuthenticationError):
+    code = "invalid_credentials"
+
+
+class SessionRequired(AuthenticationError):
+    code = "session_required"
+
+
+class TokenInvalid(AuthenticationError):
+    code = "token_invalid"
+
+
+class TokenSignatureInvalid(AuthenticationError):
+    code = "token_signature_invalid"
+
+
+class SessionNotFound(AuthenticationError):
+    code = "session_not_found"
+
+
+class SessionExpired(AuthenticationError):
+    code = "session_expired"
+
+
+class PasswordExpired(AuthenticationError):
+    code = "password_expired"
+
+
+class NegotiateRequired(AuthenticationError):
+    code = "negotiate_required"
+
+
+class PermissionDenied(SessiondError):
+    code = "admin_required"
+    status = 403
+
+
+class LoginForbidden(SessiondError):
+    code = "login_forbidden"
+    status = 403
+
+
+class UserBlocked(SessiondError):
+    code = "user_blocked"
+    status = 403
+
+
+class NotFound(SessiondError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(SessiondError):
+    code = "conflict"
+    status = 409
+
+
+class PasswordRejected(SessiondError):
+    code = "password_rejected"
+    status = 422
+
+
+class LicenceLimitReached(SessiondError):
+    code = "licence_limit_reached"
+    status = 429
+
+
+class LicenceInvalid(SessiondError):
+    code = "licence_invalid"
+    status = 503
+
+
+class NotConfigured(SessiondError):
+    code = "not_configured"
+    status = 501
+
+
+class ServiceUnavailable(SessiondError):
+    code = "service_unavailable"
+    status = 503
+
+
+class SettingsError(SessiondError):
+    """Server side, at start or on reload: the settings or a file they name cannot be used."""
+
+    code = "invalid_settings"
+    status = 500
+
+
+class TransportError(SessiondError):
+    """Client side: the server could not be reached or the connection broke."""
+
+    code = "transport_error"
+    status = 0
+
+
+class ProtocolError(SessiondError):
+    """Client side: the answer was not a sessiond answer."""
+
+    code = "protocol_error"
+    status = 0
+
+
+def _all_subclasses(cls: type[SessiondError]) -> list[type[SessiondError]]:
+    out: list[type[SessiondError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+ERRORS_BY_CODE: dict[str, type[SessiondError]] = {
+    cls.code: cls for cls in [SessiondError, *_all_subclasses(SessiondError)]
+}
+
+
+def error_from_body(status: int, body: Any) -> SessiondError:
+    """Rebuild the exception a server response describes (client side)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return ProtocolError(f"unexpected HTTP {status} answer from the server")
+    cls = ERRORS_BY_CODE.get(error["code"])
+    message = str(error.get("message") or error["code"])
+    details = error.get("details") if isinstance(error.get("details"), dict) else None
+    if cls is None:
+        # A newer server's code: keep it, and pick the base class by status.
+        cls = _BASE_BY_STATUS.get(status, SessiondError)
+        exc = cls(message, details=details)
+        exc.code = error["code"]  # type: ignore[misc]
+        return exc
+    return cls(message, details=details)
+
+
+_BASE_BY_STATUS: dict[int, type[SessiondError]] = {
+    400: RequestError,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    503: ServiceUnavailable,
+}

@@ -1,0 +1,166 @@
+"""The platform's enums and the plain records the client and the server share.
+
+Enum values are the platform's numbers; their *wire names* (what the token XML and the HTTP API
+carry) are the platform's names, e.g. ``LoginType.NONE`` travels as ``"None"``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Self
+from uuid import UUID
+
+
+class WireEnum(enum.IntEnum):
+    """An int enum whose members travel by their platform name."""
+
+    @property
+    def wire(self) -> str:
+        return _WIRE_NAMES.get((type(self).__name__, self.name), _pascal(self.name))
+
+    @classmethod
+    def from_wire(cls, value: str | int) -> Self:
+        """Accept the wire name (case-insensitive), an alias, or the numeric value."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(value)
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return cls(int(text))
+        lowered = text.lower()
+        for member in cls:
+            if member.wire.lower() == lowered:
+                return member
+        alias = _ALIASES.get((cls.__name__, lowered))
+        if alias is not None:
+            return cls[alias]
+        names = ", ".join(m.wire for m in cls)
+        raise ValueError(f"{value!r} is not a valid {cls.__name__} (expected one of: {names})")
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+class AccessLevel(WireEnum):
+    """UserAccessLevel."""
+
+    REGULAR = 0
+    ADMINISTRATOR = 1
+
+
+class LoginType(WireEnum):
+    """UserLoginType: how a user signs in. NONE forbids sign-in (dismissed or system users)."""
+
+    NONE = 0
+    PLATFORM = 1
+    WINDOWS = 2
+    LDAP = 3
+
+
+class LicenseType(WireEnum):
+    """SessionLicenseType: the kind of seat a session holds."""
+
+    UNSPECIFIED = 0
+    CONCURRENT_CLIENT = 1
+    PERSONAL_CLIENT = 2
+    CONCURRENT_WEB = 3
+    PERSONAL_WEB = 4
+
+
+class ServiceType(WireEnum):
+    """SessionServiceType: what kind of client opened the session."""
+
+    UNKNOWN = 0
+    DESKTOP_CLIENT = 1
+    WEB_CLIENT = 2
+
+
+class DeviceType(WireEnum):
+    DESKTOP = 0
+    PHONE = 1
+    TABLET = 2
+    OTHER = 3
+
+
+class AuditAction(WireEnum):
+    """Audit trail action types about sessions."""
+
+    LOGIN = 1
+    LOGIN_FAILED = 2
+    LOGOUT = 3
+    SESSION_CLOSED_BY_ADMIN = 4
+    SESSION_EXPIRED = 5
+    SESSION_DEACTIVATED = 6
+    USER_BLOCKED = 7
+    CONFIGURATION_VERSION_INCREMENTED = 8
+
+
+# Names that are not the plain PascalCase of the member name.
+_WIRE_NAMES: dict[tuple[str, str], str] = {}
+# Accepted on input only: the platform calls its own users "Tessa" users.
+_ALIASES: dict[tuple[str, str], str] = {
+    ("LoginType", "tessa"): "PLATFORM",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationInfo:
+    """The platform's configuration version and the build it was last stamped with."""
+
+    version: int
+    modified: datetime
+    modified_by_id: UUID | None
+    modified_by_name: str
+    build_version: str
+    build_name: str
+    build_date: datetime | None
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "Version": self.version,
+            "Modified": _iso(self.modified),
+            "ModifiedByID": str(self.modified_by_id) if self.modified_by_id else None,
+            "ModifiedByName": self.modified_by_name,
+            "BuildVersion": self.build_version,
+            "BuildName": self.build_name,
+            "BuildDate": _iso(self.build_date) if self.build_date else None,
+            "Description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConfigurationInfo:
+        return cls(
+            version=int(data["Version"]),
+            modified=datetime.fromisoformat(data["Modified"]),
+            modified_by_id=UUID(data["ModifiedByID"]) if data.get("ModifiedByID") else None,
+            modified_by_name=str(data.get("ModifiedByName") or ""),
+            build_version=str(data.get("BuildVersion") or ""),
+            build_name=str(data.get("BuildName") or ""),
+            build_date=datetime.fromisoformat(data["BuildDate"]) if data.get("BuildDate") else None,
+            description=str(data.get("Description") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What a client says about itself when it opens a session (all optional)."""
+
+    application_id: UUID | None = None
+    service_type: ServiceType = ServiceType.DESKTOP_CLIENT
+    device_type: DeviceType = DeviceType.DESKTOP
+    culture: str | None = None
+    ui_culture: str | None = None
+    utc_offset: int | None = None  # minutes east of UTC
+    instance_name: str | None = None
+    host_name: str | None = None
+    os_name: str | None = None
+    user_agent: str | None = None
+    client_64bit: bool | None = None
+    client_64bit_os: bool | None = None
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,169 @@
+"""The ASGI application: wiring, error rendering and the headers every response carries."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._version import __version__
+from ..errors import RequestError, SessiondError
+from ..keys import KeyRing
+from ..service import SessionService
+from ..settings import Settings
+from ..store import create_store
+from . import routes
+
+log = logging.getLogger("sessiond.server")
+
+SESSION_HEADER = "Tessa-Session"
+VERSION_HEADER = "Tessa-Configuration-Version"
+SERVER_VERSION_HEADER = "Tessa-Server-Version"
+MAX_BODY_BYTES = 64 * 1024
+
+
+def build_service(settings: Settings) -> SessionService:
+    store = create_store(settings.effective_database_url)
+    keys = KeyRing.load_or_create(settings.effective_keys_file)
+    return SessionService(settings, store, keys)
+
+
+def create_app(settings: Settings, service: SessionService | None = None) -> FastAPI:
+    owned = service is None
+    svc = service or build_service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            await svc.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await svc.close()
+
+    app = FastAPI(
+        title="sessiond",
+        version=__version__,
+        description=(
+            "Sessions of the document platform: sign in, validate, sign out, administer. "
+            f"Send the auth form of the session token in the `{SESSION_HEADER}` header; every "
+            f"response carries the configuration version in `{VERSION_HEADER}`."
+        ),
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.service = svc
+    app.state.trusted_proxies = [ipaddress.ip_network(p) for p in settings.trusted_proxies]
+    app.include_router(routes.router)
+    _install_error_handlers(app)
+    _install_openapi_security(app)
+    app.add_middleware(PlatformHeaders, service=svc)
+    return app
+
+
+class PlatformHeaders:
+    """Adds the configuration and server version headers; refuses oversized bodies early."""
+
+    def __init__(self, app: ASGIApp, service: SessionService) -> None:
+        self.app = app
+        self.service = service
+        self.server_version = __version__.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+                await _send_error(
+                    send,
+                    413,
+                    RequestError(f"the request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                version = await self.service.configuration_version()
+                headers = list(message.get("headers", []))
+                headers.append((VERSION_HEADER.lower().encode(), str(version).encode()))
+                headers.append((SERVER_VERSION_HEADER.lower().encode(), self.server_version))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _send_error(send: Send, status: int, error: SessiondError) -> None:
+    response = JSONResponse(error.to_dict(), status_code=status)
+    await send(
+        {"type": "http.response.start", "status": status, "headers": response.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def sessiond_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SessiondError)
+        headers = {"WWW-Authenticate": "Negotiate"} if exc.code == "negotiate_required" else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        error = RequestError("the request is malformed: " + "; ".join(problems))
+        return JSONResponse(error.to_dict(), status_code=400)
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code)
+
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        body = {
+            "error": {
+                "code": "internal_error",
+                "message": "sessiond failed to handle the request; the server log has details",
+            }
+        }
+        return JSONResponse(body, status_code=500)
+
+    app.add_exception_handler(SessiondError, sessiond_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _install_openapi_security(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["TessaSession"] = {
+            "type": "apiKey",
+            "in": "header",
+            "name": SESSION_HEADER,
+            "description": "the auth form of the session token (XML)",
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,123 @@
+"""Request and response bodies of the HTTP API (PascalCase, as the platform's REST API)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..models import ClientInfo, DeviceType, ServiceType
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_max_length=4096)
+
+
+class OpenSessionRequest(_Body):
+    """POST /api/v1/sessions/open. Empty Login and Password mean integrated Windows sign-in."""
+
+    ApplicationID: UUID | None = None
+    Login: str | None = Field(None, max_length=512)
+    Password: str | None = Field(None, max_length=1024)
+    Domain: str | None = Field(None, max_length=256)
+    LoginAndPasswordAreBase64: bool = Field(
+        False, description="Login and Password are base64 of their UTF-8 bytes"
+    )
+    ServiceType: str | int = Field("DesktopClient", description="Unknown, DesktopClient, WebClient")
+    DeviceType: str | int = Field("Desktop", description="Desktop, Phone, Tablet, Other")
+    Culture: str | None = Field(None, max_length=32, description="e.g. ru-RU")
+    UICulture: str | None = Field(None, max_length=32)
+    UtcOffsetMinutes: int | None = Field(None, ge=-24 * 60, le=24 * 60)
+    InstanceName: str | None = Field(None, max_length=256)
+    HostName: str | None = Field(None, max_length=256)
+    OSName: str | None = Field(None, max_length=256)
+    UserAgent: str | None = Field(None, max_length=1024)
+    Client64Bit: bool | None = None
+    Client64BitOS: bool | None = None
+
+    @field_validator("ServiceType")
+    @classmethod
+    def _service_type(cls, value: str | int) -> str | int:
+        ServiceType.from_wire(value)
+        return value
+
+    @field_validator("DeviceType")
+    @classmethod
+    def _device_type(cls, value: str | int) -> str | int:
+        DeviceType.from_wire(value)
+        return value
+
+    def decoded(self) -> tuple[str, str]:
+        login, password = self.Login or "", self.Password or ""
+        if self.LoginAndPasswordAreBase64:
+            try:
+                login = base64.b64decode(login, validate=True).decode()
+                password = base64.b64decode(password, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ValueError("Login or Password is not base64 of UTF-8 text") from None
+        return login, password
+
+    def client_info(self, user_agent_header: str | None) -> ClientInfo:
+        return ClientInfo(
+            application_id=self.ApplicationID,
+            service_type=ServiceType.from_wire(self.ServiceType),
+            device_type=DeviceType.from_wire(self.DeviceType),
+            culture=self.Culture,
+            ui_culture=self.UICulture,
+            utc_offset=self.UtcOffsetMinutes,
+            instance_name=self.InstanceName,
+            host_name=self.HostName,
+            os_name=self.OSName,
+            user_agent=self.UserAgent or user_agent_header,
+            client_64bit=self.Client64Bit,
+            client_64bit_os=self.Client64BitOS,
+        )
+
+
+class OpenSessionResponse(BaseModel):
+    Token: str = Field(description="the full SessionToken XML")
+    AuthToken: str = Field(description="the auth form, for the Tessa-Session header")
+
+
+class ClosedResponse(BaseModel):
+    Closed: bool = Field(description="the session was still open when the call came")
+
+
+class SessionInfo(BaseModel):
+    SessionID: UUID
+    UserID: UUID
+    UserName: str
+    UserLogin: str | None
+    AccessLevel: str
+    LoginType: str
+    LicenseType: str
+    ServiceType: str
+    DeviceType: str
+    ApplicationID: UUID | None
+    Created: str
+    Expires: str
+    LastActivity: str
+    HostIP: str | None
+
+
+class ConfigurationInfoBody(BaseModel):
+    Version: int
+    Modified: str
+    ModifiedByID: UUID | None
+    ModifiedByName: str
+    BuildVersion: str
+    BuildName: str
+    BuildDate: str | None
+    Description: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable")
+    message: str = Field(description="for a person: what happened and what to do")
+    details: dict[str, object] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,542 @@
+"""The domain core: open, validate and close sessions, administer users, keep the configuration
+version, and write the audit trail. Plain async Python: no HTTP in here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from ._version import __version__
+from .auth import Authenticator, PasswordCredentials, PlatformAuthenticator
+from .errors import (
+    Conflict,
+    InvalidCredentials,
+    LoginForbidden,
+    NotConfigured,
+    NotFound,
+    PasswordRejected,
+    PermissionDenied,
+    SessionExpired,
+    SessionNotFound,
+    TokenSignatureInvalid,
+    UserBlocked,
+)
+from .keys import KeyRing
+from .models import (
+    AccessLevel,
+    AuditAction,
+    ClientInfo,
+    ConfigurationInfo,
+    LicenseType,
+    LoginType,
+)
+from .settings import Settings
+from .store import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from .token import AuthToken, SessionToken
+
+Clock = Callable[[], datetime]
+SYSTEM = "System"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for an administrative change: a session's user, or the server itself (CLI)."""
+
+    id: UUID | None
+    name: str
+    access_level: AccessLevel
+    session_id: UUID | None = None
+    client_address: str | None = None
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(None, SYSTEM, AccessLevel.ADMINISTRATOR)
+
+    @classmethod
+    def of(cls, session: SessionRecord, client_address: str | None = None) -> Actor:
+        t = session.token
+        return cls(t.user_id, t.user_name, t.access_level, t.session_id, client_address)
+
+
+class SessionService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keys: KeyRing,
+        *,
+        clock: Clock = utc_now,
+        authenticators: Mapping[LoginType, Authenticator] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.platform = PlatformAuthenticator(settings.argon2)
+        self.authenticators: dict[LoginType, Authenticator] = {LoginType.PLATFORM: self.platform}
+        if authenticators:
+            self.authenticators.update(authenticators)
+        self._version = 0
+        self._version_read_at = 0.0
+        self._version_lock = asyncio.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def build(self) -> BuildInfo:
+        s = self.settings
+        return BuildInfo(
+            version=s.build_version or __version__,
+            name=s.build_name,
+            date=None,
+            description=s.description,
+        )
+
+    async def start(self) -> None:
+        await self.store.open(self.build, self.clock())
+        await self._read_version()
+
+    async def close(self) -> None:
+        for authenticator in self.authenticators.values():
+            await authenticator.close()
+        await self.store.close()
+
+    # --- configuration version -----------------------------------------------------------
+
+    async def _read_version(self) -> int:
+        info = await self.store.get_configuration()
+        self._version = max(self._version, info.version)
+        self._version_read_at = time.monotonic()
+        return self._version
+
+    async def configuration_version(self) -> int:
+        """The current version, re-read from the store at most once per poll interval, so a
+        change made by another node or by the CLI shows within that interval."""
+        interval = self.settings.configuration_poll_interval.total_seconds()
+        if time.monotonic() - self._version_read_at < interval:
+            return self._version
+        async with self._version_lock:
+            if time.monotonic() - self._version_read_at >= interval:
+                await self._read_version()
+        return self._version
+
+    async def get_configuration(self) -> ConfigurationInfo:
+        info = await self.store.get_configuration()
+        self._version = max(self._version, info.version)
+        return info
+
+    async def increment_configuration_version(self, actor: Actor) -> ConfigurationInfo:
+        self._require_admin(actor, "increment the configuration version")
+        now = self.clock()
+        info = await self.store.increment_configuration_version(
+            at=now,
+            by_id=actor.id,
+            by_name=actor.name,
+            build=self.build,
+            audit=self._audit(AuditAction.CONFIGURATION_VERSION_INCREMENTED, now, actor=actor),
+        )
+        self._version = max(self._version, info.version)
+        return info
+
+    # --- opening -------------------------------------------------------------------------
+
+    async def open_session(
+        self,
+        credentials: PasswordCredentials,
+        client: ClientInfo,
+        client_address: str | None = None,
+    ) -> SessionToken:
+        """Authenticate by login and password (platform, Windows domain or LDAP user)."""
+        now = self.clock()
+        user = await self._find_user(credentials)
+        if user is None:
+            await self.platform.burn(credentials.password)
+            await self.store.add_audit(
+                AuditRecord(
+                    AuditAction.LOGIN_FAILED,
+                    now,
+                    user_name=self._display_login(credentials),
+                    client_address=client_address,
+                    details={"reason": "unknown login"},
+                )
+            )
+            raise InvalidCredentials("wrong login or password")
+        self._check_may_sign_in(user, now)
+        authenticator = self.authenticators.get(user.login_type)
+        if authenticator is None:
+            raise NotConfigured(
+                f"sign-in of {user.login_type.wire} users is not configured on this server"
+            )
+        try:
+            verified = await authenticator.verify(user, credentials)
+        except InvalidCredentials as exc:
+            await self._failed_login(user, now, client_address, exc.message)
+            raise
+        changes: dict[str, object] = {}
+        if verified.new_password_hash:
+            changes["password_hash"] = verified.new_password_hash
+        if user.failed_attempts:
+            changes["failed_attempts"] = 0
+        if changes:
+            user = await self.store.update_user(user.id, **changes)
+        return await self._create_session(user, client, client_address, now)
+
+    async def open_session_negotiate(
+        self,
+        authorization: str | None,
+        client: ClientInfo,
+        client_address: str | None = None,
+    ) -> SessionToken:
+        """Integrated Windows sign-in (SPNEGO). Not yet available on this server."""
+        raise NotConfigured(
+            "integrated Windows sign-in is not configured on this server; sign in with a "
+            "login and password"
+        )
+
+    def _display_login(self, credentials: PasswordCredentials) -> str:
+        if credentials.domain:
+            return f"{credentials.domain}\\{credentials.login}"
+        return credentials.login
+
+    async def _find_user(self, credentials: PasswordCredentials) -> UserRecord | None:
+        login = credentials.login.strip()
+        if credentials.domain:
+            return await self.store.find_user_by_account(f"{credentials.domain.strip()}\\{login}")
+        user = await self.store.find_user_by_login(login)
+        if user is None and ("\\" in login or "@" in login):
+            user = await self.store.find_user_by_account(login)
+        return user
+
+    def _check_may_sign_in(self, user: UserRecord, now: datetime) -> None:
+        if user.login_type == LoginType.NONE:
+            raise LoginForbidden(
+                f"user {user.login!r} may not sign in (login type None); ask an administrator"
+            )
+        if user.blocked and (user.blocked_due_date is None or user.blocked_due_date > now):
+            until = user.blocked_due_date
+            raise UserBlocked(
+                f"user {user.login!r} is blocked"
+                + (f" until {until.isoformat()}" if until else "; ask an administrator to unblock")
+                + ".",
+                details={"blocked_until": until.isoformat() if until else None},
+            )
+
+    async def _failed_login(
+        self, user: UserRecord, now: datetime, client_address: str | None, reason: str
+    ) -> None:
+        audit = AuditRecord(
+            AuditAction.LOGIN_FAILED,
+            now,
+            user_id=user.id,
+            user_name=user.name,
+            client_address=client_address,
+            details={"reason": reason, "login": user.login},
+        )
+        await self.store.record_failed_login(user.id, audit, None, False, None)
+
+    async def _create_session(
+        self,
+        user: UserRecord,
+        client: ClientInfo,
+        client_address: str | None,
+        now: datetime,
+    ) -> SessionToken:
+        s = self.settings
+        token = SessionToken(
+            session_id=uuid4(),
+            user_id=user.id,
+            user_name=user.name,
+            user_login=user.account if user.login_type != LoginType.PLATFORM else user.login,
+            access_level=user.access_level,
+            application_id=client.application_id,
+            created=now,
+            expires=now + s.session_expiration_time_span,
+            license_type=LicenseType.UNSPECIFIED,
+            login_type=user.login_type,
+            service_type=client.service_type,
+            device_type=client.device_type,
+            culture=client.culture,
+            ui_culture=client.ui_culture,
+            utc_offset=client.utc_offset,
+            time_zone_utc_offset=user.time_zone_utc_offset,
+            server_code=s.server_code,
+            instance_name=client.instance_name or s.instance_name,
+            host_ip=client_address,
+            host_name=client.host_name,
+            os_name=client.os_name,
+            user_agent=client.user_agent,
+            client_64bit=client.client_64bit,
+            client_64bit_os=client.client_64bit_os,
+        ).signed(self.keys.current, self.keys.current_key)
+        record = SessionRecord(token, now, client_address)
+        await self.store.add_session(
+            record,
+            AuditRecord(
+                AuditAction.LOGIN,
+                now,
+                session_id=token.session_id,
+                user_id=user.id,
+                user_name=user.name,
+                actor_id=user.id,
+                actor_name=user.name,
+                client_address=client_address,
+                details={
+                    "login_type": user.login_type.wire,
+                    "service_type": client.service_type.wire,
+                },
+            ),
+        )
+        return token
+
+    # --- validating ----------------------------------------------------------------------
+
+    def _verified(self, auth_text: str) -> AuthToken:
+        auth = AuthToken.from_xml(auth_text)
+        auth.verify(self.keys.keys)
+        return auth
+
+    async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
+        """The per-request check: signature, session row, absolute expiry, inactivity; then a
+        throttled last-activity touch. Returns the session as stored."""
+        auth = self._verified(auth_text)
+        now = self.clock()
+        if auth.expires <= now:
+            await self._expire(auth.session_id, now, client_address, "absolute lifetime")
+            raise SessionExpired("the session has expired; sign in again")
+        record = await self.store.get_session(auth.session_id)
+        if record is None:
+            raise SessionNotFound("the session is closed; sign in again")
+        if record.token.signature != auth.signature or record.token.user_id != auth.user_id:
+            raise TokenSignatureInvalid("the session token does not match the session")
+        inactivity = self.settings.security.session_inactivity_time
+        if inactivity and now - record.last_activity > inactivity:
+            await self._expire(auth.session_id, now, client_address, "inactivity")
+            raise SessionExpired("the session was closed after inactivity; sign in again")
+        if now - record.last_activity >= self.settings.touch_interval:
+            await self.store.touch_session(auth.session_id, now)
+        return record
+
+    async def _expire(
+        self, session_id: UUID, now: datetime, client_address: str | None, reason: str
+    ) -> bool:
+        record = await self.store.get_session(session_id)
+        if record is None:
+            return False
+        audit = self._session_audit(
+            AuditAction.SESSION_EXPIRED, now, record, None, client_address, {"reason": reason}
+        )
+        return await self.store.delete_session(session_id, audit) is not None
+
+    # --- closing -------------------------------------------------------------------------
+
+    async def close_session(self, auth_text: str, client_address: str | None = None) -> bool:
+        """Close the session the token names; True if it was still open."""
+        auth = self._verified(auth_text)
+        now = self.clock()
+        if auth.expires <= now:
+            await self._expire(auth.session_id, now, client_address, "absolute lifetime")
+            return False
+        record = await self.store.get_session(auth.session_id)
+        if record is None or record.token.signature != auth.signature:
+            return False
+        actor = Actor.of(record, client_address)
+        audit = self._session_audit(AuditAction.LOGOUT, now, record, actor, client_address)
+        return await self.store.delete_session(auth.session_id, audit) is not None
+
+    async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
+        self._require_admin(actor, "close another user's session")
+        now = self.clock()
+        record = await self.store.get_session(session_id)
+        if record is None:
+            return False
+        audit = self._session_audit(
+            AuditAction.SESSION_CLOSED_BY_ADMIN, now, record, actor, actor.client_address
+        )
+        return await self.store.delete_session(session_id, audit) is not None
+
+    async def list_sessions(self, actor: Actor, user_id: UUID | None = None) -> Sequence[
+        SessionRecord
+    ]:
+        self._require_admin(actor, "list sessions")
+        return await self.store.list_sessions(user_id)
+
+    # --- users ---------------------------------------------------------------------------
+
+    async def add_user(
+        self,
+        actor: Actor,
+        login: str,
+        *,
+        name: str | None = None,
+        password: str | None = None,
+        access_level: AccessLevel = AccessLevel.REGULAR,
+        login_type: LoginType = LoginType.PLATFORM,
+        account: str | None = None,
+    ) -> UserRecord:
+        self._require_admin(actor, "add users")
+        login = login.strip()
+        if not login:
+            raise PasswordRejected("a login must not be empty")
+        now = self.clock()
+        password_hash = None
+        if password is not None:
+            self._check_password_policy(password)
+            password_hash = await self.platform.hash(password)
+        user = UserRecord(
+            id=uuid4(),
+            login=login,
+            name=name or login,
+            created=now,
+            access_level=access_level,
+            login_type=login_type,
+            account=account,
+            password_hash=password_hash,
+            password_changed=now if password_hash else None,
+        )
+        await self.store.add_user(user)
+        if password_hash:
+            await self.store.add_password_history(user.id, password_hash, now)
+        return user
+
+    async def get_user_by_login(self, login: str) -> UserRecord:
+        user = await self.store.find_user_by_login(login)
+        if user is None:
+            raise NotFound(f"no user with login {login!r}")
+        return user
+
+    async def list_users(self, actor: Actor) -> Sequence[UserRecord]:
+        self._require_admin(actor, "list users")
+        return await self.store.list_users()
+
+    async def set_password(self, actor: Actor, login: str, password: str) -> UserRecord:
+        self._require_admin(actor, "set a user's password")
+        user = await self.get_user_by_login(login)
+        self._check_password_policy(password)
+        now = self.clock()
+        password_hash = await self.platform.hash(password)
+        user = await self.store.update_user(
+            user.id, password_hash=password_hash, password_changed=now, failed_attempts=0
+        )
+        await self.store.add_password_history(user.id, password_hash, now)
+        return user
+
+    def _check_password_policy(self, password: str) -> None:
+        minimum = self.settings.security.min_password_length
+        if len(password) < minimum:
+            raise PasswordRejected(f"the password is too short: at least {minimum} characters")
+
+    async def set_blocked(
+        self, actor: Actor, login: str, blocked: bool, until: datetime | None = None
+    ) -> UserRecord:
+        self._require_admin(actor, "block or unblock users")
+        user = await self.get_user_by_login(login)
+        now = self.clock()
+        audit = None
+        if blocked:
+            audit = AuditRecord(
+                AuditAction.USER_BLOCKED,
+                now,
+                user_id=user.id,
+                user_name=user.name,
+                actor_id=actor.id,
+                actor_name=actor.name,
+                client_address=actor.client_address,
+                details={"until": until.isoformat() if until else None, "by": "administrator"},
+            )
+        return await self.store.update_user(
+            user.id,
+            audit,
+            blocked=blocked,
+            blocked_due_date=until if blocked else None,
+            failed_attempts=0,
+        )
+
+    async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:
+        """Create the first administrator if there are no users at all.
+
+        Returns the user and, when it was generated, the one-time password (None if it came
+        from settings); None if users already exist.
+        """
+        if await self.store.count_users():
+            return None
+        password = self.settings.admin_password
+        generated = password is None
+        if password is None:
+            password = secrets.token_urlsafe(15)
+        try:
+            user = await self.add_user(
+                Actor.system(),
+                self.settings.admin_login,
+                name="Administrator",
+                password=password,
+                access_level=AccessLevel.ADMINISTRATOR,
+            )
+        except Conflict:  # another node created it meanwhile
+            return None
+        return user, (password if generated else None)
+
+    # --- audit ---------------------------------------------------------------------------
+
+    async def audit_records(
+        self,
+        *,
+        since: datetime | None = None,
+        action: AuditAction | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> Sequence[AuditRecord]:
+        return await self.store.list_audit(
+            since=since, action=action, after_id=after_id, limit=limit
+        )
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_admin(actor: Actor, what: str) -> None:
+        if actor.access_level != AccessLevel.ADMINISTRATOR:
+            raise PermissionDenied(f"only an administrator may {what}")
+
+    @staticmethod
+    def _audit(action: AuditAction, now: datetime, *, actor: Actor) -> AuditRecord:
+        return AuditRecord(
+            action,
+            now,
+            session_id=actor.session_id,
+            user_id=actor.id,
+            user_name=actor.name,
+            actor_id=actor.id,
+            actor_name=actor.name,
+            client_address=actor.client_address,
+        )
+
+    @staticmethod
+    def _session_audit(
+        action: AuditAction,
+        now: datetime,
+        record: SessionRecord,
+        actor: Actor | None,
+        client_address: str | None,
+        details: dict[str, object] | None = None,
+    ) -> AuditRecord:
+        t = record.token
+        return AuditRecord(
+            action,
+            now,
+            session_id=t.session_id,
+            user_id=t.user_id,
+            user_name=t.user_name,
+            actor_id=actor.id if actor else None,
+            actor_name=actor.name if actor else SYSTEM,
+            client_address=client_address,
+            details=dict(details or {}),
+        )

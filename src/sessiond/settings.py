@@ -1,0 +1,153 @@
+"""One settings object: defaults, then a TOML file, then ``SESSIOND_*`` environment variables.
+
+Validated at start; ``sessiond serve`` with nothing configured runs on SQLite in ./sessiond-data.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import SettingsError
+
+CONFIG_ENV = "SESSIOND_CONFIG"
+
+
+class Argon2Settings(BaseModel):
+    """Argon2id cost. Raising any of them rehashes each password at its owner's next sign-in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_cost: int = Field(3, ge=1, le=100)
+    memory_cost: int = Field(65536, ge=1024, le=4 * 1024 * 1024, description="KiB")
+    parallelism: int = Field(4, ge=1, le=64)
+
+
+class SecuritySettings(BaseModel):
+    """The platform's security options (names as in the platform, snake_cased)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_failed_login_attempts_before_blocked: int = Field(0, ge=0, description="0 = off")
+    max_failed_login_attempts_in_series: int = Field(0, ge=0, description="0 = off")
+    failed_login_attempts_series_time: timedelta = timedelta(minutes=5)
+    blocked_series_due_date_time: timedelta = timedelta(minutes=15)
+    block_windows_and_ldap_users: bool = False
+    enforce_strong_passwords: bool = False
+    min_password_length: int = Field(4, ge=0, le=1024)
+    unique_password_count: int = Field(1, ge=0, le=100)
+    password_expiration_time: timedelta | None = None
+    password_expiration_notification_time: timedelta | None = None
+    session_inactivity_time: timedelta | None = None
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Environment: ``SESSIOND_<NAME>``, nested with ``__``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SESSIOND_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("sessiond-data")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default: SQLite file in data_dir"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=0, le=65535)
+
+    signature_keys_file: Path | None = Field(
+        None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
+    )
+    session_expiration_time_span: timedelta = timedelta(days=7)
+    touch_interval: timedelta = Field(
+        timedelta(seconds=60), description="at most one last-activity write per session per this"
+    )
+    configuration_poll_interval: timedelta = Field(
+        timedelta(seconds=1), description="how often a node re-reads the configuration version"
+    )
+    server_code: str | None = None
+    instance_name: str | None = None
+
+    build_version: str | None = None
+    build_name: str = "sessiond"
+    description: str = ""
+
+    admin_login: str = "admin"
+    admin_password: str | None = Field(
+        None, description="first administrator's password; generated and printed once if unset"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses whose X-Forwarded-For is believed"
+    )
+
+    argon2: Argon2Settings = Argon2Settings()
+    security: SecuritySettings = SecuritySettings()
+
+    @field_validator("session_expiration_time_span")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'sessiond.db').resolve()}"
+
+    @property
+    def effective_keys_file(self) -> Path:
+        return self.signature_keys_file or self.data_dir / "signature-keys.json"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments beat the environment, which beats the file.
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(CONFIG_ENV)
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+        section = data.get("sessiond", data)
+        if not isinstance(section, dict):
+            raise SettingsError(f"settings file {path}: [sessiond] must be a table")
+        return section
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; a readable :class:`SettingsError` if they are wrong."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None

@@ -1,0 +1,20 @@
+"""Session storage: one interface (:class:`Store`), chosen by the database URL."""
+
+from __future__ import annotations
+
+from ..errors import SettingsError
+from .base import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+
+__all__ = ["AuditRecord", "BuildInfo", "SessionRecord", "Store", "UserRecord", "create_store"]
+
+
+def create_store(url: str) -> Store:
+    """``sqlite+aiosqlite:///path`` (embedded default) or ``postgresql+asyncpg://...``."""
+    scheme = url.split(":", 1)[0]
+    if scheme.startswith("sqlite"):
+        from .sqlite import create_sqlite_store
+
+        return create_sqlite_store(url)
+    raise SettingsError(
+        f"unsupported database URL scheme {scheme!r}: use sqlite+aiosqlite:///<file>"
+    )

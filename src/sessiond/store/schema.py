@@ -1,0 +1,135 @@
+"""Table definitions (SQLAlchemy Core), shared by the SQLite and PostgreSQL stores.
+
+The migrations in ``migrations/versions`` create exactly these; a test compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on every dialect (SQLite keeps naive UTC text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("login", sa.String(256), nullable=False),
+    sa.Column("login_key", sa.String(256), nullable=False, unique=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("access_level", sa.SmallInteger(), nullable=False),
+    sa.Column("login_type", sa.SmallInteger(), nullable=False),
+    sa.Column("account", sa.String(512)),
+    sa.Column("account_key", sa.String(512), unique=True),
+    sa.Column("password_hash", sa.String(512)),
+    sa.Column("password_changed", UTCDateTime()),
+    sa.Column("blocked", sa.Boolean(), nullable=False),
+    sa.Column("blocked_due_date", UTCDateTime()),
+    sa.Column("failed_attempts", sa.Integer(), nullable=False),
+    sa.Column("time_zone_utc_offset", sa.Integer()),
+    sa.Column("created", UTCDateTime(), nullable=False),
+)
+
+password_history = sa.Table(
+    "password_history",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column(
+        "user_id", sa.Uuid(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("password_hash", sa.String(512), nullable=False),
+    sa.Column("changed", UTCDateTime(), nullable=False),
+    sa.Index("ix_password_history_user", "user_id", "changed"),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("user_id", sa.Uuid(), nullable=False),
+    sa.Column("user_name", sa.String(256), nullable=False),
+    sa.Column("user_login", sa.String(512)),
+    sa.Column("access_level", sa.SmallInteger(), nullable=False),
+    sa.Column("application_id", sa.Uuid()),
+    sa.Column("created", UTCDateTime(), nullable=False),
+    sa.Column("expires", UTCDateTime(), nullable=False),
+    sa.Column("last_activity", UTCDateTime(), nullable=False),
+    sa.Column("license_type", sa.SmallInteger(), nullable=False),
+    sa.Column("login_type", sa.SmallInteger(), nullable=False),
+    sa.Column("service_type", sa.SmallInteger(), nullable=False),
+    sa.Column("device_type", sa.SmallInteger(), nullable=False),
+    sa.Column("culture", sa.String(32)),
+    sa.Column("ui_culture", sa.String(32)),
+    sa.Column("utc_offset", sa.Integer()),
+    sa.Column("time_zone_utc_offset", sa.Integer()),
+    sa.Column("server_code", sa.String(256)),
+    sa.Column("instance_name", sa.String(256)),
+    sa.Column("host_ip", sa.String(64)),
+    sa.Column("host_name", sa.String(256)),
+    sa.Column("os_name", sa.String(256)),
+    sa.Column("user_agent", sa.String(1024)),
+    sa.Column("client_64bit", sa.Boolean()),
+    sa.Column("client_64bit_os", sa.Boolean()),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(64), nullable=False),
+    sa.Column("client_address", sa.String(64)),
+    sa.Index("ix_sessions_user", "user_id"),
+    sa.Index("ix_sessions_expires", "expires"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("action", sa.SmallInteger(), nullable=False),
+    sa.Column("session_id", sa.Uuid()),
+    sa.Column("user_id", sa.Uuid()),
+    sa.Column("user_name", sa.String(256)),
+    sa.Column("actor_id", sa.Uuid()),
+    sa.Column("actor_name", sa.String(256)),
+    sa.Column("client_address", sa.String(64)),
+    sa.Column("details", sa.Text(), nullable=False),
+    sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_session", "session_id"),
+)
+
+configuration = sa.Table(
+    "configuration",
+    metadata,
+    sa.Column("id", sa.SmallInteger(), primary_key=True),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("modified", UTCDateTime(), nullable=False),
+    sa.Column("modified_by_id", sa.Uuid()),
+    sa.Column("modified_by_name", sa.String(256), nullable=False),
+    sa.Column("build_version", sa.String(64), nullable=False),
+    sa.Column("build_name", sa.String(256), nullable=False),
+    sa.Column("build_date", UTCDateTime()),
+    sa.Column("description", sa.Text(), nullable=False),
+)

@@ -1,0 +1,383 @@
+"""The store on SQLAlchemy's async Core: one implementation for SQLite and PostgreSQL.
+
+Dialect differences (connection set-up, how a write transaction starts) live in
+``sqlite.py`` and ``postgres.py``; everything here is portable SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..errors import Conflict, NotFound, ServiceUnavailable
+from ..models import (
+    AccessLevel,
+    AuditAction,
+    ConfigurationInfo,
+    DeviceType,
+    LicenseType,
+    LoginType,
+    ServiceType,
+)
+from ..token import SessionToken
+from . import schema
+from .base import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_USER_FIELDS = {f.name for f in fields(UserRecord)}
+_TOKEN_FIELDS = [f.name for f in fields(SessionToken)]
+_ENUM_COLUMNS: dict[str, type[Any]] = {
+    "access_level": AccessLevel,
+    "login_type": LoginType,
+    "license_type": LicenseType,
+    "service_type": ServiceType,
+    "device_type": DeviceType,
+}
+
+
+def migrate(sync_connection: sa.Connection) -> None:
+    """Bring the schema to the newest revision (Alembic), on the given connection."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = sync_connection
+    command.upgrade(cfg, "head")
+
+
+def _key(text: str) -> str:
+    return text.strip().casefold()
+
+
+class SqlStore(Store):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; dialects override how it begins (SQLite: BEGIN IMMEDIATE)."""
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(sessiond_write=True)
+                async with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise ServiceUnavailable(f"the session store is unavailable: {exc.orig}") from None
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise ServiceUnavailable(f"the session store is unavailable: {exc.orig}") from None
+
+    async def open(self, build: BuildInfo, now: datetime) -> None:
+        async with self._write() as conn:
+            await conn.run_sync(migrate)
+        async with self._write() as conn:
+            row = (await conn.execute(sa.select(schema.configuration.c.id))).first()
+            if row is None:
+                await conn.execute(
+                    schema.configuration.insert().values(
+                        id=1,
+                        version=1,
+                        modified=now,
+                        modified_by_id=None,
+                        modified_by_name="System",
+                        build_version=build.version,
+                        build_name=build.name,
+                        build_date=build.date,
+                        description=build.description,
+                    )
+                )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- users ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _user_values(user: UserRecord) -> dict[str, Any]:
+        values = asdict(user)
+        values["login_key"] = _key(user.login)
+        values["account_key"] = _key(user.account) if user.account else None
+        for name, value in list(values.items()):
+            if name in _ENUM_COLUMNS and value is not None:
+                values[name] = int(value)
+        return values
+
+    @staticmethod
+    def _user(row: sa.Row[Any]) -> UserRecord:
+        data = {k: v for k, v in row._mapping.items() if k in _USER_FIELDS}
+        data["access_level"] = AccessLevel(data["access_level"])
+        data["login_type"] = LoginType(data["login_type"])
+        return UserRecord(**data)
+
+    async def add_user(self, user: UserRecord) -> None:
+        try:
+            async with self._write() as conn:
+                await conn.execute(schema.users.insert().values(**self._user_values(user)))
+        except IntegrityError:
+            raise Conflict(
+                f"a user with login {user.login!r}"
+                + (f" or account {user.account!r}" if user.account else "")
+                + " already exists"
+            ) from None
+
+    async def _one_user(self, where: sa.ColumnElement[bool]) -> UserRecord | None:
+        async with self._read() as conn:
+            row = (await conn.execute(sa.select(schema.users).where(where))).first()
+        return self._user(row) if row else None
+
+    async def get_user(self, user_id: UUID) -> UserRecord | None:
+        return await self._one_user(schema.users.c.id == user_id)
+
+    async def find_user_by_login(self, login: str) -> UserRecord | None:
+        return await self._one_user(schema.users.c.login_key == _key(login))
+
+    async def find_user_by_account(self, account: str) -> UserRecord | None:
+        return await self._one_user(schema.users.c.account_key == _key(account))
+
+    async def list_users(self) -> Sequence[UserRecord]:
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(schema.users).order_by(schema.users.c.login_key))
+        return [self._user(r) for r in rows]
+
+    async def count_users(self) -> int:
+        async with self._read() as conn:
+            value = await conn.scalar(sa.select(sa.func.count()).select_from(schema.users))
+        return int(value or 0)
+
+    async def update_user(
+        self, user_id: UUID, audit: AuditRecord | None = None, **changes: Any
+    ) -> UserRecord:
+        unknown = changes.keys() - _USER_FIELDS
+        if unknown or "id" in changes:
+            raise ValueError(f"cannot update user fields {sorted(unknown | {'id'} & changes.keys())}")
+        values = dict(changes)
+        if "login" in values:
+            values["login_key"] = _key(values["login"])
+        if "account" in values:
+            values["account_key"] = _key(values["account"]) if values["account"] else None
+        for name in _ENUM_COLUMNS.keys() & values.keys():
+            values[name] = int(values[name])
+        try:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    schema.users.update().where(schema.users.c.id == user_id).values(**values)
+                )
+                if result.rowcount == 0:
+                    raise NotFound(f"no user with id {user_id}")
+                if audit is not None:
+                    await self._insert_audit(conn, audit)
+                row = (
+                    await conn.execute(sa.select(schema.users).where(schema.users.c.id == user_id))
+                ).one()
+        except IntegrityError:
+            raise Conflict("that login or account belongs to another user") from None
+        return self._user(row)
+
+    async def record_failed_login(
+        self,
+        user_id: UUID,
+        audit: AuditRecord,
+        block_until: datetime | None,
+        block: bool,
+        block_audit: AuditRecord | None,
+    ) -> UserRecord:
+        users = schema.users
+        async with self._write() as conn:
+            values: dict[str, Any] = {"failed_attempts": users.c.failed_attempts + 1}
+            if block:
+                values.update(blocked=True, blocked_due_date=block_until)
+            await conn.execute(users.update().where(users.c.id == user_id).values(**values))
+            await self._insert_audit(conn, audit)
+            if block and block_audit is not None:
+                await self._insert_audit(conn, block_audit)
+            row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).one()
+        return self._user(row)
+
+    async def add_password_history(self, user_id: UUID, password_hash: str, at: datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                schema.password_history.insert().values(
+                    user_id=user_id, password_hash=password_hash, changed=at
+                )
+            )
+
+    async def password_history(self, user_id: UUID, limit: int) -> Sequence[str]:
+        ph = schema.password_history
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(ph.c.password_hash)
+                .where(ph.c.user_id == user_id)
+                .order_by(ph.c.changed.desc(), ph.c.id.desc())
+                .limit(limit)
+            )
+        return [r[0] for r in rows]
+
+    # --- sessions ------------------------------------------------------------------------
+
+    @staticmethod
+    def _session_values(session: SessionRecord) -> dict[str, Any]:
+        token = session.token
+        values = {name: getattr(token, name) for name in _TOKEN_FIELDS}
+        values["id"] = values.pop("session_id")
+        for name in _ENUM_COLUMNS.keys() & values.keys():
+            values[name] = int(values[name])
+        values["last_activity"] = session.last_activity
+        values["client_address"] = session.client_address
+        return values
+
+    @staticmethod
+    def _session(row: sa.Row[Any]) -> SessionRecord:
+        data = dict(row._mapping)
+        last_activity = data.pop("last_activity")
+        client_address = data.pop("client_address")
+        data["session_id"] = data.pop("id")
+        for name, cls in _ENUM_COLUMNS.items():
+            data[name] = cls(data[name])
+        return SessionRecord(SessionToken(**data), last_activity, client_address)
+
+    async def add_session(self, session: SessionRecord, audit: AuditRecord) -> None:
+        async with self._write() as conn:
+            await conn.execute(schema.sessions.insert().values(**self._session_values(session)))
+            await self._insert_audit(conn, audit)
+
+    async def get_session(self, session_id: UUID) -> SessionRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(schema.sessions).where(schema.sessions.c.id == session_id)
+                )
+            ).first()
+        return self._session(row) if row else None
+
+    async def touch_session(self, session_id: UUID, at: datetime) -> None:
+        s = schema.sessions
+        async with self._write() as conn:
+            await conn.execute(
+                s.update().where(s.c.id == session_id, s.c.last_activity < at).values(
+                    last_activity=at
+                )
+            )
+
+    async def delete_session(self, session_id: UUID, audit: AuditRecord) -> SessionRecord | None:
+        s = schema.sessions
+        async with self._write() as conn:
+            row = (await conn.execute(sa.select(s).where(s.c.id == session_id))).first()
+            if row is None:
+                return None
+            await conn.execute(s.delete().where(s.c.id == session_id))
+            await self._insert_audit(conn, audit)
+        return self._session(row)
+
+    async def list_sessions(self, user_id: UUID | None = None) -> Sequence[SessionRecord]:
+        s = schema.sessions
+        query = sa.select(s).order_by(s.c.created)
+        if user_id is not None:
+            query = query.where(s.c.user_id == user_id)
+        async with self._read() as conn:
+            rows = await conn.execute(query)
+        return [self._session(r) for r in rows]
+
+    # --- audit ---------------------------------------------------------------------------
+
+    @staticmethod
+    async def _insert_audit(conn: AsyncConnection, record: AuditRecord) -> None:
+        values = asdict(record)
+        values.pop("id")
+        values["action"] = int(record.action)
+        values["details"] = json.dumps(record.details, default=str, ensure_ascii=False)
+        await conn.execute(schema.audit.insert().values(**values))
+
+    async def add_audit(self, record: AuditRecord) -> None:
+        async with self._write() as conn:
+            await self._insert_audit(conn, record)
+
+    async def list_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        action: AuditAction | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> Sequence[AuditRecord]:
+        a = schema.audit
+        query = sa.select(a).order_by(a.c.id)
+        if since is not None:
+            query = query.where(a.c.at >= since)
+        if action is not None:
+            query = query.where(a.c.action == int(action))
+        if after_id is not None:
+            query = query.where(a.c.id > after_id)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._read() as conn:
+            rows = await conn.execute(query)
+        out = []
+        for row in rows:
+            data = dict(row._mapping)
+            data["action"] = AuditAction(data["action"])
+            data["details"] = json.loads(data["details"])
+            out.append(AuditRecord(**data))
+        return out
+
+    # --- configuration -------------------------------------------------------------------
+
+    @staticmethod
+    def _configuration(row: sa.Row[Any]) -> ConfigurationInfo:
+        data = dict(row._mapping)
+        data.pop("id")
+        return ConfigurationInfo(**data)
+
+    async def get_configuration(self) -> ConfigurationInfo:
+        async with self._read() as conn:
+            row = (await conn.execute(sa.select(schema.configuration))).one()
+        return self._configuration(row)
+
+    async def increment_configuration_version(
+        self,
+        *,
+        at: datetime,
+        by_id: UUID | None,
+        by_name: str,
+        build: BuildInfo,
+        audit: AuditRecord,
+    ) -> ConfigurationInfo:
+        c = schema.configuration
+        async with self._write() as conn:
+            await conn.execute(
+                c.update()
+                .where(c.c.id == 1)
+                .values(
+                    version=c.c.version + 1,
+                    modified=at,
+                    modified_by_id=by_id,
+                    modified_by_name=by_name,
+                    build_version=build.version,
+                    build_name=build.name,
+                    build_date=build.date,
+                    description=build.description,
+                )
+            )
+            info = self._configuration((await conn.execute(sa.select(c))).one())
+            details = {**audit.details, "version": info.version}
+            await self._insert_audit(
+                conn,
+                AuditRecord(**{**asdict(audit), "details": details}),
+            )
+        return info
