@@ -18,6 +18,7 @@ from uuid import UUID
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import SessiondError, SettingsError
@@ -55,7 +56,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def _fail(exc: SessiondError) -> typer.Exit:
-    err.print(f"[red]error[/red] [{exc.code}]: {exc.message}", highlight=False)
+    err.print(f"[red]error[/red] {escape(f'[{exc.code}]: {exc.message}')}", highlight=False)
     return typer.Exit(1)
 
 

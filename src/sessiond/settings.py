@@ -6,17 +6,53 @@ Validated at start; ``sessiond serve`` with nothing configured runs on SQLite in
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import SettingsError
 
 CONFIG_ENV = "SESSIOND_CONFIG"
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SUFFIXED = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
+_CLOCK = re.compile(r"\s*(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)\s*\Z")
+
+
+def _duration(value: Any) -> Any:
+    """Accept seconds (number or numeric text), ``15m``/``2h``/``7d``, the platform's
+    ``[d.]hh:mm:ss``, or anything pydantic takes for a timedelta (ISO 8601 ``PT5M``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return timedelta(seconds=float(text))
+        except ValueError:
+            pass
+        if m := _SUFFIXED.match(text):
+            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        if m := _CLOCK.match(text):
+            days, hours, minutes, seconds = m.groups()
+            return timedelta(
+                days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=float(seconds)
+            )
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class Argon2Settings(BaseModel):
@@ -36,15 +72,15 @@ class SecuritySettings(BaseModel):
 
     max_failed_login_attempts_before_blocked: int = Field(0, ge=0, description="0 = off")
     max_failed_login_attempts_in_series: int = Field(0, ge=0, description="0 = off")
-    failed_login_attempts_series_time: timedelta = timedelta(minutes=5)
-    blocked_series_due_date_time: timedelta = timedelta(minutes=15)
+    failed_login_attempts_series_time: Duration = timedelta(minutes=5)
+    blocked_series_due_date_time: Duration = timedelta(minutes=15)
     block_windows_and_ldap_users: bool = False
     enforce_strong_passwords: bool = False
     min_password_length: int = Field(4, ge=0, le=1024)
     unique_password_count: int = Field(1, ge=0, le=100)
-    password_expiration_time: timedelta | None = None
-    password_expiration_notification_time: timedelta | None = None
-    session_inactivity_time: timedelta | None = None
+    password_expiration_time: Duration | None = None
+    password_expiration_notification_time: Duration | None = None
+    session_inactivity_time: Duration | None = None
 
 
 class Settings(BaseSettings):
@@ -64,11 +100,11 @@ class Settings(BaseSettings):
     signature_keys_file: Path | None = Field(
         None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
     )
-    session_expiration_time_span: timedelta = timedelta(days=7)
-    touch_interval: timedelta = Field(
+    session_expiration_time_span: Duration = timedelta(days=7)
+    touch_interval: Duration = Field(
         timedelta(seconds=60), description="at most one last-activity write per session per this"
     )
-    configuration_poll_interval: timedelta = Field(
+    configuration_poll_interval: Duration = Field(
         timedelta(seconds=1), description="how often a node re-reads the configuration version"
     )
     server_code: str | None = None

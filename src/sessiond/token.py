@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 from uuid import UUID
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -44,6 +44,9 @@ _INT_RE = re.compile(r"-?(0|[1-9]\d{0,8})\Z")
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}\Z")
 _SIGNATURE_RE = re.compile(r"[A-Za-z0-9+/]{43}=\Z")
+_ATTR_ESCAPES: Final = {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+_ENTITY_RE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});)")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 def format_datetime(value: datetime) -> str:
@@ -57,7 +60,10 @@ def format_datetime(value: datetime) -> str:
 
 
 def _enc_str(value: Any) -> str:
-    return str(value)
+    text = str(value)
+    if CONTROL_CHARACTERS.search(text):
+        raise ValueError("token text must not contain control characters")
+    return text
 
 
 def _dec_str(text: str) -> str:
@@ -363,7 +369,7 @@ def _digest(attrs: Mapping[str, str]) -> str:
 
 
 def _element(attrs: Mapping[str, str]) -> str:
-    body = " ".join(f"{name}={quoteattr(value)}" for name, value in attrs.items())
+    body = " ".join(f'{name}="{escape(value, _ATTR_ESCAPES)}"' for name, value in attrs.items())
     return f"<{ELEMENT} {body}/>"
 
 
@@ -396,10 +402,12 @@ def _parse(text: str | bytes) -> dict[str, str]:
         if end < 0:
             raise TokenInvalid("session token is not well-formed XML")
         raw = raw[end + 2 :].lstrip()
-    # No DTDs, comments, CDATA or processing instructions: a token never needs them. Entity
-    # references other than XML's five predefined ones fail to parse, as no DTD is loaded.
+    # No DTDs, comments, CDATA, processing instructions or entity references beyond XML's
+    # predefined five and character references: a token never needs them.
     if b"<!" in raw or b"<?" in raw:
         raise TokenInvalid("session token must not contain a DTD, comment or instruction")
+    if _ENTITY_RE.search(raw):
+        raise TokenInvalid("session token must not contain entity references")
     try:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError:

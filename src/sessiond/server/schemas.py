@@ -6,13 +6,21 @@ import base64
 import binascii
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..models import ClientInfo, DeviceType, ServiceType
+from ..token import CONTROL_CHARACTERS
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_max_length=4096)
+
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> _Body:
+        for name, value in self:
+            if isinstance(value, str) and CONTROL_CHARACTERS.search(value):
+                raise ValueError(f"{name} must not contain control characters")
+        return self
 
 
 class OpenSessionRequest(_Body):
