@@ -130,7 +130,9 @@ class ServerProcess:
                 time.sleep(0.1)
         else:
             self.stop()
-            raise RuntimeError(f"sessiond did not answer in {timeout}s:\n{self.log_path.read_text()}")
+            raise RuntimeError(
+                f"sessiond did not answer in {timeout}s:\n{self.log_path.read_text()}"
+            )
         found = re.search(r"one-time password (\S+)", self.log_path.read_text())
         if found:
             self.admin_password = found.group(1)

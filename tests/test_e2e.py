@@ -162,8 +162,10 @@ def test_a_token_with_any_single_attribute_changed_is_refused(
     xml = admin.session_token.to_xml()
     assert _current(server, xml).status_code == 200
     current = re.search(rf' {name}="([^"]*)"', xml)
-    value = ALTERNATIVES[name] if current is None or current.group(1) != ALTERNATIVES[name] else (
-        OTHER_ALTERNATIVES[name]
+    value = (
+        ALTERNATIVES[name]
+        if current is None or current.group(1) != ALTERNATIVES[name]
+        else (OTHER_ALTERNATIVES[name])
     )
     if current:
         tampered = re.sub(rf' {name}="[^"]*"', lambda _m: f' {name}="{value}"', xml)
@@ -287,7 +289,9 @@ def test_audit_export_lists_every_event_with_session_and_actor(
     assert any(r["session_id"] == str(victim.session_id) for r in by_action["Login"])
     failed = [r for r in by_action["LoginFailed"] if r["user_name"] == "Ivanov I."]
     assert failed and failed[-1]["client_address"] == "127.0.0.1"
-    closed = [r for r in by_action["SessionClosedByAdmin"] if r["session_id"] == str(victim.session_id)]
+    closed = [
+        r for r in by_action["SessionClosedByAdmin"] if r["session_id"] == str(victim.session_id)
+    ]
     assert closed and closed[0]["actor_name"] == "Administrator"
     logout = [r for r in by_action["Logout"] if r["session_id"] == str(mine.session_id)]
     assert logout and logout[0]["actor_name"] == "Ivanov I."

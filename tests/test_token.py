@@ -47,7 +47,9 @@ def full_token() -> SessionToken:
 
 
 def test_every_field_of_the_token_is_an_attribute_in_canonical_order() -> None:
-    assert sorted(attr for _xml, attr, _codec in FIELDS) == sorted(f.name for f in fields(SessionToken))
+    assert sorted(attr for _xml, attr, _codec in FIELDS) == sorted(
+        f.name for f in fields(SessionToken)
+    )
     xml = full_token().to_xml()
     assert re.findall(r' (\w+)="', xml) == [name for name, _a, _c in FIELDS]
 

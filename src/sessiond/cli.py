@@ -47,7 +47,9 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (or SESSIOND_CONFIG)", show_default=False),
+    typer.Option(
+        "--config", "-c", help="TOML settings file (or SESSIOND_CONFIG)", show_default=False
+    ),
 ]
 
 
@@ -67,9 +69,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise _fail(exc) from None
 
 
-def _with_service(
-    config: Path | None, action: Callable[[SessionService], Awaitable[T]]
-) -> T:
+def _with_service(config: Path | None, action: Callable[[SessionService], Awaitable[T]]) -> T:
     async def main() -> T:
         from .server.app import build_service
 
@@ -120,7 +120,9 @@ def serve(
                     highlight=False,
                 )
             else:
-                out.print(f"First administrator created: login {user.login} (password from settings)")
+                out.print(
+                    f"First administrator created: login {user.login} (password from settings)"
+                )
 
     _run(bootstrap())
     out.print(
@@ -194,9 +196,19 @@ def users_list(config: ConfigOption = None) -> None:
     users = _with_service(config, lambda s: s.list_users(Actor.system()))
     table = Table("login", "name", "id", "access", "login type", "account", "blocked")
     for u in users:
-        blocked = ("until " + _time(u.blocked_due_date) if u.blocked_due_date else "yes") if u.blocked else ""
+        blocked = (
+            ("until " + _time(u.blocked_due_date) if u.blocked_due_date else "yes")
+            if u.blocked
+            else ""
+        )
         table.add_row(
-            u.login, u.name, str(u.id), u.access_level.wire, u.login_type.wire, u.account or "", blocked
+            u.login,
+            u.name,
+            str(u.id),
+            u.access_level.wire,
+            u.login_type.wire,
+            u.account or "",
+            blocked,
         )
     out.print(table)
 
@@ -271,9 +283,7 @@ def sessions_list(
 @sessions_app.command("close")
 def sessions_close(session_id: UUID, config: ConfigOption = None) -> None:
     """Close a session as administrator."""
-    closed = _with_service(
-        config, lambda s: s.close_session_as_admin(Actor.system(), session_id)
-    )
+    closed = _with_service(config, lambda s: s.close_session_as_admin(Actor.system(), session_id))
     out.print("closed" if closed else "that session was not open")
 
 
@@ -334,7 +344,9 @@ def _audit_row(r: AuditRecord) -> dict[str, Any]:
 def audit_export(
     config: ConfigOption = None,
     format: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv")] = "jsonl",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default stdout)")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file (default stdout)")
+    ] = None,
     since: Annotated[datetime | None, typer.Option(help="only records at or after (ISO)")] = None,
     action: Annotated[str | None, typer.Option(help="only this action, e.g. Login")] = None,
 ) -> None:

@@ -83,7 +83,9 @@ class _ClientCore:
 
     def _open_windows_flow(self, overrides: dict[str, Any]) -> Flow[SessionToken]:
         body = self._client_params(overrides)
-        response = yield self._request("POST", "api/v1/sessions/open-windows", json=body, auth=False)
+        response = yield self._request(
+            "POST", "api/v1/sessions/open-windows", json=body, auth=False
+        )
         return self._accept_token(self._json(response))
 
     def _close_session_flow(self) -> Flow[bool]:
@@ -193,7 +195,9 @@ class SessionClient(_ClientCore):
                     response = self._http.send(request)
                     response.read()
                 except httpx.TransportError as exc:
-                    raise TransportError(f"cannot reach sessiond at {self.base_url}: {exc}") from exc
+                    raise TransportError(
+                        f"cannot reach sessiond at {self.base_url}: {exc}"
+                    ) from exc
                 request = flow.send(response)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
@@ -273,7 +277,9 @@ class AsyncSessionClient(_ClientCore):
                     response = await self._http.send(request)
                     await response.aread()
                 except httpx.TransportError as exc:
-                    raise TransportError(f"cannot reach sessiond at {self.base_url}: {exc}") from exc
+                    raise TransportError(
+                        f"cannot reach sessiond at {self.base_url}: {exc}"
+                    ) from exc
                 request = flow.send(response)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]

@@ -5,27 +5,27 @@ The server raises these; the HTTP layer renders them as ``{"error": {"code", "me
 integrators catch one tree on both sides::
 
     SessiondError
-    ├── RequestError             400  invalid_request          the request body or a parameter is malformed
-    ├── AuthenticationError      401  (base of sign-in and token failures)
-    │   ├── InvalidCredentials   401  invalid_credentials      wrong login, password or domain
-    │   ├── SessionRequired      401  session_required         no Tessa-Session header
-    │   ├── TokenInvalid         401  token_invalid            malformed or oversized token
-    │   ├── TokenSignatureInvalid 401 token_signature_invalid  signature or key does not check out
-    │   ├── SessionNotFound      401  session_not_found        the session was closed or never existed
-    │   ├── SessionExpired       401  session_expired          absolute lifetime or inactivity timeout passed
-    │   ├── PasswordExpired      401  password_expired         the password must be changed before sign-in
-    │   └── NegotiateRequired    401  negotiate_required       integrated Windows sign-in: continue the exchange
-    ├── PermissionDenied         403  admin_required           the call needs an administrator's session
-    ├── LoginForbidden           403  login_forbidden          the user's login type is None
-    ├── UserBlocked              403  user_blocked             too many failed sign-ins; details say until when
-    ├── NotFound                 404  not_found                no such user (administrative calls)
-    ├── Conflict                 409  conflict                 e.g. a login that already exists
-    ├── PasswordRejected         422  password_rejected        too short, too weak, or reused
-    ├── LicenceLimitReached      429  licence_limit_reached    no free seat of the session's licence type
-    ├── LicenceInvalid           503  licence_invalid          no valid licence is loaded
-    ├── NotConfigured            501  not_configured           the feature is switched off in settings
-    ├── ServiceUnavailable       503  service_unavailable      the store or the directory cannot be reached
-    └── SettingsError                 invalid_settings         server side: settings, key ring or licence file unusable
+    ├── RequestError                400 invalid_request          malformed body or parameter
+    ├── AuthenticationError         401 (sign-in and token failures)
+    │   ├── InvalidCredentials      401 invalid_credentials      wrong login, password, domain
+    │   ├── SessionRequired         401 session_required         no Tessa-Session header
+    │   ├── TokenInvalid            401 token_invalid            malformed or oversized token
+    │   ├── TokenSignatureInvalid   401 token_signature_invalid  signature or key is wrong
+    │   ├── SessionNotFound         401 session_not_found        the session was closed
+    │   ├── SessionExpired          401 session_expired          lifetime or inactivity passed
+    │   ├── PasswordExpired         401 password_expired         change the password first
+    │   └── NegotiateRequired       401 negotiate_required       continue Windows sign-in
+    ├── PermissionDenied            403 admin_required           needs an administrator
+    ├── LoginForbidden              403 login_forbidden          the user's login type is None
+    ├── UserBlocked                 403 user_blocked             details say until when
+    ├── NotFound                    404 not_found                no such user
+    ├── Conflict                    409 conflict                 e.g. the login exists
+    ├── PasswordRejected            422 password_rejected        too short, weak or reused
+    ├── LicenceLimitReached         429 licence_limit_reached    no free seat of that type
+    ├── LicenceInvalid              503 licence_invalid          no valid licence loaded
+    ├── NotConfigured               501 not_configured           switched off in settings
+    ├── ServiceUnavailable          503 service_unavailable      store or directory is down
+    └── SettingsError               500 invalid_settings         server side: unusable settings
 
 Client-side only: ``TransportError`` (the server could not be reached) and
 ``ProtocolError`` (the server answered something that is not sessiond).
@@ -178,9 +178,8 @@ def _all_subclasses(cls: type[SessiondError]) -> list[type[SessiondError]]:
     return out
 
 
-ERRORS_BY_CODE: dict[str, type[SessiondError]] = {
-    cls.code: cls for cls in [SessiondError, *_all_subclasses(SessiondError)]
-}
+_ALL_ERRORS: list[type[SessiondError]] = [SessiondError, *_all_subclasses(SessiondError)]
+ERRORS_BY_CODE: dict[str, type[SessiondError]] = {cls.code: cls for cls in _ALL_ERRORS}
 
 
 def error_from_body(status: int, body: Any) -> SessiondError:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID, uuid4
 
 from ._version import __version__
@@ -182,7 +183,7 @@ class SessionService:
         except InvalidCredentials as exc:
             await self._failed_login(user, now, client_address, exc.message)
             raise
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         if verified.new_password_hash:
             changes["password_hash"] = verified.new_password_hash
         if user.failed_attempts:
@@ -364,9 +365,9 @@ class SessionService:
         )
         return await self.store.delete_session(session_id, audit) is not None
 
-    async def list_sessions(self, actor: Actor, user_id: UUID | None = None) -> Sequence[
-        SessionRecord
-    ]:
+    async def list_sessions(
+        self, actor: Actor, user_id: UUID | None = None
+    ) -> Sequence[SessionRecord]:
         self._require_admin(actor, "list sessions")
         return await self.store.list_sessions(user_id)
 

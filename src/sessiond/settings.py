@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import SettingsError
 
 CONFIG_ENV = "SESSIOND_CONFIG"
+# The file load_settings() was given; else SESSIOND_CONFIG names it.
+_config_file: ContextVar[str | None] = ContextVar("sessiond_config_file", default=None)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SUFFIXED = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
@@ -160,7 +163,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get(CONFIG_ENV)
+        path = _config_file.get() or os.environ.get(CONFIG_ENV)
         if not path:
             return {}
         try:
@@ -178,8 +181,7 @@ class _TomlSource(PydanticBaseSettingsSource):
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build and validate the settings; a readable :class:`SettingsError` if they are wrong."""
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(config_file)
+    token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -187,3 +189,5 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from None
+    finally:
+        _config_file.reset(token)

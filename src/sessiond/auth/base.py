@@ -38,5 +38,5 @@ class Authenticator(ABC):
     async def verify(self, user: UserRecord, credentials: PasswordCredentials) -> Verified:
         """Return on success; raise :class:`~sessiond.errors.InvalidCredentials` otherwise."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (an optional hook, not abstract)
         """Release connections; most authenticators hold none."""

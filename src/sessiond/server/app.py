@@ -107,9 +107,7 @@ class PlatformHeaders:
 
 async def _send_error(send: Send, status: int, error: SessiondError) -> None:
     response = JSONResponse(error.to_dict(), status_code=status)
-    await send(
-        {"type": "http.response.start", "status": status, "headers": response.raw_headers}
-    )
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
 
 

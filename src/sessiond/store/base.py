@@ -112,14 +112,19 @@ class Store(ABC):
 
     @abstractmethod
     async def record_failed_login(
-        self, user_id: UUID, audit: AuditRecord, block_until: datetime | None, block: bool,
+        self,
+        user_id: UUID,
+        audit: AuditRecord,
+        block_until: datetime | None,
+        block: bool,
         block_audit: AuditRecord | None,
     ) -> UserRecord:
         """Count one failure (and block the user if asked), with its audit records."""
 
     @abstractmethod
-    async def add_password_history(self, user_id: UUID, password_hash: str, at: datetime) -> None:
-        ...
+    async def add_password_history(
+        self, user_id: UUID, password_hash: str, at: datetime
+    ) -> None: ...
 
     @abstractmethod
     async def password_history(self, user_id: UUID, limit: int) -> Sequence[str]:

@@ -60,9 +60,7 @@ password_history = sa.Table(
     "password_history",
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-    sa.Column(
-        "user_id", sa.Uuid(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
-    ),
+    sa.Column("user_id", sa.Uuid(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     sa.Column("password_hash", sa.String(512), nullable=False),
     sa.Column("changed", UTCDateTime(), nullable=False),
     sa.Index("ix_password_history_user", "user_id", "changed"),

@@ -166,7 +166,9 @@ class SqlStore(Store):
     ) -> UserRecord:
         unknown = changes.keys() - _USER_FIELDS
         if unknown or "id" in changes:
-            raise ValueError(f"cannot update user fields {sorted(unknown | {'id'} & changes.keys())}")
+            raise ValueError(
+                f"cannot update user fields {sorted(unknown | {'id'} & changes.keys())}"
+            )
         values = dict(changes)
         if "login" in values:
             values["login_key"] = _key(values["login"])
@@ -270,9 +272,9 @@ class SqlStore(Store):
         s = schema.sessions
         async with self._write() as conn:
             await conn.execute(
-                s.update().where(s.c.id == session_id, s.c.last_activity < at).values(
-                    last_activity=at
-                )
+                s.update()
+                .where(s.c.id == session_id, s.c.last_activity < at)
+                .values(last_activity=at)
             )
 
     async def delete_session(self, session_id: UUID, audit: AuditRecord) -> SessionRecord | None:

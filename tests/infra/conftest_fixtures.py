@@ -1,0 +1,58 @@
+"""Session-scoped pytest fixtures for the real directory services in :mod:`tests.infra`.
+
+Use them from a conftest or a test module in either way::
+
+    pytest_plugins = ["tests.infra.conftest_fixtures"]   # top-level conftest or test module
+
+    from tests.infra.conftest_fixtures import kerberos_realm, ldap_server  # noqa: F401
+
+Each fixture starts its server once per test session (on free loopback ports, in a temp
+folder) and stops it at the end. Tests share the server, so give the principals / entries they
+create unique names (e.g. ``f"alice-{uuid.uuid4().hex[:8]}"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.infra.kerberos import KerberosRealm
+from tests.infra.ldap import LdapServer
+from tests.infra.ntlm import NtlmUsers
+
+__all__ = ["kerberos_realm", "ldap_server", "ntlm_users"]
+
+
+@pytest.fixture(scope="session")
+def kerberos_realm() -> Iterator[KerberosRealm]:
+    """A running MIT KDC for realm ``SESSIOND.TEST`` with ``HTTP/localhost`` in ``realm.keytab``.
+
+    In-process GSSAPI/pyspnego code must run inside ``with kerberos_realm.activate(...)``;
+    a server subprocess gets ``env=kerberos_realm.subprocess_env()``.
+    """
+    realm = KerberosRealm()
+    try:
+        yield realm
+    finally:
+        realm.stop()
+
+
+@pytest.fixture(scope="session")
+def ldap_server() -> Iterator[LdapServer]:
+    """A running OpenLDAP for ``dc=sessiond,dc=test``: LDAP+StartTLS, LDAPS, CA in ``ca_file``."""
+    server = LdapServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ntlm_users() -> Iterator[NtlmUsers]:
+    """An ``NTLM_USER_FILE`` for pyspnego's NTLM acceptor (activate it around server code)."""
+    users = NtlmUsers()
+    try:
+        yield users
+    finally:
+        users.stop()

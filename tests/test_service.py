@@ -1,0 +1,164 @@
+"""The service core on a real SQLite store, with a clock the tests move by hand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sessiond.auth import PasswordCredentials
+from sessiond.errors import (
+    InvalidCredentials,
+    LoginForbidden,
+    PasswordRejected,
+    PermissionDenied,
+    SessionExpired,
+    SessionNotFound,
+    UserBlocked,
+)
+from sessiond.models import AccessLevel, AuditAction, ClientInfo, LoginType
+from sessiond.service import Actor, SessionService
+
+from .conftest import Clock
+
+SYSTEM = Actor.system()
+CLIENT = ClientInfo()
+
+
+async def _user(service: SessionService, login: str = "ivanov", **kw: Any) -> None:
+    await service.add_user(SYSTEM, login, password=kw.pop("password", "pw-1234"), **kw)
+
+
+async def _open(service: SessionService, login: str = "ivanov", password: str = "pw-1234") -> str:
+    token = await service.open_session(PasswordCredentials(login, password), CLIENT, "10.1.1.1")
+    return token.to_auth_xml()
+
+
+async def test_a_session_expires_at_its_absolute_lifetime(make_service: Any, clock: Clock) -> None:
+    service = await make_service(session_expiration_time_span="2h")
+    await _user(service)
+    auth = await _open(service)
+    clock.advance(hours=1, minutes=59)
+    await service.validate(auth)
+    clock.advance(minutes=2)
+    with pytest.raises(SessionExpired):
+        await service.validate(auth)
+    expired = await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+    assert len(expired) == 1 and expired[0].details == {"reason": "absolute lifetime"}
+    assert not await service.store.list_sessions()
+
+
+async def test_inactivity_closes_a_session_and_activity_keeps_it(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(security={"session_inactivity_time": "30m"}, touch_interval=60)
+    await _user(service)
+    auth = await _open(service)
+    for _ in range(5):  # 2.5 hours of steady work
+        clock.advance(minutes=29)
+        await service.validate(auth)
+    clock.advance(minutes=31)
+    with pytest.raises(SessionExpired, match="inactivity"):
+        await service.validate(auth)
+    with pytest.raises(SessionNotFound):
+        await service.validate(auth)
+
+
+async def test_last_activity_is_written_at_most_once_per_touch_interval(
+    service: SessionService, clock: Clock
+) -> None:
+    await _user(service)
+    auth = await _open(service)
+    opened = clock.now
+    for _ in range(10):
+        clock.advance(seconds=5)
+        record = await service.validate(auth)
+    assert record.last_activity == opened  # 50 s of calls: no write yet
+    clock.advance(seconds=15)
+    await service.validate(auth)
+    record = await service.validate(auth)
+    assert record.last_activity == clock.now
+
+
+async def test_wrong_password_unknown_login_and_forbidden_login_type(
+    service: SessionService,
+) -> None:
+    await _user(service)
+    await _user(service, "dismissed", login_type=LoginType.NONE)
+    with pytest.raises(InvalidCredentials) as wrong:
+        await _open(service, password="nope")
+    with pytest.raises(InvalidCredentials) as unknown:
+        await _open(service, login="nobody")
+    assert wrong.value.message == unknown.value.message  # no hint which one was wrong
+    with pytest.raises(LoginForbidden):
+        await _open(service, login="dismissed")
+    failed = await service.audit_records(action=AuditAction.LOGIN_FAILED)
+    assert [r.details["reason"] for r in failed] == ["wrong login or password", "unknown login"]
+    assert (await service.store.find_user_by_login("IVANOV")) is not None  # case-insensitive
+
+
+async def test_a_blocked_user_is_refused_until_the_block_ends(
+    service: SessionService, clock: Clock
+) -> None:
+    await _user(service)
+    await service.set_blocked(SYSTEM, "ivanov", True, clock.now + timedelta(minutes=15))
+    with pytest.raises(UserBlocked) as refused:
+        await _open(service)
+    assert refused.value.details["blocked_until"]
+    clock.advance(minutes=16)
+    await _open(service)
+    assert [r.action for r in await service.audit_records(action=AuditAction.USER_BLOCKED)]
+
+
+async def test_a_password_is_rehashed_when_the_argon2_cost_changes(
+    make_service: Any,
+) -> None:
+    cheap = await make_service()
+    await _user(cheap)
+    before = (await cheap.store.find_user_by_login("ivanov")).password_hash  # type: ignore[union-attr]
+    await cheap.close()
+    dearer = await make_service(argon2={"time_cost": 2, "memory_cost": 8192, "parallelism": 1})
+    await _open(dearer)
+    after = (await dearer.store.find_user_by_login("ivanov")).password_hash  # type: ignore[union-attr]
+    assert before != after
+    assert after is not None and after.startswith("$argon2id$") and ",t=2," in after
+    await _open(dearer)  # the new hash verifies
+
+
+async def test_administrative_calls_need_an_administrator(service: SessionService) -> None:
+    await _user(service)
+    auth = await _open(service)
+    regular = Actor.of(await service.validate(auth))
+    assert regular.access_level == AccessLevel.REGULAR
+    with pytest.raises(PermissionDenied):
+        await service.increment_configuration_version(regular)
+    with pytest.raises(PermissionDenied):
+        await service.close_session_as_admin(regular, regular.session_id)  # type: ignore[arg-type]
+    with pytest.raises(PermissionDenied):
+        await service.list_sessions(regular)
+
+
+async def test_the_configuration_version_is_monotonic_and_attributed(
+    service: SessionService,
+) -> None:
+    first = await service.get_configuration()
+    info = await service.increment_configuration_version(SYSTEM)
+    assert info.version == first.version + 1
+    assert info.modified_by_name == "System" and info.modified_by_id is None
+    assert await service.configuration_version() == info.version
+
+
+async def test_too_short_passwords_are_refused(service: SessionService) -> None:
+    with pytest.raises(PasswordRejected, match="at least 4"):
+        await _user(service, password="abc")
+
+
+async def test_the_first_administrator_is_created_once(make_service: Any) -> None:
+    service = await make_service()
+    created = await service.ensure_first_administrator()
+    assert created is not None
+    user, password = created
+    assert user.is_administrator and password and len(password) >= 16
+    assert await service.ensure_first_administrator() is None
+    await _open(service, "admin", password)

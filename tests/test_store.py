@@ -1,0 +1,51 @@
+"""The SQLite store: migrations match the schema, writes are atomic, the file is set up right."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from sessiond.service import SessionService
+from sessiond.store.schema import metadata
+from sessiond.store.sql import SqlStore
+
+
+async def test_the_migrations_create_exactly_the_declared_schema(service: SessionService) -> None:
+    assert isinstance(service.store, SqlStore)
+
+    def diff(conn: sa.Connection) -> list[Any]:
+        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+    async with service.store.engine.connect() as conn:
+        differences = await conn.run_sync(diff)
+    assert differences == []
+
+
+async def test_the_database_file_is_in_wal_mode_and_migrated(
+    service: SessionService, tmp_path: Path
+) -> None:
+    db = tmp_path / "data" / "sessiond.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    assert (tmp_path / "data").stat().st_mode & 0o077 == 0
+
+
+async def test_starting_twice_on_the_same_file_keeps_the_data(make_service: Any) -> None:
+    first = await make_service()
+    created = await first.ensure_first_administrator()
+    assert created is not None
+    await first.close()
+    second = await make_service()
+    assert await second.ensure_first_administrator() is None
+    assert [u.login for u in await second.store.list_users()] == ["admin"]
+
+
+async def test_the_signature_key_ring_is_private(service: SessionService, tmp_path: Path) -> None:
+    keys = tmp_path / "data" / "signature-keys.json"
+    assert keys.stat().st_mode & 0o777 == 0o600
