@@ -190,6 +190,39 @@ def users_add(
     out.print(f"added {user.login} ({user.id})", highlight=False)
 
 
+@users_app.command("update")
+def users_update(
+    login: str,
+    config: ConfigOption = None,
+    name: Annotated[str | None, typer.Option(help="display name")] = None,
+    login_type: Annotated[str | None, typer.Option(help="Platform, Windows, Ldap or None")] = None,
+    account: Annotated[
+        str | None, typer.Option(help="Windows (DOMAIN\\name or UPN) or LDAP account")
+    ] = None,
+    admin: Annotated[
+        bool | None, typer.Option("--admin/--regular", help="access level", show_default=False)
+    ] = None,
+) -> None:
+    """Change a user's name, login type, account or access level."""
+    try:
+        kind = LoginType.from_wire(login_type) if login_type else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    level = None if admin is None else (AccessLevel.ADMINISTRATOR if admin else AccessLevel.REGULAR)
+    user = _with_service(
+        config,
+        lambda s: s.update_user(
+            Actor.system(), login, name=name, access_level=level, login_type=kind, account=account
+        ),
+    )
+    out.print(
+        f"{user.login}: {user.login_type.wire}"
+        + (f" account {user.account}" if user.account else "")
+        + f", {user.access_level.wire}",
+        highlight=False,
+    )
+
+
 @users_app.command("list")
 def users_list(config: ConfigOption = None) -> None:
     """List users."""

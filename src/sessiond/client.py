@@ -10,6 +10,7 @@ The client shares only the token, the models and the errors with the server.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -17,7 +18,14 @@ from uuid import UUID
 
 import httpx
 
-from .errors import ProtocolError, SessionRequired, TransportError, error_from_body
+from .errors import (
+    InvalidCredentials,
+    NotConfigured,
+    ProtocolError,
+    SessionRequired,
+    TransportError,
+    error_from_body,
+)
 from .models import ConfigurationInfo, DeviceType, ServiceType
 from .token import SessionToken
 
@@ -25,11 +33,31 @@ __all__ = ["AsyncSessionClient", "SessionClient"]
 
 SESSION_HEADER = "Tessa-Session"
 VERSION_HEADER = "Tessa-Configuration-Version"
+NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
+MAX_NEGOTIATE_LEGS = 5
 DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
 Flow = Generator[httpx.Request, httpx.Response, T]
 VersionListener = Callable[[int | None, int], None]
+
+
+def _negotiate_header_token(response: httpx.Response) -> bytes | None:
+    for value in response.headers.get_list("www-authenticate"):
+        scheme, _, data = value.strip().partition(" ")
+        if scheme.lower() == "negotiate" and data.strip():
+            try:
+                return base64.b64decode(data.strip())
+            except ValueError:
+                raise ProtocolError("the server's Negotiate token is not base64") from None
+    return None
+
+
+def _offers_negotiate(response: httpx.Response) -> bool:
+    return any(
+        value.strip().lower().startswith("negotiate")
+        for value in response.headers.get_list("www-authenticate")
+    )
 
 
 class _ClientCore:
@@ -46,6 +74,10 @@ class _ClientCore:
         ui_culture: str | None = None,
         utc_offset: int | None = None,
         session_token: SessionToken | None = None,
+        windows_username: str | None = None,
+        windows_password: str | None = None,
+        windows_protocol: str = "negotiate",
+        service_hostname: str | None = None,
     ) -> None:
         self.base_url = httpx.URL(base_url.rstrip("/") + "/")
         self.application_id = application_id
@@ -59,6 +91,12 @@ class _ClientCore:
         #: The configuration version the server last reported (every response carries it).
         self.configuration_version: int | None = None
         self._version_listeners: list[VersionListener] = []
+        # Integrated sign-in: Kerberos from the caller's credential cache by default, or
+        # NTLM/Kerberos with these explicit credentials (protocol: negotiate, kerberos, ntlm).
+        self.windows_username = windows_username
+        self.windows_password = windows_password
+        self.windows_protocol = windows_protocol
+        self.service_hostname = service_hostname or self.base_url.host
 
     def on_configuration_version_changed(self, listener: VersionListener) -> None:
         """Call ``listener(old, new)`` when a response reports a new configuration version:
@@ -82,11 +120,61 @@ class _ClientCore:
         return self._accept_token(self._json(response))
 
     def _open_windows_flow(self, overrides: dict[str, Any]) -> Flow[SessionToken]:
+        # Standard HTTP Negotiate: ask, get "401 WWW-Authenticate: Negotiate", then exchange
+        # tokens until the server answers 200 (Kerberos: one leg; NTLM: two).
         body = self._client_params(overrides)
         response = yield self._request(
             "POST", "api/v1/sessions/open-windows", json=body, auth=False
         )
-        return self._accept_token(self._json(response))
+        context: Any = None
+        handshake: str | None = None
+        for _leg in range(MAX_NEGOTIATE_LEGS):
+            challenge = _negotiate_header_token(response)
+            if response.status_code != 401 or not _offers_negotiate(response):
+                break
+            if context is None:
+                context = self._negotiate_context()
+                out_token = self._negotiate_step(context, None)
+            elif challenge is None:
+                break  # the server refused the last token
+            else:
+                out_token = self._negotiate_step(context, challenge)
+            handshake = response.headers.get(NEGOTIATE_ID_HEADER, handshake)
+            request = self._request("POST", "api/v1/sessions/open-windows", json=body, auth=False)
+            request.headers["Authorization"] = "Negotiate " + base64.b64encode(out_token).decode()
+            if handshake:
+                request.headers[NEGOTIATE_ID_HEADER] = handshake
+            response = yield request
+        else:
+            raise ProtocolError(f"integrated sign-in did not finish in {MAX_NEGOTIATE_LEGS} legs")
+        answer = self._json(response)
+        final = _negotiate_header_token(response)
+        if context is not None and final is not None and not context.complete:
+            self._negotiate_step(context, final)  # mutual authentication of the server
+        return self._accept_token(answer)
+
+    def _negotiate_context(self) -> Any:
+        try:
+            import spnego
+        except ImportError:
+            raise NotConfigured("integrated Windows sign-in needs the pyspnego package") from None
+        return spnego.client(
+            self.windows_username,
+            self.windows_password,
+            hostname=self.service_hostname,
+            service="HTTP",
+            protocol=self.windows_protocol,
+        )
+
+    @staticmethod
+    def _negotiate_step(context: Any, token: bytes | None) -> bytes:
+        try:
+            out = context.step(token)
+        except Exception as exc:  # pyspnego's errors, or GSSAPI's (no ticket, no KDC)
+            raise InvalidCredentials(
+                f"integrated Windows sign-in could not start or continue on this side: {exc}"
+            ) from None
+        return bytes(out or b"")
 
     def _close_session_flow(self) -> Flow[bool]:
         response = yield self._request("POST", "api/v1/sessions/close")

@@ -17,6 +17,7 @@ integrators catch one tree on both sides::
     │   └── NegotiateRequired       401 negotiate_required       continue Windows sign-in
     ├── PermissionDenied            403 admin_required           needs an administrator
     ├── LoginForbidden              403 login_forbidden          the user's login type is None
+    ├── AccountNotMapped            403 account_not_mapped       domain account has no user
     ├── UserBlocked                 403 user_blocked             details say until when
     ├── NotFound                    404 not_found                no such user
     ├── Conflict                    409 conflict                 e.g. the login exists
@@ -42,10 +43,18 @@ class SessiondError(Exception):
     code: ClassVar[str] = "error"
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details or {}
+        #: For the audit trail and the server log only: never sent to the caller.
+        self.reason = reason
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -96,7 +105,22 @@ class PasswordExpired(AuthenticationError):
 
 
 class NegotiateRequired(AuthenticationError):
+    """Integrated sign-in goes on: send ``challenge`` (if any) back as
+    ``WWW-Authenticate: Negotiate``, and the next leg names ``handshake_id``."""
+
     code = "negotiate_required"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        challenge: bytes | None = None,
+        handshake_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        self.challenge = challenge
+        self.handshake_id = handshake_id
 
 
 class PermissionDenied(SessiondError):
@@ -106,6 +130,13 @@ class PermissionDenied(SessiondError):
 
 class LoginForbidden(SessiondError):
     code = "login_forbidden"
+    status = 403
+
+
+class AccountNotMapped(SessiondError):
+    """The domain or directory accepted the account, but no platform user is mapped to it."""
+
+    code = "account_not_mapped"
     status = 403
 
 

@@ -14,15 +14,20 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from ._version import __version__
-from .auth import Authenticator, PasswordCredentials, PlatformAuthenticator
+from .auth import Authenticator, Identity, PasswordCredentials, PlatformAuthenticator
+from .auth.negotiate import NegotiateAcceptor
+from .auth.windows import WindowsNames
 from .errors import (
+    AccountNotMapped,
     Conflict,
     InvalidCredentials,
     LoginForbidden,
+    NegotiateRequired,
     NotConfigured,
     NotFound,
     PasswordRejected,
     PermissionDenied,
+    RequestError,
     SessionExpired,
     SessionNotFound,
     TokenSignatureInvalid,
@@ -85,6 +90,18 @@ class SessionService:
         self.clock = clock
         self.platform = PlatformAuthenticator(settings.argon2)
         self.authenticators: dict[LoginType, Authenticator] = {LoginType.PLATFORM: self.platform}
+        self.windows_names = WindowsNames(settings.windows) if settings.windows else None
+        self.negotiate: NegotiateAcceptor | None = None
+        if settings.windows:
+            from .auth.windows import WindowsAuthenticator
+
+            self.authenticators[LoginType.WINDOWS] = WindowsAuthenticator(settings.windows)
+            if settings.windows.negotiate:
+                self.negotiate = NegotiateAcceptor(settings.windows)
+        if settings.ldap:
+            from .auth.ldap import LdapAuthenticator
+
+            self.authenticators[LoginType.LDAP] = LdapAuthenticator(settings.ldap)
         if authenticators:
             self.authenticators.update(authenticators)
         self._version = 0
@@ -161,17 +178,8 @@ class SessionService:
         now = self.clock()
         user = await self._find_user(credentials)
         if user is None:
-            await self.platform.burn(credentials.password)
-            await self.store.add_audit(
-                AuditRecord(
-                    AuditAction.LOGIN_FAILED,
-                    now,
-                    user_name=self._display_login(credentials),
-                    client_address=client_address,
-                    details={"reason": "unknown login"},
-                )
-            )
-            raise InvalidCredentials("wrong login or password")
+            identity, login_type = await self._verify_unmapped(credentials, now, client_address)
+            user = await self._provision(identity, login_type, now, client_address)
         self._check_may_sign_in(user, now)
         authenticator = self.authenticators.get(user.login_type)
         if authenticator is None:
@@ -179,44 +187,176 @@ class SessionService:
                 f"sign-in of {user.login_type.wire} users is not configured on this server"
             )
         try:
-            verified = await authenticator.verify(user, credentials)
+            identity = await authenticator.verify(user, credentials)
         except InvalidCredentials as exc:
-            await self._failed_login(user, now, client_address, exc.message)
+            await self._failed_login(user, now, client_address, exc.reason or exc.message)
             raise
         changes: dict[str, Any] = {}
-        if verified.new_password_hash:
-            changes["password_hash"] = verified.new_password_hash
+        if identity.new_password_hash:
+            changes["password_hash"] = identity.new_password_hash
         if user.failed_attempts:
             changes["failed_attempts"] = 0
         if changes:
             user = await self.store.update_user(user.id, **changes)
         return await self._create_session(user, client, client_address, now)
 
-    async def open_session_negotiate(
+    async def _verify_unmapped(
+        self, credentials: PasswordCredentials, now: datetime, client_address: str | None
+    ) -> tuple[Identity, LoginType]:
+        """No user has this login or account: check the password with the domain or the
+        directory anyway, so the refusal can say what is really wrong (and auto-provisioning
+        can create the user). With neither configured, it costs what a wrong password costs."""
+        kind: LoginType | None = None
+        if self.windows_names and self.windows_names.looks_like_account(
+            credentials.login, credentials.domain
+        ):
+            kind = LoginType.WINDOWS
+        elif LoginType.LDAP in self.authenticators and not credentials.domain:
+            kind = LoginType.LDAP
+        if kind is None:
+            await self.platform.burn(credentials.password)
+            await self._audit_failure(credentials.display, now, client_address, "unknown login")
+            raise InvalidCredentials("wrong login or password")
+        try:
+            identity = await self.authenticators[kind].verify(None, credentials)
+        except InvalidCredentials as exc:
+            reason = f"unknown login; {kind.wire}: {exc.reason or exc.message}"
+            await self._audit_failure(credentials.display, now, client_address, reason)
+            raise
+        return identity, kind
+
+    async def _provision(
         self,
-        authorization: str | None,
-        client: ClientInfo,
-        client_address: str | None = None,
-    ) -> SessionToken:
-        """Integrated Windows sign-in (SPNEGO). Not yet available on this server."""
-        raise NotConfigured(
-            "integrated Windows sign-in is not configured on this server; sign in with a "
-            "login and password"
+        identity: Identity,
+        login_type: LoginType,
+        now: datetime,
+        client_address: str | None,
+    ) -> UserRecord:
+        """A domain or directory account proved itself but maps to no user: create one if the
+        settings allow it, otherwise refuse clearly."""
+        section = self.settings.windows if login_type == LoginType.WINDOWS else self.settings.ldap
+        account = identity.account or ""
+        if section is None or not section.auto_provision:
+            await self._audit_failure(
+                account, now, client_address, f"{login_type.wire} account not mapped to a user"
+            )
+            raise AccountNotMapped(
+                f"the {login_type.wire} account {account} signed in correctly, but no platform "
+                "user is mapped to it; ask an administrator to add one"
+            )
+        try:
+            return await self.add_user(
+                Actor.system(),
+                account,
+                name=identity.display_name or account,
+                login_type=login_type,
+                account=account,
+            )
+        except Conflict:  # provisioned meanwhile by a concurrent sign-in
+            user = await self.store.find_user_by_account(account)
+            if user is None:
+                raise
+            return user
+
+    async def _audit_failure(
+        self, who: str, now: datetime, client_address: str | None, reason: str
+    ) -> None:
+        await self.store.add_audit(
+            AuditRecord(
+                AuditAction.LOGIN_FAILED,
+                now,
+                user_name=who,
+                client_address=client_address,
+                details={"reason": reason},
+            )
         )
 
-    def _display_login(self, credentials: PasswordCredentials) -> str:
-        if credentials.domain:
-            return f"{credentials.domain}\\{credentials.login}"
-        return credentials.login
+    async def open_session_negotiate(
+        self,
+        token: bytes | None,
+        handshake_id: str | None,
+        client: ClientInfo,
+        client_address: str | None = None,
+    ) -> tuple[SessionToken, bytes | None]:
+        """Integrated Windows sign-in (SPNEGO: Kerberos, or NTLM as the fallback).
+
+        Returns the session and the acceptor's last token (mutual authentication), or raises
+        :class:`NegotiateRequired` with the challenge when the exchange needs another leg."""
+        if self.negotiate is None or self.windows_names is None:
+            raise NotConfigured(
+                "integrated Windows sign-in is not configured on this server; sign in with a "
+                "login and password"
+            )
+        if not token:
+            raise NegotiateRequired(
+                "integrated Windows sign-in: send an Authorization: Negotiate token"
+            )
+        now = self.clock()
+        try:
+            result = await self.negotiate.step(token, handshake_id)
+        except InvalidCredentials as exc:
+            await self._audit_failure(
+                "(integrated sign-in)", now, client_address, exc.reason or exc.message
+            )
+            raise
+        if not result.complete or result.principal is None:
+            raise NegotiateRequired(
+                "integrated Windows sign-in continues: answer the challenge",
+                challenge=result.output,
+                handshake_id=result.handshake_id,
+            )
+        user = await self._find_user(PasswordCredentials(result.principal, ""))
+        if user is None:
+            account = self.windows_names.parse(result.principal)
+            identity = Identity(account=account.down_level, display_name=account.name)
+            user = await self._provision(identity, LoginType.WINDOWS, now, client_address)
+        self._check_may_sign_in(user, now)
+        if user.login_type != LoginType.WINDOWS:
+            raise LoginForbidden(
+                f"user {user.login!r} signs in with a {user.login_type.wire} login, not Windows"
+            )
+        session = await self._create_session(
+            user, client, client_address, now, method=result.protocol
+        )
+        return session, result.output
 
     async def _find_user(self, credentials: PasswordCredentials) -> UserRecord | None:
         login = credentials.login.strip()
-        if credentials.domain:
-            return await self.store.find_user_by_account(f"{credentials.domain.strip()}\\{login}")
-        user = await self.store.find_user_by_login(login)
-        if user is None and ("\\" in login or "@" in login):
-            user = await self.store.find_user_by_account(login)
-        return user
+        if not login:
+            return None
+        if not credentials.domain:
+            user = await self.store.find_user_by_login(login)
+            if user is not None:
+                return user
+        for account in self._account_candidates(login, credentials.domain):
+            user = await self.store.find_user_by_account(account)
+            if user is not None:
+                return user
+        return None
+
+    def _account_candidates(self, login: str, domain: str | None) -> list[str]:
+        names = self.windows_names
+        if names and names.looks_like_account(login, domain):
+            try:
+                return names.candidates(login, domain)
+            except InvalidCredentials:
+                return []
+        if domain:
+            return [f"{domain.strip()}\\{login}"]
+        return [login]
+
+    def canonical_account(self, login_type: LoginType, account: str | None) -> str | None:
+        """How an administrator's spelling of an account is stored (Windows: DOMAIN\\name)."""
+        if account is None or not account.strip():
+            return None
+        if login_type == LoginType.WINDOWS and self.windows_names:
+            try:
+                return self.windows_names.parse(account).down_level
+            except InvalidCredentials:
+                raise RequestError(
+                    f"{account!r} is not a Windows account name: use DOMAIN\\name or name@REALM"
+                ) from None
+        return account.strip()
 
     def _check_may_sign_in(self, user: UserRecord, now: datetime) -> None:
         if user.login_type == LoginType.NONE:
@@ -251,6 +391,8 @@ class SessionService:
         client: ClientInfo,
         client_address: str | None,
         now: datetime,
+        *,
+        method: str | None = None,
     ) -> SessionToken:
         s = self.settings
         token = SessionToken(
@@ -294,6 +436,7 @@ class SessionService:
                 details={
                     "login_type": user.login_type.wire,
                     "service_type": client.service_type.wire,
+                    **({"method": method} if method else {}),
                 },
             ),
         )
@@ -389,6 +532,9 @@ class SessionService:
         if not login:
             raise PasswordRejected("a login must not be empty")
         now = self.clock()
+        account = self.canonical_account(login_type, account)
+        if login_type in (LoginType.WINDOWS, LoginType.LDAP) and not account:
+            account = self.canonical_account(login_type, login)
         password_hash = None
         if password is not None:
             self._check_password_policy(password)
@@ -408,6 +554,35 @@ class SessionService:
         if password_hash:
             await self.store.add_password_history(user.id, password_hash, now)
         return user
+
+    async def update_user(
+        self,
+        actor: Actor,
+        login: str,
+        *,
+        name: str | None = None,
+        access_level: AccessLevel | None = None,
+        login_type: LoginType | None = None,
+        account: str | None = None,
+    ) -> UserRecord:
+        """Change how a user signs in and who they are; None leaves a field as it is."""
+        self._require_admin(actor, "change users")
+        user = await self.get_user_by_login(login)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = name
+        if access_level is not None:
+            changes["access_level"] = access_level
+        if login_type is not None:
+            changes["login_type"] = login_type
+        kind = login_type if login_type is not None else user.login_type
+        if account is not None:
+            changes["account"] = self.canonical_account(kind, account)
+        elif login_type in (LoginType.WINDOWS, LoginType.LDAP) and not user.account:
+            changes["account"] = self.canonical_account(kind, user.login)
+        if not changes:
+            return user
+        return await self.store.update_user(user.id, **changes)
 
     async def get_user_by_login(self, login: str) -> UserRecord:
         user = await self.store.find_user_by_login(login)

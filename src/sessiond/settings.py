@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -86,6 +87,111 @@ class SecuritySettings(BaseModel):
     session_inactivity_time: Duration | None = None
 
 
+class DirectorySettings(BaseModel):
+    """An LDAPv3 directory: where to find accounts and how to reach it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="ldap://host:389 or ldaps://host:636")
+    start_tls: bool = Field(False, description="upgrade ldap:// with StartTLS before binding")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the server certificate")
+    verify_certificate: bool = True
+    bind_dn: str | None = Field(None, description="service account for searches; none: anonymous")
+    bind_password: str | None = None
+    search_base: str = ""
+    search_filter: str = Field(
+        "(uid={login})", description="{login} is replaced by the escaped account name"
+    )
+    name_attribute: str = Field("cn", description="display name for provisioned users")
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("url")
+    @classmethod
+    def _ldap_url(cls, value: str) -> str:
+        if not value.lower().startswith(("ldap://", "ldaps://")):
+            raise ValueError("must start with ldap:// or ldaps://")
+        return value
+
+
+class LdapSettings(DirectorySettings):
+    """Users of login type Ldap: find the DN by search, then bind as it with the password."""
+
+    auto_provision: bool = Field(
+        False, description="create a Regular Ldap user on first successful sign-in"
+    )
+
+
+class WindowsSettings(BaseModel):
+    """Windows (Active Directory / Kerberos) accounts: by password and by integrated sign-in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    realm: str = Field(description="Kerberos realm, e.g. CORP.EXAMPLE.COM")
+    domains: dict[str, str] = Field(
+        default_factory=dict,
+        description="NetBIOS domain -> realm, e.g. {CORP = 'CORP.EXAMPLE.COM'}",
+    )
+    password_check: str = Field(
+        "kerberos", description="kerberos (ticket + KDC proof) or ldap (bind to the directory)"
+    )
+    service_principal: str | None = Field(
+        None, description="sessiond's own principal, e.g. HTTP/sessiond.corp.example.com"
+    )
+    keytab: Path | None = Field(None, description="keys of service_principal")
+    krb5_config: Path | None = Field(None, description="krb5.conf to use instead of the system's")
+    verify_kdc: bool = Field(
+        True, description="prove the KDC genuine with a ticket for service_principal"
+    )
+    negotiate: bool = Field(True, description="offer integrated sign-in (HTTP Negotiate)")
+    ntlm_user_file: Path | None = Field(
+        None, description="DOMAIN:user:password lines the NTLM fallback accepts; none: no NTLM"
+    )
+    directory: DirectorySettings | None = Field(
+        None, description="Active Directory LDAP, for password_check = ldap"
+    )
+    bind_format: str = Field(
+        "{login}@{realm}",
+        description="who binds for password_check = ldap: {login} {domain} {realm}",
+    )
+    auto_provision: bool = Field(
+        False, description="create a Regular Windows user on first successful sign-in"
+    )
+
+    @field_validator("password_check")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in ("kerberos", "ldap"):
+            raise ValueError("must be kerberos or ldap")
+        return value
+
+    @field_validator("realm")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.strip().upper()
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k.strip().upper(): v.strip().upper() for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _complete(self) -> WindowsSettings:
+        if self.password_check == "ldap" and self.directory is None:
+            raise ValueError("password_check = ldap needs [windows.directory] with its url")
+        if (
+            self.password_check == "kerberos"
+            and self.verify_kdc
+            and not (self.service_principal and self.keytab)
+        ):
+            raise ValueError(
+                "verify_kdc needs service_principal and keytab (or set verify_kdc = false, "
+                "which trusts whatever answers as the KDC)"
+            )
+        if self.negotiate and not self.keytab and not self.ntlm_user_file:
+            raise ValueError("negotiate needs a keytab (Kerberos) or an ntlm_user_file (NTLM)")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Environment: ``SESSIOND_<NAME>``, nested with ``__``."""
 
@@ -127,6 +233,8 @@ class Settings(BaseSettings):
 
     argon2: Argon2Settings = Argon2Settings()
     security: SecuritySettings = SecuritySettings()
+    windows: WindowsSettings | None = None
+    ldap: LdapSettings | None = None
 
     @field_validator("session_expiration_time_span")
     @classmethod

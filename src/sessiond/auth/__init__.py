@@ -1,6 +1,6 @@
 """Authenticators, one per login type, behind :class:`Authenticator`."""
 
-from .base import Authenticator, PasswordCredentials, Verified
+from .base import Authenticator, Identity, PasswordCredentials
 from .platform import PlatformAuthenticator
 
-__all__ = ["Authenticator", "PasswordCredentials", "PlatformAuthenticator", "Verified"]
+__all__ = ["Authenticator", "Identity", "PasswordCredentials", "PlatformAuthenticator"]

@@ -21,11 +21,21 @@ class PasswordCredentials:
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         return f"PasswordCredentials(login={self.login!r}, domain={self.domain!r})"
 
+    @property
+    def display(self) -> str:
+        return f"{self.domain}\\{self.login}" if self.domain else self.login
+
 
 @dataclass(frozen=True, slots=True)
-class Verified:
-    """A successful check; ``new_password_hash`` asks the service to store a rehash."""
+class Identity:
+    """Who a successful check proved the caller to be.
 
+    ``account`` is the canonical account name (Windows: ``DOMAIN\\name``; LDAP: the uid), used
+    to find or provision the user; ``new_password_hash`` asks the service to store a rehash.
+    """
+
+    account: str | None = None
+    display_name: str | None = None
     new_password_hash: str | None = None
 
 
@@ -35,8 +45,10 @@ class Authenticator(ABC):
     login_type: ClassVar[LoginType]
 
     @abstractmethod
-    async def verify(self, user: UserRecord, credentials: PasswordCredentials) -> Verified:
-        """Return on success; raise :class:`~sessiond.errors.InvalidCredentials` otherwise."""
+    async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
+        """Check the password of ``user`` — or, when ``user`` is None (no user is mapped yet),
+        of the account the credentials name. Raise
+        :class:`~sessiond.errors.InvalidCredentials` (with the reason) when it is wrong."""
 
     async def close(self) -> None:  # noqa: B027  (an optional hook, not abstract)
         """Release connections; most authenticators hold none."""

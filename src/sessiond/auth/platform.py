@@ -15,7 +15,7 @@ from ..errors import InvalidCredentials
 from ..models import LoginType
 from ..settings import Argon2Settings
 from ..store.base import UserRecord
-from .base import Authenticator, PasswordCredentials, Verified
+from .base import Authenticator, Identity, PasswordCredentials
 
 WRONG_CREDENTIALS = "wrong login or password"
 
@@ -46,15 +46,15 @@ class PlatformAuthenticator(Authenticator):
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
-    async def verify(self, user: UserRecord, credentials: PasswordCredentials) -> Verified:
-        if not user.password_hash:
+    async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
+        if user is None or not user.password_hash:
             await self.burn(credentials.password)
             raise InvalidCredentials(WRONG_CREDENTIALS)
         if not await self.matches(user.password_hash, credentials.password):
             raise InvalidCredentials(WRONG_CREDENTIALS)
         if self.hasher.check_needs_rehash(user.password_hash):
-            return Verified(new_password_hash=await self.hash(credentials.password))
-        return Verified()
+            return Identity(user.login, new_password_hash=await self.hash(credentials.password))
+        return Identity(user.login)
 
     async def burn(self, password: str) -> None:
         """Spend one verification's time on nothing (unknown login)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
-from ..errors import RequestError, SessiondError
+from ..errors import NegotiateRequired, RequestError, SessiondError
 from ..keys import KeyRing
 from ..service import SessionService
 from ..settings import Settings
@@ -114,8 +115,13 @@ async def _send_error(send: Send, status: int, error: SessiondError) -> None:
 def _install_error_handlers(app: FastAPI) -> None:
     async def sessiond_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SessiondError)
-        headers = {"WWW-Authenticate": "Negotiate"} if exc.code == "negotiate_required" else None
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+        headers: dict[str, str] = {}
+        if isinstance(exc, NegotiateRequired):
+            challenge = base64.b64encode(exc.challenge).decode() if exc.challenge else ""
+            headers["WWW-Authenticate"] = f"Negotiate {challenge}".strip()
+            if exc.handshake_id:
+                headers[routes.NEGOTIATE_ID_HEADER] = exc.handshake_id
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers or None)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+from datetime import UTC
 from typing import Any
 from uuid import UUID
 
@@ -11,20 +14,29 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..auth import PasswordCredentials
+from ..auth.negotiate import CONNECTION_PREFIX
 from ..errors import NegotiateRequired, RequestError, SessionRequired
+from ..models import AccessLevel, LoginType
 from ..service import Actor, SessionService
-from ..store import SessionRecord
+from ..store import SessionRecord, UserRecord
 from ..token import format_datetime
 from .schemas import (
+    AddUserRequest,
+    BlockRequest,
     ClosedResponse,
     ConfigurationInfoBody,
     ErrorBody,
     OpenSessionRequest,
     OpenSessionResponse,
     SessionInfo,
+    SetPasswordRequest,
+    UpdateUserRequest,
+    UserBody,
 )
 
 router = APIRouter(prefix="/api/v1")
+
+NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 422, 429, 501, 503)
@@ -120,6 +132,10 @@ async def open_session(request: Request, body: OpenSessionRequest) -> JSONRespon
     response_model=OpenSessionResponse,
     responses=_ERRORS,
     summary="Open a session by integrated Windows sign-in (OpenSessionWindowsAuthAsync)",
+    description="HTTP Negotiate: without `Authorization: Negotiate <token>` the answer is 401 "
+    "with `WWW-Authenticate: Negotiate`; a multi-leg mechanism (NTLM) gets 401 with the "
+    "challenge and a `Tessa-Negotiate-Id` to send back with the next leg. The body (optional) "
+    "carries the same client parameters as /sessions/open.",
 )
 async def open_session_windows(request: Request) -> JSONResponse:
     raw = await request.body()
@@ -127,12 +143,39 @@ async def open_session_windows(request: Request) -> JSONResponse:
         body = OpenSessionRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise RequestError(f"the request is malformed: {exc.errors()[0]['msg']}") from None
-    token = await _service(request).open_session_negotiate(
-        request.headers.get("authorization"),
+    token, mutual = await _service(request).open_session_negotiate(
+        _negotiate_token(request.headers.get("authorization")),
+        _handshake_id(request),
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
-    return JSONResponse({"Token": token.to_xml(), "AuthToken": token.to_auth_xml()})
+    headers = (
+        {"WWW-Authenticate": "Negotiate " + base64.b64encode(mutual).decode()} if mutual else None
+    )
+    return JSONResponse(
+        {"Token": token.to_xml(), "AuthToken": token.to_auth_xml()}, headers=headers
+    )
+
+
+def _negotiate_token(authorization: str | None) -> bytes | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() not in ("negotiate", "ntlm") or not value.strip():
+        return None
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("the Authorization: Negotiate token is not base64") from None
+
+
+def _handshake_id(request: Request) -> str | None:
+    given = request.headers.get(NEGOTIATE_ID_HEADER)
+    if given and not given.startswith(CONNECTION_PREFIX):
+        return given
+    # Browsers and curl send no Tessa-Negotiate-Id; NTLM's legs share their TCP connection.
+    client = request.client
+    return f"{CONNECTION_PREFIX}{client.host}:{client.port}" if client else None
 
 
 @router.post(
@@ -214,3 +257,123 @@ async def increment_configuration_version(request: Request) -> JSONResponse:
 async def health(request: Request) -> JSONResponse:
     version = await _service(request).configuration_version()
     return JSONResponse({"Status": "ok", "ConfigurationVersion": version})
+
+
+# --- users (administrators) ------------------------------------------------------------------
+
+
+def user_info(user: UserRecord) -> dict[str, Any]:
+    return {
+        "ID": str(user.id),
+        "Login": user.login,
+        "Name": user.name,
+        "AccessLevel": user.access_level.wire,
+        "LoginType": user.login_type.wire,
+        "Account": user.account,
+        "Blocked": user.blocked,
+        "BlockedDueDate": format_datetime(user.blocked_due_date) if user.blocked_due_date else None,
+        "Created": format_datetime(user.created),
+    }
+
+
+def _enum(cls: type[AccessLevel] | type[LoginType], value: str | int | None, field: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return cls.from_wire(value)
+    except ValueError as exc:
+        raise RequestError(f"{field}: {exc}") from None
+
+
+@router.get(
+    "/users",
+    response_model=list[UserBody],
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="List users (administrators)",
+)
+async def list_users(request: Request) -> JSONResponse:
+    users = await _service(request).list_users(await _actor(request))
+    return JSONResponse([user_info(u) for u in users])
+
+
+@router.post(
+    "/users",
+    response_model=UserBody,
+    status_code=201,
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Add a user (administrators)",
+)
+async def add_user(request: Request, body: AddUserRequest) -> JSONResponse:
+    actor = await _actor(request)
+    user = await _service(request).add_user(
+        actor,
+        body.Login,
+        name=body.Name,
+        password=body.Password,
+        access_level=_enum(AccessLevel, body.AccessLevel, "AccessLevel"),
+        login_type=_enum(LoginType, body.LoginType, "LoginType"),
+        account=body.Account,
+    )
+    return JSONResponse(user_info(user), status_code=201)
+
+
+@router.patch(
+    "/users/{login}",
+    response_model=UserBody,
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Change a user's name, access level, login type or account (administrators)",
+)
+async def update_user(request: Request, login: str, body: UpdateUserRequest) -> JSONResponse:
+    actor = await _actor(request)
+    user = await _service(request).update_user(
+        actor,
+        login,
+        name=body.Name,
+        access_level=_enum(AccessLevel, body.AccessLevel, "AccessLevel"),
+        login_type=_enum(LoginType, body.LoginType, "LoginType"),
+        account=body.Account,
+    )
+    return JSONResponse(user_info(user))
+
+
+@router.post(
+    "/users/{login}/password",
+    response_model=UserBody,
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Set a platform user's password (administrators)",
+)
+async def set_password(request: Request, login: str, body: SetPasswordRequest) -> JSONResponse:
+    actor = await _actor(request)
+    user = await _service(request).set_password(actor, login, body.Password)
+    return JSONResponse(user_info(user))
+
+
+@router.post(
+    "/users/{login}/block",
+    response_model=UserBody,
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Block a user from signing in (administrators)",
+)
+async def block_user(request: Request, login: str, body: BlockRequest) -> JSONResponse:
+    actor = await _actor(request)
+    until = body.Until.replace(tzinfo=body.Until.tzinfo or UTC) if body.Until else None
+    user = await _service(request).set_blocked(actor, login, True, until)
+    return JSONResponse(user_info(user))
+
+
+@router.post(
+    "/users/{login}/unblock",
+    response_model=UserBody,
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Lift a user's block (administrators)",
+)
+async def unblock_user(request: Request, login: str) -> JSONResponse:
+    actor = await _actor(request)
+    user = await _service(request).set_blocked(actor, login, False)
+    return JSONResponse(user_info(user))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -129,3 +130,45 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class UserBody(BaseModel):
+    ID: UUID
+    Login: str
+    Name: str
+    AccessLevel: str
+    LoginType: str
+    Account: str | None
+    Blocked: bool
+    BlockedDueDate: str | None
+    Created: str
+
+
+class AddUserRequest(_Body):
+    """POST /api/v1/users (administrators)."""
+
+    Login: str = Field(min_length=1, max_length=256)
+    Name: str | None = Field(None, max_length=256)
+    Password: str | None = Field(None, max_length=1024, description="platform users only")
+    AccessLevel: str | int = Field("Regular", description="Regular or Administrator")
+    LoginType: str | int = Field("Platform", description="Platform, Windows, Ldap or None")
+    Account: str | None = Field(
+        None, max_length=512, description="Windows DOMAIN\\name or UPN, or the LDAP uid"
+    )
+
+
+class UpdateUserRequest(_Body):
+    """PATCH /api/v1/users/{login} (administrators): absent fields stay as they are."""
+
+    Name: str | None = Field(None, max_length=256)
+    AccessLevel: str | int | None = None
+    LoginType: str | int | None = None
+    Account: str | None = Field(None, max_length=512)
+
+
+class SetPasswordRequest(_Body):
+    Password: str = Field(min_length=1, max_length=1024)
+
+
+class BlockRequest(_Body):
+    Until: datetime | None = Field(None, description="UTC time the block ends; none: until lifted")
