@@ -29,8 +29,6 @@ from tests.infra.kerberos import KerberosRealm, KinitError
 from tests.infra.ldap import LdapServer, write_tls_files
 from tests.infra.ntlm import NtlmUsers
 
-pytest_plugins = ["tests.infra.conftest_fixtures"]
-
 
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

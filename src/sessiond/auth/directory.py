@@ -7,6 +7,7 @@ one user's bind from ever leaking into another's.
 from __future__ import annotations
 
 import ssl
+import struct
 from dataclasses import dataclass
 
 import ldap3
@@ -33,7 +34,7 @@ class Directory:
             ca_certs_file=str(settings.ca_file) if settings.ca_file else None,
             version=ssl.PROTOCOL_TLS_CLIENT,
         )
-        timeout = settings.timeout.total_seconds()
+        timeout = max(1, round(settings.timeout.total_seconds()))  # ldap3 packs whole seconds
         self.server = ldap3.Server(
             settings.url, tls=tls, connect_timeout=timeout, get_info=ldap3.NONE
         )
@@ -59,7 +60,7 @@ class Directory:
             raise ServiceUnavailable(
                 f"the directory {self.settings.url} cannot be reached: {exc}"
             ) from None
-        except LDAPException as exc:
+        except (LDAPException, OSError, ValueError, struct.error) as exc:
             raise ServiceUnavailable(f"the directory {self.settings.url} failed: {exc}") from None
         return conn
 

@@ -1,0 +1,377 @@
+"""Windows domain, LDAP and integrated Windows sign-in against a real KDC and a real slapd."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sessiond import SessionClient
+from sessiond.auth import PasswordCredentials
+from sessiond.errors import AccountNotMapped, InvalidCredentials, LoginForbidden, RequestError
+from sessiond.models import AccessLevel, AuditAction, ClientInfo, LoginType
+from tests.infra.kerberos import KerberosRealm
+from tests.infra.ldap import LdapServer
+from tests.infra.ntlm import NtlmUsers
+
+from .conftest import ServerProcess, free_port, server_env
+
+REALM = "SESSIOND.TEST"
+DOMAIN = "SESSIOND"
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def windows_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    kerberos_realm: KerberosRealm,
+    ldap_server: LdapServer,
+    ntlm_users: NtlmUsers,
+) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("windows")
+    assert kerberos_realm.http_service is not None
+    config = root / "sessiond.toml"
+    config.write_text(
+        f"""
+[sessiond.windows]
+realm = "{REALM}"
+domains = {{ {DOMAIN} = "{REALM}" }}
+service_principal = "HTTP/localhost@{REALM}"
+keytab = "{kerberos_realm.keytab}"
+krb5_config = "{kerberos_realm.krb5_conf}"
+ntlm_user_file = "{ntlm_users.path}"
+
+[sessiond.ldap]
+url = "{ldap_server.uri}"
+start_tls = true
+ca_file = "{ldap_server.ca_file}"
+search_base = "ou=people,dc=sessiond,dc=test"
+search_filter = "(uid={{login}})"
+"""
+    )
+    data_dir = root / "sessiond-data"
+    env = server_env(data_dir, SESSIOND_CONFIG=str(config))
+    env.update(kerberos_realm.env())
+    # The server must find its keys through its settings, not a client's credential cache.
+    env.pop("KRB5CCNAME", None)
+    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _add_user(server: ServerProcess, login: str, *args: str) -> None:
+    result = server.cli("users", "add", login, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _audit(server: ServerProcess, action: str) -> list[dict[str, object]]:
+    result = server.cli("audit", "export", "--action", action)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_a_user_with_a_ticket_signs_in_without_a_password(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm
+) -> None:
+    name = _unique("alice")
+    kerberos_realm.add_user(name, "Alice-pw-1")
+    _add_user(windows_server, name, "--login-type", "Windows", "--account", f"{name}@{REALM}")
+    ccache = kerberos_realm.kinit(name, "Alice-pw-1")
+    with kerberos_realm.activate(ccache=ccache):
+        client = SessionClient(windows_server.url.replace("127.0.0.1", "localhost"))
+        token = client.open_session_windows_auth()
+        assert client.current_session()["LoginType"] == "Windows"
+        again = client.open_session()  # no login and password: the same integrated path
+    assert token.user_login == f"{DOMAIN}\\{name}"
+    assert token.login_type.wire == "Windows" and again.user_id == token.user_id
+    logins = [
+        r for r in _audit(windows_server, "Login") if r["session_id"] == str(token.session_id)
+    ]
+    assert logins and logins[0]["details"]["method"] == "kerberos"  # type: ignore[index]
+
+
+def test_curl_negotiate_opens_a_session(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm
+) -> None:
+    curl = shutil.which("curl")
+    assert curl, "curl is installed by scripts/test"
+    name = _unique("carol")
+    kerberos_realm.add_user(name, "Carol-pw-1")
+    _add_user(windows_server, name, "--login-type", "Windows")
+    ccache = kerberos_realm.kinit(name, "Carol-pw-1")
+    url = f"http://localhost:{windows_server.port}/api/v1/sessions/open-windows"
+    result = subprocess.run(
+        [curl, "--silent", "--negotiate", "-u", ":", "-X", "POST", url],
+        env=kerberos_realm.subprocess_env(ccache=ccache),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert f'UserLogin="{DOMAIN}\\{name}"' in answer["Token"]
+    header = httpx.get(
+        f"{windows_server.url}/api/v1/sessions/current",
+        headers={"Tessa-Session": answer["AuthToken"]},
+    )
+    assert header.status_code == 200 and header.json()["LoginType"] == "Windows"
+
+
+def test_without_a_token_the_server_asks_for_negotiate(windows_server: ServerProcess) -> None:
+    response = httpx.post(f"{windows_server.url}/api/v1/sessions/open-windows")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Negotiate"
+    assert response.json()["error"]["code"] == "negotiate_required"
+    garbage = httpx.post(
+        f"{windows_server.url}/api/v1/sessions/open-windows",
+        headers={"Authorization": "Negotiate AAAA"},
+    )
+    assert garbage.status_code == 401
+    assert garbage.json()["error"]["code"] == "invalid_credentials"
+    not_base64 = httpx.post(
+        f"{windows_server.url}/api/v1/sessions/open-windows",
+        headers={"Authorization": "Negotiate !!!"},
+    )
+    assert not_base64.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "spelling", ["login+domain", "DOMAIN\\login", "login@REALM", "login@realm lower case"]
+)
+def test_domain_login_password_and_domain_open_a_session(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm, spelling: str
+) -> None:
+    name = _unique("dave")
+    kerberos_realm.add_user(name, "Dave-pw-1")
+    _add_user(windows_server, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
+    login, domain = {
+        "login+domain": (name, DOMAIN),
+        "DOMAIN\\login": (f"{DOMAIN}\\{name}", None),
+        "login@REALM": (f"{name}@{REALM}", None),
+        "login@realm lower case": (f"{name}@{REALM.lower()}", None),
+    }[spelling]
+    with SessionClient(windows_server.url) as client:
+        token = client.open_session(login, "Dave-pw-1", domain)
+    assert token.user_login == f"{DOMAIN}\\{name}" and token.login_type.wire == "Windows"
+
+
+def test_a_wrong_domain_password_is_refused_and_audited(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm
+) -> None:
+    name = _unique("erin")
+    kerberos_realm.add_user(name, "Erin-pw-1")
+    _add_user(windows_server, name, "--login-type", "Windows")
+    with SessionClient(windows_server.url) as client, pytest.raises(InvalidCredentials) as refused:
+        client.open_session(name, "wrong", DOMAIN)
+    assert refused.value.status == 401 and refused.value.code == "invalid_credentials"
+    assert "Preauthentication" not in refused.value.message  # the reason stays in the audit
+    failed = [r for r in _audit(windows_server, "LoginFailed") if r["user_name"] == name]
+    assert failed, "no LoginFailed record"
+    assert "reauthentication failed" in str(failed[-1]["details"])
+
+
+def test_an_account_mapped_to_no_user_is_refused_clearly(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm
+) -> None:
+    name = _unique("frank")
+    kerberos_realm.add_user(name, "Frank-pw-1")
+    with SessionClient(windows_server.url) as client:
+        with pytest.raises(AccountNotMapped) as refused:
+            client.open_session(name, "Frank-pw-1", DOMAIN)
+        assert refused.value.status == 403
+        assert f"{DOMAIN}\\{name}" in refused.value.message
+        with pytest.raises(InvalidCredentials):  # a wrong password says nothing more
+            client.open_session(name, "nope", DOMAIN)
+    ccache = kerberos_realm.kinit(name, "Frank-pw-1")
+    with (
+        kerberos_realm.activate(ccache=ccache),
+        SessionClient(windows_server.url.replace("127.0.0.1", "localhost")) as client,
+        pytest.raises(AccountNotMapped),
+    ):
+        client.open_session_windows_auth()
+
+
+def test_a_platform_user_cannot_sign_in_by_windows_identity(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm
+) -> None:
+    name = _unique("gina")
+    kerberos_realm.add_user(name, "Gina-pw-1")
+    _add_user(windows_server, name, "--password", "platform-pw", "--account", f"{DOMAIN}\\{name}")
+    ccache = kerberos_realm.kinit(name, "Gina-pw-1")
+    with (
+        kerberos_realm.activate(ccache=ccache),
+        SessionClient(windows_server.url.replace("127.0.0.1", "localhost")) as client,
+        pytest.raises(LoginForbidden),
+    ):
+        client.open_session_windows_auth()
+
+
+def test_ldap_users_sign_in_against_the_directory(
+    windows_server: ServerProcess, ldap_server: LdapServer
+) -> None:
+    uid = _unique("hank")
+    ldap_server.add_user(uid, "Hank-pw-1", cn="Hank H.")
+    _add_user(windows_server, f"h.{uid}", "--login-type", "Ldap", "--account", uid)
+    with SessionClient(windows_server.url) as client:
+        token = client.open_session(f"h.{uid}", "Hank-pw-1")
+        assert token.login_type.wire == "Ldap" and token.user_login == uid
+        with pytest.raises(InvalidCredentials) as refused:
+            client.open_session(f"h.{uid}", "Hank-pw-2")
+        assert refused.value.code == "invalid_credentials"
+        with pytest.raises(RequestError):
+            client.open_session(f"h.{uid}", "")
+
+
+def test_the_directory_never_accepts_an_empty_password(ldap_server: LdapServer) -> None:
+    # LDAP treats a bind with a DN and no password as an anonymous, successful bind.
+    from sessiond.auth.directory import Directory
+    from sessiond.settings import DirectorySettings
+
+    uid = _unique("kate")
+    dn = ldap_server.add_user(uid, "Kate-pw-1")
+    directory = Directory(
+        DirectorySettings(url=ldap_server.ldaps_uri, ca_file=Path(ldap_server.ca_file))
+    )
+    directory.bind(dn, "Kate-pw-1")
+    for wrong in ("", "Kate-pw-2"):
+        with pytest.raises(InvalidCredentials):
+            directory.bind(dn, wrong)
+
+
+def test_an_ntlm_handshake_opens_a_session(
+    windows_server: ServerProcess, ntlm_users: NtlmUsers
+) -> None:
+    name = _unique("ivan")
+    who = ntlm_users.add_user(name, "Ivan-pw-1", domain=DOMAIN)
+    _add_user(windows_server, name, "--login-type", "Windows", "--account", who)
+    with SessionClient(
+        windows_server.url,
+        windows_username=who,
+        windows_password="Ivan-pw-1",
+        windows_protocol="ntlm",
+    ) as client:
+        token = client.open_session_windows_auth()
+    assert token.user_login == f"{DOMAIN}\\{name}"
+    logins = [
+        r for r in _audit(windows_server, "Login") if r["session_id"] == str(token.session_id)
+    ]
+    assert logins[0]["details"]["method"] == "ntlm"  # type: ignore[index]
+    with (
+        SessionClient(
+            windows_server.url,
+            windows_username=who,
+            windows_password="wrong",
+            windows_protocol="ntlm",
+        ) as client,
+        pytest.raises(InvalidCredentials),
+    ):
+        client.open_session_windows_auth()
+
+
+def test_administrators_set_login_type_and_account_over_the_api(
+    windows_server: ServerProcess,
+) -> None:
+    with SessionClient(windows_server.url) as admin:
+        admin.open_session("admin", windows_server.admin_password)
+        assert admin.session_token is not None
+        headers = {"Tessa-Session": admin.session_token.to_auth_xml()}
+        login = _unique("jack")
+        created = httpx.post(
+            f"{windows_server.url}/api/v1/users",
+            json={"Login": login, "Password": "jack-pw-1"},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        changed = httpx.patch(
+            f"{windows_server.url}/api/v1/users/{login}",
+            json={"LoginType": "Windows", "Account": f"{login}@{REALM}"},
+            headers=headers,
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["LoginType"] == "Windows"
+        assert changed.json()["Account"] == f"{DOMAIN}\\{login}"
+        bad = httpx.patch(
+            f"{windows_server.url}/api/v1/users/{login}",
+            json={"LoginType": "Martian"},
+            headers=headers,
+        )
+        assert bad.status_code == 400 and "LoginType" in bad.json()["error"]["message"]
+
+
+def test_the_settings_example_for_a_server_is_complete(tmp_path: Path) -> None:
+    from sessiond.errors import SettingsError
+    from sessiond.settings import load_settings
+
+    with pytest.raises(SettingsError, match="service_principal and keytab"):
+        load_settings(None, windows={"realm": REALM, "negotiate": False})
+    settings = load_settings(
+        None, windows={"realm": "corp.example.com", "verify_kdc": False, "negotiate": False}
+    )
+    assert settings.windows is not None and settings.windows.realm == "CORP.EXAMPLE.COM"
+
+
+# --- in-process: the service with directory-checked accounts --------------------------------
+
+
+def _directory(ldap_server: LdapServer) -> dict[str, object]:
+    return {"url": ldap_server.uri, "start_tls": True, "ca_file": ldap_server.ca_file}
+
+
+async def test_windows_passwords_by_directory_bind_with_auto_provisioning(
+    make_service: Any, ldap_server: LdapServer
+) -> None:
+    service = await make_service(
+        windows={
+            "realm": REALM,
+            "password_check": "ldap",
+            "directory": _directory(ldap_server),
+            "bind_format": "uid={login},ou=people,dc=sessiond,dc=test",
+            "verify_kdc": False,
+            "negotiate": False,
+            "auto_provision": True,
+        }
+    )
+    uid = _unique("liam")
+    ldap_server.add_user(uid, "Liam-pw-1")
+    token = await service.open_session(PasswordCredentials(uid, "Liam-pw-1", DOMAIN), ClientInfo())
+    assert token.login_type == LoginType.WINDOWS and token.user_login == f"{DOMAIN}\\{uid}"
+    user = await service.store.find_user_by_account(f"{DOMAIN}\\{uid}")
+    assert user is not None and user.access_level == AccessLevel.REGULAR
+    again = await service.open_session(
+        PasswordCredentials(f"{uid}@{REALM}", "Liam-pw-1"), ClientInfo()
+    )
+    assert again.user_id == user.id
+    with pytest.raises(InvalidCredentials):
+        await service.open_session(PasswordCredentials(uid, "wrong", DOMAIN), ClientInfo())
+
+
+async def test_ldap_users_are_provisioned_from_the_directory_when_allowed(
+    make_service: Any, ldap_server: LdapServer
+) -> None:
+    ldap = {
+        **_directory(ldap_server),
+        "search_base": "ou=people,dc=sessiond,dc=test",
+        "name_attribute": "cn",
+    }
+    strict = await make_service(ldap=ldap)
+    uid = _unique("mona")
+    ldap_server.add_user(uid, "Mona-pw-1", cn="Mona M.")
+    with pytest.raises(AccountNotMapped):
+        await strict.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
+    await strict.close()
+    open_door = await make_service(ldap={**ldap, "auto_provision": True})
+    token = await open_door.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
+    assert token.login_type == LoginType.LDAP and token.user_name == "Mona M."
+    failed = await open_door.audit_records(action=AuditAction.LOGIN_FAILED)
+    assert any("not mapped" in str(r.details) for r in failed)
