@@ -53,3 +53,19 @@ def test_bad_settings_are_refused_by_name(
     monkeypatch.delenv("SESSIOND_PORT", raising=False)
     with pytest.raises(SettingsError, match=problem):
         load_settings(config)
+
+
+def test_every_settings_example_in_the_docs_loads(tmp_path: Path) -> None:
+    import re
+
+    docs = Path(__file__).parent.parent / "docs"
+    blocks = [
+        block
+        for page in sorted(docs.glob("*.md"))
+        for block in re.findall(r"```toml\n(.*?)```", page.read_text(), re.S)
+    ]
+    assert blocks
+    for i, block in enumerate(blocks):
+        config = tmp_path / f"example-{i}.toml"
+        config.write_text(block)
+        load_settings(config)
