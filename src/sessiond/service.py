@@ -5,6 +5,8 @@ version, and write the audit trail. Plain async Python: no HTTP in here.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from . import licence as licences
+from . import passwords
 from ._version import __version__
 from .auth import Authenticator, Identity, PasswordCredentials, PlatformAuthenticator
 from .auth.negotiate import NegotiateAcceptor
@@ -21,11 +25,12 @@ from .errors import (
     AccountNotMapped,
     Conflict,
     InvalidCredentials,
+    LicenceInvalid,
     LoginForbidden,
     NegotiateRequired,
     NotConfigured,
     NotFound,
-    PasswordRejected,
+    PasswordExpired,
     PermissionDenied,
     RequestError,
     SessionExpired,
@@ -34,6 +39,7 @@ from .errors import (
     UserBlocked,
 )
 from .keys import KeyRing
+from .licence import Licence
 from .models import (
     AccessLevel,
     AuditAction,
@@ -41,17 +47,32 @@ from .models import (
     ConfigurationInfo,
     LicenseType,
     LoginType,
+    ServiceType,
 )
 from .settings import Settings
-from .store import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from .store import (
+    AuditRecord,
+    BuildInfo,
+    FailurePolicy,
+    SeatRequest,
+    SessionRecord,
+    Store,
+    UserRecord,
+)
 from .token import AuthToken, SessionToken
 
 Clock = Callable[[], datetime]
 SYSTEM = "System"
+log = logging.getLogger("sessiond.service")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _read_head(path: str | os.PathLike[str], size: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,12 @@ class SessionService:
             self.authenticators[LoginType.LDAP] = LdapAuthenticator(settings.ldap)
         if authenticators:
             self.authenticators.update(authenticators)
+        self.licence: Licence | None = None
+        self._licence_key = (
+            licences.load_public_key(settings.licence_public_key)
+            if settings.licence_public_key
+            else None
+        )
         self._version = 0
         self._version_read_at = 0.0
         self._version_lock = asyncio.Lock()
@@ -123,6 +150,13 @@ class SessionService:
     async def start(self) -> None:
         await self.store.open(self.build, self.clock())
         await self._read_version()
+        self.licence = await self.store.get_licence()
+        if self.settings.licence_file:
+            try:
+                await self.install_licence_file()
+            except LicenceInvalid as exc:
+                kept = f"keeping licence {self.licence.id}" if self.licence else "no licence"
+                log.error("licence not loaded: %s (%s)", exc.message, kept)
 
     async def close(self) -> None:
         for authenticator in self.authenticators.values():
@@ -132,6 +166,8 @@ class SessionService:
     # --- configuration version -----------------------------------------------------------
 
     async def _read_version(self) -> int:
+        if self._version_read_at:  # another node or the CLI may have installed a licence
+            self.licence = await self.store.get_licence()
         info = await self.store.get_configuration()
         self._version = max(self._version, info.version)
         self._version_read_at = time.monotonic()
@@ -191,11 +227,21 @@ class SessionService:
         except InvalidCredentials as exc:
             await self._failed_login(user, now, client_address, exc.reason or exc.message)
             raise
+        if user.login_type == LoginType.PLATFORM:
+            expiry = passwords.expires_at(user.password_changed, self.settings.security)
+            if expiry is not None and now >= expiry:
+                raise PasswordExpired(
+                    f"the password expired on {expiry:%Y-%m-%d}; change it "
+                    "(POST /api/v1/sessions/change-password), then sign in",
+                    details={"expired": expiry.isoformat()},
+                )
         changes: dict[str, Any] = {}
         if identity.new_password_hash:
             changes["password_hash"] = identity.new_password_hash
-        if user.failed_attempts:
-            changes["failed_attempts"] = 0
+        if user.failed_attempts or user.failed_series_count:
+            changes.update(failed_attempts=0, failed_series_count=0, failed_series_start=None)
+        if user.blocked:  # a block whose time has passed
+            changes.update(blocked=False, blocked_due_date=None)
         if changes:
             user = await self.store.update_user(user.id, **changes)
         return await self._create_session(user, client, client_address, now)
@@ -375,6 +421,8 @@ class SessionService:
     async def _failed_login(
         self, user: UserRecord, now: datetime, client_address: str | None, reason: str
     ) -> None:
+        """Count the failure; block the user when the security options say so."""
+        security = self.settings.security
         audit = AuditRecord(
             AuditAction.LOGIN_FAILED,
             now,
@@ -383,7 +431,40 @@ class SessionService:
             client_address=client_address,
             details={"reason": reason, "login": user.login},
         )
-        await self.store.record_failed_login(user.id, audit, None, False, None)
+        applies = user.login_type == LoginType.PLATFORM or security.block_windows_and_ldap_users
+
+        def decide(counted: UserRecord) -> tuple[datetime | None, AuditRecord] | None:
+            if not applies:
+                return None
+            total = security.max_failed_login_attempts_before_blocked
+            series = security.max_failed_login_attempts_in_series
+            until: datetime | None
+            if total and counted.failed_attempts >= total:
+                until, why = None, f"{counted.failed_attempts} failed sign-ins"
+            elif series and counted.failed_series_count >= series:
+                until = now + security.blocked_series_due_date_time
+                why = (
+                    f"{counted.failed_series_count} failed sign-ins within "
+                    f"{security.failed_login_attempts_series_time}"
+                )
+            else:
+                return None
+            return until, AuditRecord(
+                AuditAction.USER_BLOCKED,
+                now,
+                user_id=user.id,
+                user_name=user.name,
+                actor_name=SYSTEM,
+                client_address=client_address,
+                details={"reason": why, "until": until.isoformat() if until else None},
+            )
+
+        policy = FailurePolicy(
+            at=now,
+            series_window_start=now - security.failed_login_attempts_series_time,
+            decide=decide,
+        )
+        await self.store.record_failed_login(user.id, audit, policy)
 
     async def _create_session(
         self,
@@ -395,6 +476,7 @@ class SessionService:
         method: str | None = None,
     ) -> SessionToken:
         s = self.settings
+        license_type = self._license_type(user, client.service_type, now)
         token = SessionToken(
             session_id=uuid4(),
             user_id=user.id,
@@ -404,7 +486,7 @@ class SessionService:
             application_id=client.application_id,
             created=now,
             expires=now + s.session_expiration_time_span,
-            license_type=LicenseType.UNSPECIFIED,
+            license_type=license_type,
             login_type=user.login_type,
             service_type=client.service_type,
             device_type=client.device_type,
@@ -436,11 +518,118 @@ class SessionService:
                 details={
                     "login_type": user.login_type.wire,
                     "service_type": client.service_type.wire,
+                    "license_type": license_type.wire,
                     **({"method": method} if method else {}),
                 },
             ),
+            self._seat_request(user, license_type, now, client_address),
         )
         return token
+
+    # --- licences ------------------------------------------------------------------------
+
+    def _license_type(self, user: UserRecord, service: ServiceType, now: datetime) -> LicenseType:
+        """Web clients take web seats; desktop clients, and anything that says Unknown, take
+        client seats; a personal licence of that kind is used when the user holds one."""
+        if self.licence is not None and not self.licence.is_valid_at(now):
+            raise LicenceInvalid(
+                f"licence {self.licence.id} is valid from {self.licence.valid_from:%Y-%m-%d} "
+                f"to {self.licence.valid_to:%Y-%m-%d}; install a current licence "
+                "('sessiond licences install FILE')"
+            )
+        if service == ServiceType.WEB_CLIENT:
+            return LicenseType.PERSONAL_WEB if user.personal_web else LicenseType.CONCURRENT_WEB
+        if user.personal_client:
+            return LicenseType.PERSONAL_CLIENT
+        return LicenseType.CONCURRENT_CLIENT
+
+    def _seat_request(
+        self,
+        user: UserRecord,
+        license_type: LicenseType,
+        now: datetime,
+        client_address: str | None,
+    ) -> SeatRequest | None:
+        if license_type in (LicenseType.PERSONAL_CLIENT, LicenseType.PERSONAL_WEB):
+            return None  # personal seats are counted when they are given out
+        inactivity = self.settings.security.session_inactivity_time
+
+        def displaced(old: SessionRecord) -> AuditRecord:
+            return self._session_audit(
+                AuditAction.SESSION_DEACTIVATED,
+                now,
+                old,
+                None,
+                client_address,
+                {
+                    "reason": "licence limit: displaced by a newer session of the same user",
+                    "license_type": license_type.wire,
+                },
+            )
+
+        return SeatRequest(
+            license_type=license_type,
+            now=now,
+            active_since=now - inactivity if inactivity else None,
+            displace_oldest=self.settings.licence_policy == "deactivate_oldest",
+            displaced_audit=displaced,
+        )
+
+    async def install_licence_file(self, path: str | None = None) -> Licence:
+        """Check a licence file and make it the installation's licence (every node reads it
+        from the store). A bad, expired or wrongly signed file changes nothing."""
+        source = path or self.settings.licence_file
+        if source is None:
+            raise LicenceInvalid("no licence file given, and licence_file is not set")
+        try:
+            data = await asyncio.to_thread(_read_head, source, licences.MAX_LICENCE_BYTES + 1)
+        except OSError as exc:
+            raise LicenceInvalid(f"cannot read licence file {source}: {exc.strerror}") from None
+        return await self.install_licence(data, source=f"licence file {source}")
+
+    async def reload_licence(self, actor: Actor) -> Licence:
+        self._require_admin(actor, "reload the licence")
+        return await self.install_licence_file()
+
+    async def install_licence(self, data: bytes | str, *, source: str = "licence") -> Licence:
+        now = self.clock()
+        licence = licences.parse(data, public_key=self._licence_key, now=now, source=source)
+        await self.store.install_licence(licence, now)
+        self.licence = licence
+        log.info("licence %s for %s installed", licence.id, licence.licensee)
+        return licence
+
+    async def licence_usage(self, actor: Actor) -> dict[str, Any]:
+        """The installed licence and how many seats of each kind are in use."""
+        self._require_admin(actor, "see licence usage")
+        now = self.clock()
+        inactivity = self.settings.security.session_inactivity_time
+        usage = await self.store.licence_usage(now, now - inactivity if inactivity else None)
+        licence = await self.store.get_licence()
+        seats = {
+            name: {
+                "InUse": usage.get(kind, 0),
+                "Seats": licence.seats_of(kind) if licence else None,
+            }
+            for name, kind in licences.SEAT_FIELDS.items()
+        }
+        return {
+            "Licence": licence.to_dict() if licence else None,
+            "Valid": bool(licence and licence.is_valid_at(now)),
+            "Policy": self.settings.licence_policy,
+            "Seats": seats,
+        }
+
+    async def set_personal_licence(
+        self, actor: Actor, login: str, license_type: LicenseType, holds: bool
+    ) -> UserRecord:
+        self._require_admin(actor, "give out personal licences")
+        if license_type not in (LicenseType.PERSONAL_CLIENT, LicenseType.PERSONAL_WEB):
+            raise RequestError("a personal licence is PersonalClient or PersonalWeb")
+        user = await self.get_user_by_login(login)
+        licence = await self.store.get_licence()
+        limit = licence.seats_of(license_type) if licence else None
+        return await self.store.set_personal_licence(user.id, license_type, holds, limit)
 
     # --- validating ----------------------------------------------------------------------
 
@@ -508,6 +697,53 @@ class SessionService:
         )
         return await self.store.delete_session(session_id, audit) is not None
 
+    async def close_user_sessions(self, actor: Actor, login: str) -> int:
+        """Close every session of one user (administrators); returns how many were open."""
+        self._require_admin(actor, "close a user's sessions")
+        user = await self.get_user_by_login(login)
+        now = self.clock()
+        closed = await self.store.delete_user_sessions(
+            user.id,
+            lambda record: self._session_audit(
+                AuditAction.SESSION_CLOSED_BY_ADMIN,
+                now,
+                record,
+                actor,
+                actor.client_address,
+                {"reason": "all sessions of the user closed"},
+            ),
+        )
+        return len(closed)
+
+    async def sweep(self) -> int:
+        """Remove sessions past their lifetime or inactivity timeout, each audited as
+        SessionExpired; returns how many. Safe on several nodes at once."""
+        now = self.clock()
+        inactivity = self.settings.security.session_inactivity_time
+        idle_before = now - inactivity if inactivity else None
+        total = 0
+        while True:
+            swept = await self.store.sweep_sessions(
+                now,
+                idle_before,
+                lambda record: self._session_audit(
+                    AuditAction.SESSION_EXPIRED,
+                    now,
+                    record,
+                    None,
+                    None,
+                    {
+                        "reason": "absolute lifetime"
+                        if record.token.expires <= now
+                        else "inactivity",
+                        "by": "sweeper",
+                    },
+                ),
+            )
+            total += len(swept)
+            if len(swept) < 500:
+                return total
+
     async def list_sessions(
         self, actor: Actor, user_id: UUID | None = None
     ) -> Sequence[SessionRecord]:
@@ -530,14 +766,14 @@ class SessionService:
         self._require_admin(actor, "add users")
         login = login.strip()
         if not login:
-            raise PasswordRejected("a login must not be empty")
+            raise RequestError("a login must not be empty")
         now = self.clock()
         account = self.canonical_account(login_type, account)
         if login_type in (LoginType.WINDOWS, LoginType.LDAP) and not account:
             account = self.canonical_account(login_type, login)
         password_hash = None
         if password is not None:
-            self._check_password_policy(password)
+            passwords.check_rules(password, self.settings.security)
             password_hash = await self.platform.hash(password)
         user = UserRecord(
             id=uuid4(),
@@ -595,21 +831,54 @@ class SessionService:
         return await self.store.list_users()
 
     async def set_password(self, actor: Actor, login: str, password: str) -> UserRecord:
+        """An administrator sets a platform user's password (the same rules apply)."""
         self._require_admin(actor, "set a user's password")
-        user = await self.get_user_by_login(login)
-        self._check_password_policy(password)
+        return await self._change_password(await self.get_user_by_login(login), password)
+
+    async def change_password(
+        self, login: str, old_password: str, new_password: str, client_address: str | None = None
+    ) -> UserRecord:
+        """A platform user changes their own password — also once it has expired."""
+        now = self.clock()
+        user = await self.store.find_user_by_login(login.strip())
+        if user is None or user.login_type != LoginType.PLATFORM:
+            await self.platform.burn(old_password)
+            raise InvalidCredentials("wrong login or password")
+        self._check_may_sign_in(user, now)
+        try:
+            await self.platform.verify(user, PasswordCredentials(login, old_password))
+        except InvalidCredentials as exc:
+            await self._failed_login(user, now, client_address, exc.reason or exc.message)
+            raise
+        return await self._change_password(user, new_password)
+
+    async def _change_password(self, user: UserRecord, password: str) -> UserRecord:
+        security = self.settings.security
+        passwords.check_rules(password, security)
+        history = await self.store.password_history(user.id, security.unique_password_count)
+        await passwords.check_reuse(password, history, self.platform.matches, security)
         now = self.clock()
         password_hash = await self.platform.hash(password)
         user = await self.store.update_user(
-            user.id, password_hash=password_hash, password_changed=now, failed_attempts=0
+            user.id,
+            password_hash=password_hash,
+            password_changed=now,
+            failed_attempts=0,
+            failed_series_count=0,
+            failed_series_start=None,
         )
         await self.store.add_password_history(user.id, password_hash, now)
         return user
 
-    def _check_password_policy(self, password: str) -> None:
-        minimum = self.settings.security.min_password_length
-        if len(password) < minimum:
-            raise PasswordRejected(f"the password is too short: at least {minimum} characters")
+    async def password_expires(self, user_id: UUID) -> datetime | None:
+        """The expiry of a platform user's password, once its warning period has begun."""
+        user = await self.store.get_user(user_id)
+        security = self.settings.security
+        if user is None or user.login_type != LoginType.PLATFORM:
+            return None
+        if passwords.warning_due(user.password_changed, security, self.clock()):
+            return passwords.expires_at(user.password_changed, security)
+        return None
 
     async def set_blocked(
         self, actor: Actor, login: str, blocked: bool, until: datetime | None = None

@@ -11,7 +11,7 @@ import tomllib
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -229,6 +229,19 @@ class Settings(BaseSettings):
     )
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses whose X-Forwarded-For is believed"
+    )
+
+    licence_file: Path | None = Field(
+        None, description="licence file installed at start and by 'sessiond licences reload'"
+    )
+    licence_public_key: str | None = Field(
+        None, description="Ed25519 public key (PEM or base64); set: only signed licences"
+    )
+    licence_policy: Literal["refuse", "deactivate_oldest"] = Field(
+        "refuse", description="when seats run out: refuse, or end the user's oldest session"
+    )
+    sweep_interval: Duration = Field(
+        timedelta(seconds=60), description="how often expired sessions are removed"
     )
 
     argon2: Argon2Settings = Argon2Settings()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -45,9 +47,13 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await svc.start()
+        sweeper = asyncio.create_task(_sweep_forever(svc), name="sessiond-sweeper")
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if owned:
                 await svc.close()
 
@@ -71,6 +77,19 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     _install_openapi_security(app)
     app.add_middleware(PlatformHeaders, service=svc)
     return app
+
+
+async def _sweep_forever(service: SessionService) -> None:
+    """Remove expired sessions every sweep_interval; a failure is logged, never fatal."""
+    interval = service.settings.sweep_interval.total_seconds()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            swept = await service.sweep()
+            if swept:
+                log.info("removed %d expired sessions", swept)
+        except Exception:
+            log.exception("sweeping expired sessions failed; trying again later")
 
 
 class PlatformHeaders:

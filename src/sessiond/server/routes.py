@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,13 +16,14 @@ from pydantic import ValidationError
 from ..auth import PasswordCredentials
 from ..auth.negotiate import CONNECTION_PREFIX
 from ..errors import NegotiateRequired, RequestError, SessionRequired
-from ..models import AccessLevel, LoginType
+from ..models import AccessLevel, LicenseType, LoginType
 from ..service import Actor, SessionService
 from ..store import SessionRecord, UserRecord
-from ..token import format_datetime
+from ..token import SessionToken, format_datetime
 from .schemas import (
     AddUserRequest,
     BlockRequest,
+    ChangePasswordRequest,
     ClosedResponse,
     ConfigurationInfoBody,
     ErrorBody,
@@ -119,12 +120,26 @@ async def open_session(request: Request, body: OpenSessionRequest) -> JSONRespon
         )
     if not login or not password:
         raise RequestError("give both Login and Password, or neither for Windows sign-in")
-    token = await _service(request).open_session(
+    service = _service(request)
+    token = await service.open_session(
         PasswordCredentials(login, password, body.Domain or None),
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
-    return JSONResponse({"Token": token.to_xml(), "AuthToken": token.to_auth_xml()})
+    expires = await service.password_expires(token.user_id)
+    return JSONResponse(_opened(service, token, expires))
+
+
+def _opened(
+    service: SessionService, token: SessionToken, password_expires: datetime | None = None
+) -> dict[str, Any]:
+    inactivity = service.settings.security.session_inactivity_time
+    return {
+        "Token": token.to_xml(),
+        "AuthToken": token.to_auth_xml(),
+        "SessionInactivityTime": inactivity.total_seconds() if inactivity else None,
+        "PasswordExpires": format_datetime(password_expires) if password_expires else None,
+    }
 
 
 @router.post(
@@ -152,9 +167,7 @@ async def open_session_windows(request: Request) -> JSONResponse:
     headers = (
         {"WWW-Authenticate": "Negotiate " + base64.b64encode(mutual).decode()} if mutual else None
     )
-    return JSONResponse(
-        {"Token": token.to_xml(), "AuthToken": token.to_auth_xml()}, headers=headers
-    )
+    return JSONResponse(_opened(_service(request), token), headers=headers)
 
 
 def _negotiate_token(authorization: str | None) -> bytes | None:
@@ -176,6 +189,18 @@ def _handshake_id(request: Request) -> str | None:
     # Browsers and curl send no Tessa-Negotiate-Id; NTLM's legs share their TCP connection.
     client = request.client
     return f"{CONNECTION_PREFIX}{client.host}:{client.port}" if client else None
+
+
+@router.post(
+    "/sessions/change-password",
+    responses=_ERRORS,
+    summary="A platform user changes their own password (also an expired one)",
+)
+async def change_password(request: Request, body: ChangePasswordRequest) -> JSONResponse:
+    user = await _service(request).change_password(
+        body.Login, body.OldPassword, body.NewPassword, client_address(request)
+    )
+    return JSONResponse({"Changed": True, "Login": user.login})
 
 
 @router.post(
@@ -272,6 +297,8 @@ def user_info(user: UserRecord) -> dict[str, Any]:
         "Account": user.account,
         "Blocked": user.blocked,
         "BlockedDueDate": format_datetime(user.blocked_due_date) if user.blocked_due_date else None,
+        "PersonalClient": user.personal_client,
+        "PersonalWeb": user.personal_web,
         "Created": format_datetime(user.created),
     }
 
@@ -328,7 +355,8 @@ async def add_user(request: Request, body: AddUserRequest) -> JSONResponse:
 )
 async def update_user(request: Request, login: str, body: UpdateUserRequest) -> JSONResponse:
     actor = await _actor(request)
-    user = await _service(request).update_user(
+    service = _service(request)
+    user = await service.update_user(
         actor,
         login,
         name=body.Name,
@@ -336,6 +364,13 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
         login_type=_enum(LoginType, body.LoginType, "LoginType"),
         account=body.Account,
     )
+    personal = {
+        LicenseType.PERSONAL_CLIENT: body.PersonalClient,
+        LicenseType.PERSONAL_WEB: body.PersonalWeb,
+    }
+    for kind, holds in personal.items():
+        if holds is not None:
+            user = await service.set_personal_licence(actor, user.login, kind, holds)
     return JSONResponse(user_info(user))
 
 
@@ -377,3 +412,35 @@ async def unblock_user(request: Request, login: str) -> JSONResponse:
     actor = await _actor(request)
     user = await _service(request).set_blocked(actor, login, False)
     return JSONResponse(user_info(user))
+
+
+@router.delete(
+    "/users/{login}/sessions",
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Close every session of a user (administrators)",
+)
+async def close_user_sessions(request: Request, login: str) -> JSONResponse:
+    closed = await _service(request).close_user_sessions(await _actor(request), login)
+    return JSONResponse({"Closed": closed})
+
+
+@router.get(
+    "/licences",
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="The installed licence and seats in use (administrators)",
+)
+async def licence_usage(request: Request) -> JSONResponse:
+    return JSONResponse(await _service(request).licence_usage(await _actor(request)))
+
+
+@router.post(
+    "/licences/reload",
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Reinstall the configured licence file (administrators)",
+)
+async def reload_licence(request: Request) -> JSONResponse:
+    licence = await _service(request).reload_licence(await _actor(request))
+    return JSONResponse({"Licence": licence.to_dict()})

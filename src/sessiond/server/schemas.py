@@ -88,6 +88,12 @@ class OpenSessionRequest(_Body):
 class OpenSessionResponse(BaseModel):
     Token: str = Field(description="the full SessionToken XML")
     AuthToken: str = Field(description="the auth form, for the Tessa-Session header")
+    SessionInactivityTime: float | None = Field(
+        description="seconds without a request after which the session closes; null: never"
+    )
+    PasswordExpires: str | None = Field(
+        description="when the password expires, once its warning period has begun"
+    )
 
 
 class ClosedResponse(BaseModel):
@@ -141,6 +147,8 @@ class UserBody(BaseModel):
     Account: str | None
     Blocked: bool
     BlockedDueDate: str | None
+    PersonalClient: bool
+    PersonalWeb: bool
     Created: str
 
 
@@ -164,6 +172,16 @@ class UpdateUserRequest(_Body):
     AccessLevel: str | int | None = None
     LoginType: str | int | None = None
     Account: str | None = Field(None, max_length=512)
+    PersonalClient: bool | None = Field(None, description="holds a personal client licence")
+    PersonalWeb: bool | None = Field(None, description="holds a personal web licence")
+
+
+class ChangePasswordRequest(_Body):
+    """POST /api/v1/sessions/change-password: no session needed (the password may have expired)."""
+
+    Login: str = Field(min_length=1, max_length=512)
+    OldPassword: str = Field(min_length=1, max_length=1024)
+    NewPassword: str = Field(min_length=1, max_length=1024)
 
 
 class SetPasswordRequest(_Body):

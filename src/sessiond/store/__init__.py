@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from ..errors import SettingsError
-from .base import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from .base import (
+    AuditRecord,
+    BuildInfo,
+    FailurePolicy,
+    SeatRequest,
+    SessionRecord,
+    Store,
+    UserRecord,
+)
 
-__all__ = ["AuditRecord", "BuildInfo", "SessionRecord", "Store", "UserRecord", "create_store"]
+__all__ = [
+    "AuditRecord",
+    "BuildInfo",
+    "FailurePolicy",
+    "SeatRequest",
+    "SessionRecord",
+    "Store",
+    "UserRecord",
+    "create_store",
+]
 
 
 def create_store(url: str) -> Store:

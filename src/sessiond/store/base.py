@@ -8,13 +8,14 @@ never written for one that did not.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from ..models import AccessLevel, AuditAction, ConfigurationInfo, LoginType
+from ..licence import Licence
+from ..models import AccessLevel, AuditAction, ConfigurationInfo, LicenseType, LoginType
 from ..token import SessionToken
 
 
@@ -31,8 +32,12 @@ class UserRecord:
     password_changed: datetime | None = None
     blocked: bool = False
     blocked_due_date: datetime | None = None  # None while blocked: until an administrator unblocks
-    failed_attempts: int = 0
+    failed_attempts: int = 0  # since the last successful sign-in
     time_zone_utc_offset: int | None = None  # minutes east of UTC, from the employee's card
+    personal_client: bool = False  # holds a personal desktop-client licence
+    personal_web: bool = False  # holds a personal web licence
+    failed_series_start: datetime | None = None
+    failed_series_count: int = 0
 
     @property
     def is_administrator(self) -> bool:
@@ -62,6 +67,36 @@ class AuditRecord:
     client_address: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     id: int | None = None  # assigned by the store
+
+
+@dataclass(frozen=True, slots=True)
+class SeatRequest:
+    """Take a seat of ``license_type`` for a new session, atomically with its insertion.
+
+    Sessions count if they have not expired and (when ``active_since`` is set) have been
+    active since then. When the licence's seats are all taken, ``displace_oldest`` deactivates
+    the same user's oldest counted session of that type (audited with ``displaced_audit``);
+    otherwise, or if the user holds none, :class:`~sessiond.errors.LicenceLimitReached`.
+    """
+
+    license_type: LicenseType
+    now: datetime
+    active_since: datetime | None
+    displace_oldest: bool
+    displaced_audit: Callable[[SessionRecord], AuditRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """What one more failed sign-in means: the series window and the block decision.
+
+    ``decide`` sees the user after the failure was counted and returns None (no block) or
+    ``(until, audit)``: block until then (None: until an administrator unblocks).
+    """
+
+    at: datetime
+    series_window_start: datetime
+    decide: Callable[[UserRecord], tuple[datetime | None, AuditRecord] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +147,16 @@ class Store(ABC):
 
     @abstractmethod
     async def record_failed_login(
-        self,
-        user_id: UUID,
-        audit: AuditRecord,
-        block_until: datetime | None,
-        block: bool,
-        block_audit: AuditRecord | None,
+        self, user_id: UUID, audit: AuditRecord, policy: FailurePolicy
     ) -> UserRecord:
-        """Count one failure (and block the user if asked), with its audit records."""
+        """Count one failure in total and in its series, block the user if the policy says
+        so, and write the audit records, all in one transaction."""
+
+    @abstractmethod
+    async def set_personal_licence(
+        self, user_id: UUID, license_type: LicenseType, holds: bool, limit: int | None
+    ) -> UserRecord:
+        """Give or take a personal licence; LicenceLimitReached if ``limit`` are given out."""
 
     @abstractmethod
     async def add_password_history(
@@ -132,7 +169,10 @@ class Store(ABC):
 
     # sessions
     @abstractmethod
-    async def add_session(self, session: SessionRecord, audit: AuditRecord) -> None: ...
+    async def add_session(
+        self, session: SessionRecord, audit: AuditRecord, seat: SeatRequest | None = None
+    ) -> list[SessionRecord]:
+        """Insert the session (taking a seat if asked); return the sessions it displaced."""
 
     @abstractmethod
     async def get_session(self, session_id: UUID) -> SessionRecord | None: ...
@@ -146,6 +186,36 @@ class Store(ABC):
 
     @abstractmethod
     async def list_sessions(self, user_id: UUID | None = None) -> Sequence[SessionRecord]: ...
+
+    @abstractmethod
+    async def delete_user_sessions(
+        self, user_id: UUID, audit: Callable[[SessionRecord], AuditRecord]
+    ) -> list[SessionRecord]:
+        """Delete every session of a user, each with its audit record."""
+
+    @abstractmethod
+    async def sweep_sessions(
+        self,
+        now: datetime,
+        idle_before: datetime | None,
+        audit: Callable[[SessionRecord], AuditRecord],
+        limit: int = 500,
+    ) -> list[SessionRecord]:
+        """Delete up to ``limit`` sessions past their expiry (or idle since before
+        ``idle_before``), each with its audit record; safe to run on every node at once."""
+
+    # licences
+    @abstractmethod
+    async def get_licence(self) -> Licence | None: ...
+
+    @abstractmethod
+    async def install_licence(self, licence: Licence, at: datetime) -> None: ...
+
+    @abstractmethod
+    async def licence_usage(
+        self, now: datetime, active_since: datetime | None
+    ) -> dict[LicenseType, int]:
+        """Counted sessions per concurrent type, and holders per personal type."""
 
     # audit
     @abstractmethod

@@ -54,6 +54,11 @@ users = sa.Table(
     sa.Column("failed_attempts", sa.Integer(), nullable=False),
     sa.Column("time_zone_utc_offset", sa.Integer()),
     sa.Column("created", UTCDateTime(), nullable=False),
+    # 0002: personal licences and failed sign-ins in a series
+    sa.Column("personal_client", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("personal_web", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("failed_series_start", UTCDateTime()),
+    sa.Column("failed_series_count", sa.Integer(), nullable=False, server_default="0"),
 )
 
 password_history = sa.Table(
@@ -99,6 +104,7 @@ sessions = sa.Table(
     sa.Column("client_address", sa.String(64)),
     sa.Index("ix_sessions_user", "user_id"),
     sa.Index("ix_sessions_expires", "expires"),
+    sa.Index("ix_sessions_license", "license_type", "expires"),
 )
 
 audit = sa.Table(
@@ -130,4 +136,21 @@ configuration = sa.Table(
     sa.Column("build_name", sa.String(256), nullable=False),
     sa.Column("build_date", UTCDateTime()),
     sa.Column("description", sa.Text(), nullable=False),
+)
+
+licence = sa.Table(
+    "licence",
+    metadata,
+    sa.Column("id", sa.SmallInteger(), primary_key=True),
+    sa.Column("licence_id", sa.String(256), nullable=False),
+    sa.Column("licensee", sa.String(256), nullable=False),
+    sa.Column("valid_from", UTCDateTime(), nullable=False),
+    sa.Column("valid_to", UTCDateTime(), nullable=False),
+    sa.Column("concurrent_client", sa.Integer(), nullable=False),
+    sa.Column("personal_client", sa.Integer(), nullable=False),
+    sa.Column("concurrent_web", sa.Integer(), nullable=False),
+    sa.Column("personal_web", sa.Integer(), nullable=False),
+    sa.Column("signed", sa.Boolean(), nullable=False),
+    sa.Column("content", sa.Text(), nullable=False),
+    sa.Column("installed", UTCDateTime(), nullable=False),
 )

@@ -7,7 +7,7 @@ Dialect differences (connection set-up, how a write transaction starts) live in
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -21,7 +21,8 @@ from alembic.config import Config
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..errors import Conflict, NotFound, ServiceUnavailable
+from ..errors import Conflict, LicenceLimitReached, NotFound, ServiceUnavailable
+from ..licence import Licence
 from ..models import (
     AccessLevel,
     AuditAction,
@@ -33,11 +34,35 @@ from ..models import (
 )
 from ..token import SessionToken
 from . import schema
-from .base import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from .base import (
+    AuditRecord,
+    BuildInfo,
+    FailurePolicy,
+    SeatRequest,
+    SessionRecord,
+    Store,
+    UserRecord,
+)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _USER_FIELDS = {f.name for f in fields(UserRecord)}
 _TOKEN_FIELDS = [f.name for f in fields(SessionToken)]
+_LICENCE_COLUMNS = {
+    LicenseType.CONCURRENT_CLIENT: "concurrent_client",
+    LicenseType.PERSONAL_CLIENT: "personal_client",
+    LicenseType.CONCURRENT_WEB: "concurrent_web",
+    LicenseType.PERSONAL_WEB: "personal_web",
+}
+_PERSONAL_USER_COLUMNS = {
+    LicenseType.PERSONAL_CLIENT: "personal_client",
+    LicenseType.PERSONAL_WEB: "personal_web",
+}
+_SEAT_NAMES = {
+    LicenseType.CONCURRENT_CLIENT: "concurrent client",
+    LicenseType.PERSONAL_CLIENT: "personal client",
+    LicenseType.CONCURRENT_WEB: "concurrent web",
+    LicenseType.PERSONAL_WEB: "personal web",
+}
 _ENUM_COLUMNS: dict[str, type[Any]] = {
     "access_level": AccessLevel,
     "login_type": LoginType,
@@ -193,23 +218,59 @@ class SqlStore(Store):
         return self._user(row)
 
     async def record_failed_login(
-        self,
-        user_id: UUID,
-        audit: AuditRecord,
-        block_until: datetime | None,
-        block: bool,
-        block_audit: AuditRecord | None,
+        self, user_id: UUID, audit: AuditRecord, policy: FailurePolicy
     ) -> UserRecord:
-        users = schema.users
+        u = schema.users
+        new_series = sa.or_(
+            u.c.failed_series_start.is_(None),
+            u.c.failed_series_start < policy.series_window_start,
+        )
         async with self._write() as conn:
-            values: dict[str, Any] = {"failed_attempts": users.c.failed_attempts + 1}
-            if block:
-                values.update(blocked=True, blocked_due_date=block_until)
-            await conn.execute(users.update().where(users.c.id == user_id).values(**values))
+            await conn.execute(
+                u.update()
+                .where(u.c.id == user_id)
+                .values(
+                    failed_attempts=u.c.failed_attempts + 1,
+                    failed_series_count=sa.case((new_series, 1), else_=u.c.failed_series_count + 1),
+                    failed_series_start=sa.case(
+                        (new_series, policy.at), else_=u.c.failed_series_start
+                    ),
+                )
+            )
             await self._insert_audit(conn, audit)
-            if block and block_audit is not None:
+            user = self._user((await conn.execute(sa.select(u).where(u.c.id == user_id))).one())
+            decision = policy.decide(user)
+            if decision is not None:
+                until, block_audit = decision
+                await conn.execute(
+                    u.update().where(u.c.id == user_id).values(blocked=True, blocked_due_date=until)
+                )
                 await self._insert_audit(conn, block_audit)
-            row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).one()
+                user = self._user((await conn.execute(sa.select(u).where(u.c.id == user_id))).one())
+        return user
+
+    async def set_personal_licence(
+        self, user_id: UUID, license_type: LicenseType, holds: bool, limit: int | None
+    ) -> UserRecord:
+        u = schema.users
+        column = u.c[_PERSONAL_USER_COLUMNS[license_type]]
+        async with self._write() as conn:
+            await self._lock_licence(conn)
+            if holds and limit is not None:
+                given = await conn.scalar(
+                    sa.select(sa.func.count()).where(column.is_(True), u.c.id != user_id)
+                )
+                if int(given or 0) >= limit:
+                    raise LicenceLimitReached(
+                        f"licence limit reached: {given} of {limit} "
+                        f"{_SEAT_NAMES[license_type]} licences are given out"
+                    )
+            result = await conn.execute(
+                u.update().where(u.c.id == user_id).values({column.name: holds})
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no user with id {user_id}")
+            row = (await conn.execute(sa.select(u).where(u.c.id == user_id))).one()
         return self._user(row)
 
     async def add_password_history(self, user_id: UUID, password_hash: str, at: datetime) -> None:
@@ -254,10 +315,78 @@ class SqlStore(Store):
             data[name] = cls(data[name])
         return SessionRecord(SessionToken(**data), last_activity, client_address)
 
-    async def add_session(self, session: SessionRecord, audit: AuditRecord) -> None:
+    async def add_session(
+        self, session: SessionRecord, audit: AuditRecord, seat: SeatRequest | None = None
+    ) -> list[SessionRecord]:
+        displaced: list[SessionRecord] = []
         async with self._write() as conn:
+            if seat is not None:
+                displaced = await self._take_seat(conn, session, seat)
             await conn.execute(schema.sessions.insert().values(**self._session_values(session)))
             await self._insert_audit(conn, audit)
+        return displaced
+
+    @staticmethod
+    async def _lock_licence(conn: AsyncConnection) -> sa.Row[Any] | None:
+        # On PostgreSQL the row lock serialises seat-taking across nodes; SQLite's
+        # BEGIN IMMEDIATE already holds the database's one write lock.
+        query = sa.select(schema.licence).where(schema.licence.c.id == 1).with_for_update()
+        return (await conn.execute(query)).first()
+
+    @staticmethod
+    def _counted(seat: SeatRequest) -> list[sa.ColumnElement[bool]]:
+        s = schema.sessions
+        where = [s.c.license_type == int(seat.license_type), s.c.expires > seat.now]
+        if seat.active_since is not None:
+            where.append(s.c.last_activity >= seat.active_since)
+        return where
+
+    async def _take_seat(
+        self, conn: AsyncConnection, session: SessionRecord, seat: SeatRequest
+    ) -> list[SessionRecord]:
+        licence = await self._lock_licence(conn)
+        if licence is None:
+            return []  # no licence installed: seats are not limited
+        limit = int(licence._mapping[_LICENCE_COLUMNS[seat.license_type]])
+        s = schema.sessions
+        counted = self._counted(seat)
+        in_use = int(await conn.scalar(sa.select(sa.func.count()).where(*counted)) or 0)
+        displaced: list[SessionRecord] = []
+        while in_use >= limit:
+            name = _SEAT_NAMES[seat.license_type]
+            if not seat.displace_oldest:
+                raise LicenceLimitReached(
+                    f"licence limit reached: {in_use} of {limit} {name} sessions in use",
+                    details={
+                        "license_type": seat.license_type.wire,
+                        "in_use": in_use,
+                        "seats": limit,
+                    },
+                )
+            row = (
+                await conn.execute(
+                    sa.select(s)
+                    .where(*counted, s.c.user_id == session.token.user_id)
+                    .order_by(s.c.created, s.c.id)
+                    .limit(1)
+                )
+            ).first()
+            if row is None:
+                raise LicenceLimitReached(
+                    f"licence limit reached: {in_use} of {limit} {name} sessions in use, and "
+                    "none of them is yours to give up",
+                    details={
+                        "license_type": seat.license_type.wire,
+                        "in_use": in_use,
+                        "seats": limit,
+                    },
+                )
+            old = self._session(row)
+            await conn.execute(s.delete().where(s.c.id == old.id))
+            await self._insert_audit(conn, seat.displaced_audit(old))
+            displaced.append(old)
+            in_use -= 1
+        return displaced
 
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         async with self._read() as conn:
@@ -295,6 +424,99 @@ class SqlStore(Store):
         async with self._read() as conn:
             rows = await conn.execute(query)
         return [self._session(r) for r in rows]
+
+    async def delete_user_sessions(
+        self, user_id: UUID, audit: Callable[[SessionRecord], AuditRecord]
+    ) -> list[SessionRecord]:
+        s = schema.sessions
+        async with self._write() as conn:
+            rows = (await conn.execute(sa.select(s).where(s.c.user_id == user_id))).all()
+            closed = [self._session(r) for r in rows]
+            if closed:
+                await conn.execute(s.delete().where(s.c.id.in_([c.id for c in closed])))
+                for record in closed:
+                    await self._insert_audit(conn, audit(record))
+        return closed
+
+    async def sweep_sessions(
+        self,
+        now: datetime,
+        idle_before: datetime | None,
+        audit: Callable[[SessionRecord], AuditRecord],
+        limit: int = 500,
+    ) -> list[SessionRecord]:
+        s = schema.sessions
+        stale = s.c.expires <= now
+        if idle_before is not None:
+            stale = sa.or_(stale, s.c.last_activity < idle_before)
+        async with self._write() as conn:
+            rows = (await conn.execute(sa.select(s).where(stale).limit(limit))).all()
+            swept = [self._session(r) for r in rows]
+            if swept:
+                await conn.execute(s.delete().where(s.c.id.in_([r.id for r in swept])))
+                for record in swept:
+                    await self._insert_audit(conn, audit(record))
+        return swept
+
+    # --- licences ------------------------------------------------------------------------
+
+    async def get_licence(self) -> Licence | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(sa.select(schema.licence).where(schema.licence.c.id == 1))
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return Licence(
+            id=m["licence_id"],
+            licensee=m["licensee"],
+            valid_from=m["valid_from"],
+            valid_to=m["valid_to"],
+            seats={kind: int(m[column]) for kind, column in _LICENCE_COLUMNS.items()},
+            signed=bool(m["signed"]),
+            text=m["content"],
+        )
+
+    async def install_licence(self, licence: Licence, at: datetime) -> None:
+        values: dict[str, Any] = {
+            "licence_id": licence.id,
+            "licensee": licence.licensee,
+            "valid_from": licence.valid_from,
+            "valid_to": licence.valid_to,
+            "signed": licence.signed,
+            "content": licence.text,
+            "installed": at,
+            **{column: licence.seats_of(kind) for kind, column in _LICENCE_COLUMNS.items()},
+        }
+        async with self._write() as conn:
+            if await self._lock_licence(conn) is None:
+                await conn.execute(schema.licence.insert().values(id=1, **values))
+            else:
+                await conn.execute(
+                    schema.licence.update().where(schema.licence.c.id == 1).values(**values)
+                )
+
+    async def licence_usage(
+        self, now: datetime, active_since: datetime | None
+    ) -> dict[LicenseType, int]:
+        s, u = schema.sessions, schema.users
+        usage: dict[LicenseType, int] = {}
+        async with self._read() as conn:
+            where = [s.c.expires > now]
+            if active_since is not None:
+                where.append(s.c.last_activity >= active_since)
+            rows = await conn.execute(
+                sa.select(s.c.license_type, sa.func.count())
+                .where(*where)
+                .group_by(s.c.license_type)
+            )
+            for kind, count in rows:
+                usage[LicenseType(kind)] = int(count)
+            for kind, column in _PERSONAL_USER_COLUMNS.items():
+                holders = await conn.scalar(sa.select(sa.func.count()).where(u.c[column].is_(True)))
+                usage[kind] = int(holders or 0)
+        return usage
 
     # --- audit ---------------------------------------------------------------------------
 
