@@ -15,6 +15,7 @@ from .errors import (
     TokenInvalid,
     TokenSignatureInvalid,
 )
+from .manager import AsyncSessionManager, SessionManager
 from .models import (
     AccessLevel,
     ConfigurationInfo,
@@ -28,6 +29,7 @@ from .token import AuthToken, SessionToken
 __all__ = [
     "AccessLevel",
     "AsyncSessionClient",
+    "AsyncSessionManager",
     "AuthToken",
     "AuthenticationError",
     "ConfigurationInfo",
@@ -39,6 +41,7 @@ __all__ = [
     "ServiceType",
     "SessionClient",
     "SessionExpired",
+    "SessionManager",
     "SessionNotFound",
     "SessionToken",
     "SessiondError",

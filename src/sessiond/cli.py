@@ -23,7 +23,7 @@ from rich.table import Table
 
 from .errors import SessiondError, SettingsError
 from .keys import KeyRing
-from .models import AccessLevel, AuditAction, LoginType
+from .models import AccessLevel, AuditAction, LicenseType, LoginType
 from .service import Actor, SessionService
 from .settings import Settings, load_settings
 from .store import AuditRecord
@@ -36,11 +36,13 @@ sessions_app = typer.Typer(no_args_is_help=True, help="Open sessions.")
 config_app = typer.Typer(no_args_is_help=True, help="The configuration version.")
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
 keys_app = typer.Typer(no_args_is_help=True, help="Token signature keys.")
+licences_app = typer.Typer(no_args_is_help=True, help="The licence: seats and validity.")
 app.add_typer(users_app, name="users")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(licences_app, name="licences")
 
 out = Console()
 err = Console(stderr=True)
@@ -202,23 +204,41 @@ def users_update(
     admin: Annotated[
         bool | None, typer.Option("--admin/--regular", help="access level", show_default=False)
     ] = None,
+    personal_client: Annotated[
+        bool | None,
+        typer.Option("--personal-client/--no-personal-client", help="personal client licence"),
+    ] = None,
+    personal_web: Annotated[
+        bool | None,
+        typer.Option("--personal-web/--no-personal-web", help="personal web licence"),
+    ] = None,
 ) -> None:
-    """Change a user's name, login type, account or access level."""
+    """Change a user's name, login type, account, access level or personal licences."""
     try:
         kind = LoginType.from_wire(login_type) if login_type else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     level = None if admin is None else (AccessLevel.ADMINISTRATOR if admin else AccessLevel.REGULAR)
-    user = _with_service(
-        config,
-        lambda s: s.update_user(
+
+    async def action(s: SessionService) -> Any:
+        user = await s.update_user(
             Actor.system(), login, name=name, access_level=level, login_type=kind, account=account
-        ),
-    )
+        )
+        for kind_of, holds in (
+            (LicenseType.PERSONAL_CLIENT, personal_client),
+            (LicenseType.PERSONAL_WEB, personal_web),
+        ):
+            if holds is not None:
+                user = await s.set_personal_licence(Actor.system(), user.login, kind_of, holds)
+        return user
+
+    user = _with_service(config, action)
     out.print(
         f"{user.login}: {user.login_type.wire}"
         + (f" account {user.account}" if user.account else "")
-        + f", {user.access_level.wire}",
+        + f", {user.access_level.wire}"
+        + (", personal client licence" if user.personal_client else "")
+        + (", personal web licence" if user.personal_web else ""),
         highlight=False,
     )
 
@@ -314,9 +334,21 @@ def sessions_list(
 
 
 @sessions_app.command("close")
-def sessions_close(session_id: UUID, config: ConfigOption = None) -> None:
-    """Close a session as administrator."""
-    closed = _with_service(config, lambda s: s.close_session_as_admin(Actor.system(), session_id))
+def sessions_close(
+    session_id: Annotated[UUID | None, typer.Argument(help="the session to close")] = None,
+    config: ConfigOption = None,
+    user: Annotated[str | None, typer.Option(help="close every session of this login")] = None,
+) -> None:
+    """Close a session, or every session of a user, as administrator."""
+    if (session_id is None) == (user is None):
+        raise typer.BadParameter("give a session id or --user LOGIN (one of them)")
+    if user is not None:
+        count = _with_service(config, lambda s: s.close_user_sessions(Actor.system(), user))
+        out.print(f"closed {count} session(s) of {user}", highlight=False)
+        return
+    assert session_id is not None
+    sid = session_id
+    closed = _with_service(config, lambda s: s.close_session_as_admin(Actor.system(), sid))
     out.print("closed" if closed else "that session was not open")
 
 
@@ -451,6 +483,107 @@ def keys_retire(key_id: str, config: ConfigOption = None) -> None:
     except SettingsError as exc:
         raise _fail(exc) from None
     out.print(f"retired {key_id}", highlight=False)
+
+
+# --- licences --------------------------------------------------------------------------------
+
+
+@licences_app.command("show")
+def licences_show(config: ConfigOption = None) -> None:
+    """The installed licence and how many seats of each kind are in use."""
+    usage = _with_service(config, lambda s: s.licence_usage(Actor.system()))
+    licence = usage["Licence"]
+    if licence is None:
+        out.print("no licence installed: seats are not limited")
+    else:
+        out.print(
+            f"licence {licence['ID']} for {licence['Licensee']}, valid {licence['ValidFrom']} "
+            f"to {licence['ValidTo']} ({'valid' if usage['Valid'] else 'NOT VALID NOW'}"
+            f", {'signed' if licence['Signed'] else 'unsigned'}); when full: {usage['Policy']}",
+            highlight=False,
+        )
+    table = Table("seats", "in use", "licensed")
+    for name, seat in usage["Seats"].items():
+        table.add_row(
+            name, str(seat["InUse"]), "-" if seat["Seats"] is None else str(seat["Seats"])
+        )
+    out.print(table)
+
+
+@licences_app.command("install")
+def licences_install(file: Path, config: ConfigOption = None) -> None:
+    """Check a licence file and install it for every node (a bad one changes nothing)."""
+    licence = _with_service(config, lambda s: s.install_licence_file(str(file)))
+    out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
+
+
+@licences_app.command("reload")
+def licences_reload(config: ConfigOption = None) -> None:
+    """Install the licence file named by the licence_file setting again."""
+    licence = _with_service(config, lambda s: s.install_licence_file())
+    out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
+
+
+@licences_app.command("keygen")
+def licences_keygen(
+    private_key: Annotated[Path, typer.Option(help="where to write the private key (PEM, 0600)")],
+) -> None:
+    """Make an Ed25519 key pair for signing licences; prints the public key for servers'
+    licence_public_key setting. Keep the private key with whoever issues licences."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    import base64
+
+    out.print(base64.b64encode(public).decode(), highlight=False)
+
+
+@licences_app.command("sign")
+def licences_sign(
+    private_key: Annotated[Path, typer.Option(help="PEM private key from 'licences keygen'")],
+    licence_id: Annotated[str, typer.Option("--id", help="licence number")],
+    licensee: Annotated[str, typer.Option(help="who the licence is for")],
+    valid_from: Annotated[str, typer.Option(help="date or UTC time")],
+    valid_to: Annotated[str, typer.Option(help="date or UTC time")],
+    concurrent_client: int = 0,
+    personal_client: int = 0,
+    concurrent_web: int = 0,
+    personal_web: int = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Issue a signed licence file."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from . import licence as licences
+
+    key = load_pem_private_key(private_key.read_bytes(), password=None)
+    body = {
+        "ID": licence_id,
+        "Licensee": licensee,
+        "ValidFrom": valid_from,
+        "ValidTo": valid_to,
+        "ConcurrentClient": concurrent_client,
+        "PersonalClient": personal_client,
+        "ConcurrentWeb": concurrent_web,
+        "PersonalWeb": personal_web,
+    }
+    document = json.dumps(licences.sign(body, key), indent=2, ensure_ascii=False) + "\n"
+    if output:
+        output.write_text(document, encoding="utf-8")
+    else:
+        sys.stdout.write(document)
 
 
 def main() -> None:

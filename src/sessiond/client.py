@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Generator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from uuid import UUID
@@ -90,6 +91,10 @@ class _ClientCore:
         self.session_token: SessionToken | None = session_token
         #: The configuration version the server last reported (every response carries it).
         self.configuration_version: int | None = None
+        #: From the last sign-in: the server's inactivity timeout (seconds; None: none), and
+        #: when the password expires once its warning period has begun.
+        self.session_inactivity_time: float | None = None
+        self.password_expires: datetime | None = None
         self._version_listeners: list[VersionListener] = []
         # Integrated sign-in: Kerberos from the caller's credential cache by default, or
         # NTLM/Kerberos with these explicit credentials (protocol: negotiate, kerberos, ntlm).
@@ -189,6 +194,13 @@ class _ClientCore:
         response = yield self._request("POST", "api/v1/configuration/increment-version")
         return ConfigurationInfo.from_dict(self._json(response))
 
+    def _change_password_flow(self, login: str, old: str, new: str) -> Flow[bool]:
+        body = {"Login": login, "OldPassword": old, "NewPassword": new}
+        response = yield self._request(
+            "POST", "api/v1/sessions/change-password", json=body, auth=False
+        )
+        return bool(self._json(response)["Changed"])
+
     def _get_flow(self, path: str) -> Flow[Any]:
         response = yield self._request("GET", path)
         return self._json(response)
@@ -258,6 +270,10 @@ class _ClientCore:
         except (KeyError, TypeError):
             raise ProtocolError("the sign-in answer carries no token") from None
         self.session_token = token
+        inactivity = body.get("SessionInactivityTime")
+        self.session_inactivity_time = float(inactivity) if inactivity else None
+        expires = body.get("PasswordExpires")
+        self.password_expires = datetime.fromisoformat(expires) if expires else None
         return token
 
 
@@ -315,6 +331,10 @@ class SessionClient(_ClientCore):
     def increment_configuration_version(self) -> ConfigurationInfo:
         """IncrementConfigurationVersionAsync (administrators)."""
         return self._run(self._increment_configuration_version_flow())
+
+    def change_password(self, login: str, old_password: str, new_password: str) -> bool:
+        """Change a platform user's own password (no session needed: it may have expired)."""
+        return self._run(self._change_password_flow(login, old_password, new_password))
 
     def get_configuration(self) -> ConfigurationInfo:
         return ConfigurationInfo.from_dict(self._run(self._get_flow("api/v1/configuration")))
@@ -397,6 +417,10 @@ class AsyncSessionClient(_ClientCore):
     async def increment_configuration_version(self) -> ConfigurationInfo:
         """IncrementConfigurationVersionAsync (administrators)."""
         return await self._run(self._increment_configuration_version_flow())
+
+    async def change_password(self, login: str, old_password: str, new_password: str) -> bool:
+        """Change a platform user's own password (no session needed: it may have expired)."""
+        return await self._run(self._change_password_flow(login, old_password, new_password))
 
     async def get_configuration(self) -> ConfigurationInfo:
         return ConfigurationInfo.from_dict(await self._run(self._get_flow("api/v1/configuration")))
