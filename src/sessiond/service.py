@@ -147,11 +147,12 @@ class SessionService:
             description=s.description,
         )
 
-    async def start(self) -> None:
+    async def start(self, *, install_licence_file: bool = False) -> None:
+        """Open the store. A server (not a CLI command) also installs ``licence_file``."""
         await self.store.open(self.build, self.clock())
         await self._read_version()
         self.licence = await self.store.get_licence()
-        if self.settings.licence_file:
+        if install_licence_file and self.settings.licence_file:
             try:
                 await self.install_licence_file()
             except LicenceInvalid as exc:

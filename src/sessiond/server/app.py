@@ -46,7 +46,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
-            await svc.start()
+            await svc.start(install_licence_file=True)
         sweeper = asyncio.create_task(_sweep_forever(svc), name="sessiond-sweeper")
         try:
             yield

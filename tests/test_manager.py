@@ -1,0 +1,97 @@
+"""The client's session manager keeps one session alive and replaces it when the server ends it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from sessiond import AsyncSessionClient, AsyncSessionManager, SessionClient, SessionManager
+from sessiond.errors import SessionExpired, SessionNotFound
+from sessiond.server.app import create_app
+from sessiond.service import Actor, SessionService
+
+from .conftest import Clock, ServerProcess
+
+SYSTEM = Actor.system()
+
+
+@pytest.fixture
+async def app_client(make_service: Any) -> Any:
+    """The real ASGI app and service (SQLite, controlled clock), reached in-process."""
+    service: SessionService = await make_service(
+        security={"session_inactivity_time": "30m"}, session_expiration_time_span="8h"
+    )
+    await service.add_user(SYSTEM, "uma", password="Uma-pw-1")
+    app = create_app(service.settings, service)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+    yield service, AsyncSessionClient("http://sessiond.test", http=http)
+    await http.aclose()
+
+
+async def test_the_manager_survives_inactivity_expiry_by_reopening(
+    app_client: Any, clock: Clock
+) -> None:
+    _service, client = app_client
+    events: list[tuple[str, Any]] = []
+    manager = AsyncSessionManager(client, "uma", "Uma-pw-1")
+    for event in ("opened", "expired", "closed"):
+        manager.on(event, lambda *args, e=event: events.append((e, args)))
+    first = await manager.start()
+    assert manager.keepalive_interval(client.session_inactivity_time) == 600  # a third of 30 min
+    clock.advance(minutes=20)
+    await manager.keep_alive()  # in time: the same session
+    assert client.session_token == first and manager.reopened == 0
+    clock.advance(minutes=31)  # the server closes it for inactivity
+    await manager.keep_alive()
+    second = client.session_token
+    assert second is not None and second.session_id != first.session_id
+    assert manager.reopened == 1
+    assert [e for e, _ in events] == ["opened", "expired", "opened"]
+    expired_token, error = events[1][1]
+    assert expired_token == first and isinstance(error, SessionExpired)
+    assert (await client.current_session())["SessionID"] == str(second.session_id)
+    await manager.stop()
+    assert events[-1] == ("closed", (second,))
+    assert await client.close_session() is False
+
+
+async def test_the_manager_reopens_after_absolute_expiry_and_reports_version_changes(
+    app_client: Any, clock: Clock
+) -> None:
+    service, client = app_client
+    changes: list[tuple[int, int]] = []
+    async with AsyncSessionManager(client, "uma", "Uma-pw-1") as manager:
+        manager.on("configuration_version_changed", lambda old, new: changes.append((old, new)))
+        for _ in range(20):  # a working day and more, touching every 25 minutes
+            clock.advance(minutes=25)
+            result = await manager.call(lambda c: c.current_session())
+            assert result["UserLogin"] == "uma"
+        assert manager.reopened == 1  # the 8-hour lifetime ran out once
+        before = client.configuration_version
+        await service.increment_configuration_version(SYSTEM)
+        await manager.keep_alive()
+        await manager.keep_alive()
+        assert changes == [(before, before + 1)]
+
+
+def test_the_sync_manager_reopens_when_an_administrator_closes_the_session(
+    server: ServerProcess,
+) -> None:
+    result = server.cli("users", "add", "vera", "--password", "Vera-pw-1")
+    assert result.returncode == 0, result.stderr
+    expired: list[Exception] = []
+    with (
+        SessionClient(server.url) as client,
+        SessionManager(client, "vera", "Vera-pw-1") as manager,
+    ):
+        manager.on("expired", lambda token, error: expired.append(error))
+        first = client.session_token
+        assert first is not None
+        with SessionClient(server.url) as admin:
+            admin.open_session("admin", server.admin_password)
+            assert admin.close_session_as_admin(first.session_id) is True
+        info = manager.call(lambda c: c.current_session())
+        assert info["SessionID"] != str(first.session_id)
+        assert manager.reopened == 1 and isinstance(expired[0], SessionNotFound)

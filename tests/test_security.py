@@ -1,0 +1,251 @@
+"""Security options: lockout (total and in a series), password rules, expiry; the sweeper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sessiond.auth import PasswordCredentials
+from sessiond.errors import (
+    InvalidCredentials,
+    PasswordExpired,
+    PasswordRejected,
+    SessionExpired,
+    SessionNotFound,
+    UserBlocked,
+)
+from sessiond.models import AuditAction, ClientInfo, LoginType
+from sessiond.service import Actor, SessionService
+from tests.infra.ldap import LdapServer
+
+from .conftest import Clock
+
+SYSTEM = Actor.system()
+
+
+async def _sign_in(service: SessionService, login: str, password: str) -> Any:
+    return await service.open_session(PasswordCredentials(login, password), ClientInfo())
+
+
+async def _fail(service: SessionService, login: str, times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(InvalidCredentials):
+            await _sign_in(service, login, "wrong")
+
+
+async def test_a_user_is_blocked_after_n_failures_until_an_administrator_unblocks(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(security={"max_failed_login_attempts_before_blocked": 3})
+    await service.add_user(SYSTEM, "ivan", password="right-pw")
+    await _fail(service, "ivan", 2)
+    await _sign_in(service, "ivan", "right-pw")  # a success starts the count again
+    await _fail(service, "ivan", 3)
+    with pytest.raises(UserBlocked) as blocked:
+        await _sign_in(service, "ivan", "right-pw")
+    assert blocked.value.details["blocked_until"] is None
+    assert "ask an administrator" in blocked.value.message
+    clock.advance(days=30)
+    with pytest.raises(UserBlocked):
+        await _sign_in(service, "ivan", "right-pw")
+    [record] = await service.audit_records(action=AuditAction.USER_BLOCKED)
+    assert record.user_name == "ivan" and "3 failed sign-ins" in record.details["reason"]
+    await service.set_blocked(SYSTEM, "ivan", False)
+    await _sign_in(service, "ivan", "right-pw")
+
+
+async def test_failures_in_a_series_block_for_the_block_duration(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(
+        security={
+            "max_failed_login_attempts_in_series": 3,
+            "failed_login_attempts_series_time": "5m",
+            "blocked_series_due_date_time": "15m",
+        }
+    )
+    await service.add_user(SYSTEM, "olga", password="right-pw")
+    for _ in range(4):  # slow failures never make a series
+        await _fail(service, "olga", 1)
+        clock.advance(minutes=3)
+    await _sign_in(service, "olga", "right-pw")
+    await _fail(service, "olga", 2)
+    clock.advance(minutes=4)
+    await _fail(service, "olga", 1)  # the third inside five minutes
+    with pytest.raises(UserBlocked) as blocked:
+        await _sign_in(service, "olga", "right-pw")
+    until = blocked.value.details["blocked_until"]
+    assert until == (clock.now + timedelta(minutes=15)).isoformat()
+    assert until in blocked.value.message
+    clock.advance(minutes=14)
+    with pytest.raises(UserBlocked):
+        await _sign_in(service, "olga", "right-pw")
+    clock.advance(minutes=2)
+    await _sign_in(service, "olga", "right-pw")
+    user = await service.get_user_by_login("olga")
+    assert not user.blocked and user.failed_series_count == 0
+
+
+async def test_lockout_spares_directory_users_unless_asked(
+    make_service: Any, ldap_server: LdapServer
+) -> None:
+    ldap = {
+        "url": ldap_server.uri,
+        "start_tls": True,
+        "ca_file": ldap_server.ca_file,
+        "search_base": "ou=people,dc=sessiond,dc=test",
+    }
+    for block_them, prefix in ((False, "spared"), (True, "blocked")):
+        service = await make_service(
+            ldap=ldap,
+            security={
+                "max_failed_login_attempts_before_blocked": 2,
+                "block_windows_and_ldap_users": block_them,
+            },
+        )
+        uid = f"{prefix}-ldap"
+        ldap_server.add_user(uid, "Ldap-pw-1")
+        await service.add_user(SYSTEM, uid, login_type=LoginType.LDAP)
+        await _fail(service, uid, 2)
+        if block_them:
+            with pytest.raises(UserBlocked):
+                await _sign_in(service, uid, "Ldap-pw-1")
+        else:
+            token = await _sign_in(service, uid, "Ldap-pw-1")
+            assert token.login_type == LoginType.LDAP
+        failed = await service.audit_records(action=AuditAction.LOGIN_FAILED)
+        assert len([r for r in failed if r.user_name == uid]) == 2
+        await service.close()
+
+
+async def test_password_rules_refuse_short_weak_and_reused_passwords(make_service: Any) -> None:
+    service = await make_service(
+        security={
+            "min_password_length": 6,
+            "enforce_strong_passwords": True,
+            "unique_password_count": 2,
+        }
+    )
+    for weak, rule in (
+        ("Ab1!", "min_length"),
+        ("abcdefgh1!", "strength"),
+        ("Abcdefgh12", "strength"),
+    ):
+        with pytest.raises(PasswordRejected) as refused:
+            await service.add_user(SYSTEM, "pavel", password=weak)
+        assert refused.value.code == "password_rejected" and refused.value.status == 422
+        assert refused.value.details["rule"] == rule
+    await service.add_user(SYSTEM, "pavel", password="First-pw-1")
+    await service.change_password("pavel", "First-pw-1", "Second-pw-2")
+    for reused in ("First-pw-1", "Second-pw-2"):
+        with pytest.raises(PasswordRejected, match="used recently") as refused:
+            await service.change_password("pavel", "Second-pw-2", reused)
+        assert refused.value.details["rule"] == "reuse"
+    await service.change_password("pavel", "Second-pw-2", "Third-pw-3")
+    await service.change_password("pavel", "Third-pw-3", "First-pw-1")  # three back: allowed
+    with pytest.raises(InvalidCredentials):
+        await service.change_password("pavel", "not-mine", "Fourth-pw-4")
+
+
+async def test_an_expired_password_is_refused_until_it_is_changed(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(
+        security={
+            "password_expiration_time": "30d",
+            "password_expiration_notification_time": "5d",
+        }
+    )
+    user = await service.add_user(SYSTEM, "rita", password="Rita-pw-1")
+    clock.advance(days=24)
+    await _sign_in(service, "rita", "Rita-pw-1")
+    assert await service.password_expires(user.id) is None
+    clock.advance(days=2)  # inside the warning period
+    await _sign_in(service, "rita", "Rita-pw-1")
+    assert await service.password_expires(user.id) == user.created + timedelta(days=30)
+    clock.advance(days=5)
+    with pytest.raises(PasswordExpired) as expired:
+        await _sign_in(service, "rita", "Rita-pw-1")
+    assert expired.value.code == "password_expired" and expired.value.status == 401
+    assert "change-password" in expired.value.message
+    with pytest.raises(InvalidCredentials):  # a wrong password is not told it has expired
+        await _sign_in(service, "rita", "wrong")
+    await service.change_password("rita", "Rita-pw-1", "Rita-pw-2")
+    await _sign_in(service, "rita", "Rita-pw-2")
+
+
+async def test_the_sweeper_removes_expired_and_idle_sessions_and_audits_them(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(
+        session_expiration_time_span="8h", security={"session_inactivity_time": "1h"}
+    )
+    await service.add_user(SYSTEM, "sam", password="Sam-pw-1")
+    busy = (await _sign_in(service, "sam", "Sam-pw-1")).to_auth_xml()
+    idle = (await _sign_in(service, "sam", "Sam-pw-1")).to_auth_xml()
+    assert await service.sweep() == 0
+    for _ in range(3):
+        clock.advance(minutes=40)
+        await service.validate(busy)
+    assert await service.sweep() == 1  # the idle one
+    with pytest.raises(SessionNotFound):
+        await service.validate(idle)
+    for _ in range(12):
+        clock.advance(minutes=40)
+        try:
+            await service.validate(busy)
+        except SessionExpired:
+            break
+    else:
+        pytest.fail("the session outlived its absolute lifetime")
+    records = await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+    reasons = [(r.details["reason"], r.details.get("by")) for r in records]
+    assert reasons == [("inactivity", "sweeper"), ("absolute lifetime", None)]
+    assert await service.sweep() == 0
+
+
+async def test_an_administrator_closes_all_sessions_of_a_user(make_service: Any) -> None:
+    service = await make_service()
+    await service.add_user(SYSTEM, "tom", password="Tom-pw-1")
+    tokens = [(await _sign_in(service, "tom", "Tom-pw-1")).to_auth_xml() for _ in range(3)]
+    assert await service.close_user_sessions(SYSTEM, "tom") == 3
+    for token in tokens:
+        with pytest.raises(SessionNotFound):
+            await service.validate(token)
+    closed = await service.audit_records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
+    assert len(closed) == 3 and all(r.actor_name == "System" for r in closed)
+
+
+def test_a_running_server_sweeps_expired_sessions_by_itself(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import json
+    import time
+
+    from sessiond import SessionClient
+
+    from .conftest import ServerProcess, free_port, server_env
+
+    root = tmp_path_factory.mktemp("sweeping")
+    data_dir = root / "sessiond-data"
+    env = server_env(
+        data_dir, SESSIOND_SWEEP_INTERVAL="0.2", SESSIOND_SESSION_EXPIRATION_TIME_SPAN="1"
+    )
+    server = ServerProcess(data_dir, free_port(), env, root / "server.log")
+    server.start()
+    try:
+        with SessionClient(server.url) as client:
+            token = client.open_session("admin", server.admin_password)
+        deadline = time.monotonic() + 20  # the sweep is due after ~1.2 s; allow a slow machine
+        swept: list[dict[str, Any]] = []
+        while not swept and time.monotonic() < deadline:
+            time.sleep(0.3)
+            out = server.cli("audit", "export", "--action", "SessionExpired").stdout
+            swept = [json.loads(line) for line in out.splitlines()]
+        assert swept, "the sweeper never removed the expired session"
+        assert swept[0]["session_id"] == str(token.session_id)
+        assert swept[0]["details"] == {"reason": "absolute lifetime", "by": "sweeper"}
+    finally:
+        server.stop()
