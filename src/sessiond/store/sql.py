@@ -80,6 +80,16 @@ def migrate(sync_connection: sa.Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+def session_from_mapping(data: dict[str, Any]) -> SessionRecord:
+    """A session row (column name -> Python value) as a record."""
+    last_activity = data.pop("last_activity")
+    client_address = data.pop("client_address")
+    data["session_id"] = data.pop("id")
+    for name, cls in _ENUM_COLUMNS.items():
+        data[name] = cls(data[name])
+    return SessionRecord(SessionToken(**data), last_activity, client_address)
+
+
 def _key(text: str) -> str:
     return text.strip().casefold()
 
@@ -307,13 +317,7 @@ class SqlStore(Store):
 
     @staticmethod
     def _session(row: sa.Row[Any]) -> SessionRecord:
-        data = dict(row._mapping)
-        last_activity = data.pop("last_activity")
-        client_address = data.pop("client_address")
-        data["session_id"] = data.pop("id")
-        for name, cls in _ENUM_COLUMNS.items():
-            data[name] = cls(data[name])
-        return SessionRecord(SessionToken(**data), last_activity, client_address)
+        return session_from_mapping(dict(row._mapping))
 
     async def add_session(
         self, session: SessionRecord, audit: AuditRecord, seat: SeatRequest | None = None
