@@ -104,11 +104,18 @@ class AsyncSessionManager(_ManagerCore):
     def _version_changed(self, old: int | None, new: int) -> None:
         if old is None:
             return  # the first version seen is no change
-        task = asyncio.get_running_loop().create_task(
-            self._emit("configuration_version_changed", old, new)
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        # Called from inside a response's handling: plain callbacks run now, coroutine
+        # callbacks as tasks of their own.
+        for callback in list(self._listeners["configuration_version_changed"]):
+            try:
+                result = callback(old, new)
+            except Exception:
+                log.exception("a configuration_version_changed listener failed")
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
 
     async def _open(self) -> SessionToken:
         token = await self.client.open_session(
