@@ -257,3 +257,43 @@ def test_the_cli_installs_and_refuses_licences(
 
 def test_every_refusal_is_an_error_with_a_code() -> None:
     assert issubclass(LicenceLimitReached, SessiondError) and LicenceLimitReached.code
+
+
+# --- any file at all: a licence or LicenceInvalid, nothing else ------------------------------
+
+from datetime import UTC, datetime  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sessiond import licence as licence_module  # noqa: E402
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_NOW = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def _parse_or_refuse(data: bytes | str) -> None:
+    try:
+        licence_module.parse(data, public_key=None, now=_NOW)
+    except LicenceInvalid:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_are_a_licence_or_licence_invalid(data: bytes) -> None:
+    _parse_or_refuse(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(licences.body())), _JSON)
+def test_any_value_in_any_field_is_a_licence_or_licence_invalid(field: str, value: Any) -> None:
+    _parse_or_refuse(json.dumps({"Licence": licences.body(**{field: value})}))
+    _parse_or_refuse(json.dumps({"Licence": licences.body(), "Signature": value}))
+    _parse_or_refuse(json.dumps(value))

@@ -225,3 +225,39 @@ def test_whitespace_in_values_survives_the_round_trip() -> None:
 def test_control_characters_cannot_enter_a_token() -> None:
     with pytest.raises(ValueError, match="control characters"):
         replace(full_token(), user_name="bell\x07").to_xml()
+
+
+# --- any input at all: a token or TokenInvalid, nothing else ---------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=3000))
+def test_arbitrary_bytes_are_a_token_or_token_invalid(data: bytes) -> None:
+    for parse in (SessionToken.from_xml, AuthToken.from_xml):
+        try:
+            parse(data)
+        except TokenInvalid:
+            pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_tokens_never_verify_unless_unchanged(data: st.DataObject) -> None:
+    original = full_token().to_xml()
+    position = data.draw(st.integers(0, len(original) - 1))
+    insert = data.draw(st.text(min_size=0, max_size=8))
+    cut = data.draw(st.integers(0, 8))
+    mutated = original[:position] + insert + original[position + cut :]
+    try:
+        token = AuthToken.from_xml(mutated)
+    except TokenInvalid:
+        return
+    try:
+        token.verify(KEYS)
+    except TokenSignatureInvalid:
+        return
+    # It verified: then it must be the same token (e.g. only insignificant whitespace changed).
+    assert token == AuthToken.from_xml(original)

@@ -581,7 +581,7 @@ class SessionService:
         from the store). A bad, expired or wrongly signed file changes nothing."""
         source = path or self.settings.licence_file
         if source is None:
-            raise LicenceInvalid("no licence file given, and licence_file is not set")
+            raise NotConfigured("no licence file given, and the licence_file setting is not set")
         try:
             data = await asyncio.to_thread(_read_head, source, licences.MAX_LICENCE_BYTES + 1)
         except OSError as exc:

@@ -69,6 +69,14 @@ def _enc_str(value: Any) -> str:
 def _dec_str(text: str) -> str:
     if len(text) > MAX_VALUE_CHARS:
         raise ValueError(f"longer than {MAX_VALUE_CHARS} characters")
+    if CONTROL_CHARACTERS.search(text):
+        raise ValueError("contains control characters")
+    return text
+
+
+def _dec_signature(text: str) -> str:
+    if not _SIGNATURE_RE.match(text):
+        raise ValueError("not a base64 HMAC-SHA256")
     return text
 
 
@@ -157,7 +165,7 @@ FIELDS: Final[tuple[tuple[str, str, tuple[Callable[[Any], str], Callable[[str], 
     ("Client64Bit", "client_64bit", _BOOL),
     ("Client64BitOS", "client_64bit_os", _BOOL),
     ("KeyID", "key_id", (_enc_str, _key_id)),
-    ("Signature", "signature", (_enc_str, _dec_str)),
+    ("Signature", "signature", (_enc_str, _dec_signature)),
 )
 _HEAD_FIELDS: Final = frozenset({"SessionID", "UserID", "Expires", "KeyID", "Signature"})
 _CODECS: Final = {xml: (attr, codec) for xml, attr, codec in FIELDS}
@@ -322,7 +330,7 @@ class AuthToken:
                 "have; sign in again"
             )
         head = _Head(self.session_id, self.user_id, self.expires, self.key_id, self.digest)
-        if not hmac.compare_digest(head.signature_with(key), self.signature):
+        if not hmac.compare_digest(head.signature_with(key).encode(), self.signature.encode()):
             raise TokenSignatureInvalid("session token signature does not match; sign in again")
 
     @classmethod
