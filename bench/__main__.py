@@ -1,0 +1,132 @@
+"""``python -m bench``: run the benchmarks and print their figures and ratios.
+
+Every load goes to 127.0.0.1, every loop is bounded in count and time, and every server
+process started is stopped before the run ends, also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from .common import BenchError, Config, machine_lines
+from .load import LoadGenerator, load_generator
+
+BENCHMARKS = ("validate", "open", "unknown-login", "validate-under-signin")
+
+
+def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="sessiond benchmarks: medians of alternating rounds and ratios against "
+        "baselines measured in the same run. Benchmarks: " + ", ".join(BENCHMARKS) + ".",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer and shorter rounds (a smoke run)"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds per benchmark (default 5, quick 3)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help="run only this benchmark (repeatable): " + ", ".join(BENCHMARKS),
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds of HTTP load per round and target (default 5)"
+    )
+    parser.add_argument("--connections", type=int, help="load generator connections (32)")
+    parser.add_argument(
+        "--load",
+        choices=["auto", "wrk", "httpx"],
+        default="auto",
+        help="load generator: wrk if installed (auto), or the httpx fallback",
+    )
+    parser.add_argument("--openers", type=int, help="concurrent sign-ins in 'open' (4)")
+    parser.add_argument("--signers", type=int, help="sign-in loops in validate-under-signin (1)")
+    args = parser.parse_args(argv)
+
+    config = Config()
+    if args.quick:
+        config = dataclasses.replace(
+            config, rounds=3, duration=2.0, warmup=0.5, opens_per_round=8, unknown_samples=3
+        )
+    overrides: dict[str, object] = {"load": args.load}
+    for name in ("rounds", "duration", "connections", "openers", "signers"):
+        value = getattr(args, name)
+        if value is not None:
+            if value <= 0:
+                parser.error(f"--{name} must be positive")
+            overrides[name] = value
+    if "duration" in overrides and float(args.duration) > 300:
+        parser.error("--duration is at most 300 seconds")
+    if "rounds" in overrides and int(args.rounds) > 100:
+        parser.error("--rounds is at most 100")
+    config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+    selected = [name for name in BENCHMARKS if not args.only or name in args.only]
+    return config, selected
+
+
+def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, selected = _parse(argv)
+    # Stop cleanly (servers included) on Ctrl-C, SIGTERM or a closed terminal, even where
+    # the shell started this process with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    needs_http_load = {"validate", "validate-under-signin"} & set(selected)
+    try:
+        load: LoadGenerator | None = load_generator(config) if needs_http_load else None
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from . import signin, validate
+
+    runners: dict[str, Callable[[], None]] = {
+        "validate": lambda: validate.run_validate(config, _need(load)),
+        "open": lambda: signin.run_open(config),
+        "unknown-login": lambda: signin.run_unknown_login(config),
+        "validate-under-signin": lambda: validate.run_validate_under_signin(config, _need(load)),
+    }
+    print("sessiond benchmarks")
+    for line in machine_lines(load.describe() if load else "not needed"):
+        print(f"  {line}")
+    print(
+        f"  rounds {config.rounds}, {config.duration:g} s of load per round and target, "
+        f"{config.connections} connections"
+    )
+    started = time.monotonic()
+    failed: list[str] = []
+    try:
+        for name in selected:
+            try:
+                runners[name]()
+            except BenchError as exc:
+                failed.append(name)
+                print(f"  FAILED: {exc}", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+    print()
+    print(f"done in {time.monotonic() - started:.0f} s" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _need(load: LoadGenerator | None) -> LoadGenerator:
+    if load is None:  # pragma: no cover - main() makes one whenever an HTTP benchmark runs
+        raise BenchError("no load generator")
+    return load
+
+
+if __name__ == "__main__":
+    sys.exit(main())

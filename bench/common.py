@@ -1,0 +1,313 @@
+"""Shared pieces: settings of a run, statistics, server processes on loopback, the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+PYTHON = sys.executable
+
+# Argon2id cost for servers whose sign-ins are not what is measured (as in the test suite).
+FAST_ARGON2_ENV = {
+    "SESSIOND_ARGON2__TIME_COST": "1",
+    "SESSIOND_ARGON2__MEMORY_COST": "8192",
+    "SESSIOND_ARGON2__PARALLELISM": "1",
+}
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not produce figures (a server failed, a request was refused...)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one run does; ``--quick`` and the other options of ``python -m bench`` set it."""
+
+    rounds: int = 5
+    duration: float = 5.0  # seconds of load per validate round and target
+    warmup: float = 1.0  # seconds of load per target before the first round
+    connections: int = 32  # open connections of the load generator
+    load: str = "auto"  # auto | wrk | httpx
+    openers: int = 4  # concurrent sign-ins in the open benchmark
+    opens_per_round: int = 16
+    unknown_samples: int = 6  # per round and kind in the unknown-login benchmark
+    signers: int = 1  # concurrent sign-in loops in validate-under-signin
+    round_timeout: float = 180.0  # no round of any benchmark runs longer than this
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    if denominator == 0 or math.isnan(denominator) or math.isnan(numerator):
+        return math.nan
+    return numerator / denominator
+
+
+@dataclass
+class Series:
+    """One measured quantity over the rounds of a run."""
+
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return median(self.values)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def print_table(series: Sequence[Series], digits: int = 1) -> None:
+    width = max(len(s.name) for s in series)
+    print(f"  {'':<{width}}  {'median':>10}  {'min':>10}  {'max':>10}  unit")
+    for s in series:
+        low = min(s.values) if s.values else math.nan
+        high = max(s.values) if s.values else math.nan
+        print(
+            f"  {s.name:<{width}}  {fmt(s.median, digits):>10}  {fmt(low, digits):>10}  "
+            f"{fmt(high, digits):>10}  {s.unit}"
+        )
+
+
+def print_ratio(
+    label: str, top: Series, bottom: Series, goal: float | None = None, judge: bool = True
+) -> float:
+    """Print the ratio of the medians, the range of the per-round ratios, and the goal
+    (with a verdict unless ``judge`` is false: figures that cannot support one)."""
+    value = ratio(top.median, bottom.median)
+    per_round = [ratio(a, b) for a, b in zip(top.values, bottom.values, strict=False)]
+    line = f"  {label}: {fmt(value, 2)}x"
+    if per_round:
+        line += f"  (per round {fmt(min(per_round), 2)}-{fmt(max(per_round), 2)})"
+    if goal is not None:
+        verdict = ("meets" if value >= goal else "BELOW") if judge else "not judged"
+        line += f"  goal >= {goal}x: {verdict}"
+    print(line)
+    return value
+
+
+def heading(title: str, what: str) -> None:
+    print()
+    print(f"== {title} ==")
+    print(f"   {what}")
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to send SIGTERM to the child if this process dies without stopping it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any SESSIOND_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    """A server process on loopback, answering ``ready_path`` once it is up."""
+
+    name: str
+    argv: list[str]
+    port: int
+    cwd: Path
+    env: dict[str, str]
+    ready_path: str = "/"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.cwd / f"{self.name}.log"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def start(self, timeout: float = 60.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} did not answer in {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise BenchError(f"{self.name} is not running:\n{self.log_tail()}")
+
+
+def start_server(stack: contextlib.ExitStack, server: Server) -> Server:
+    """Start ``server`` and make sure it is stopped when ``stack`` closes, whatever happens."""
+    stack.callback(server.stop)
+    server.start()
+    return server
+
+
+def start_app(stack: contextlib.ExitStack, root: Path, kind: str) -> Server:
+    """One of the baseline apps of :mod:`bench.apps` (``bare`` or ``fastapi``), one worker."""
+    port = free_port()
+    argv = [PYTHON, "-m", "bench.apps", kind, "--port", str(port)]
+    env = clean_env(PYTHONPATH=bench_pythonpath())
+    return start_server(stack, Server(kind, argv, port, root, env))
+
+
+@dataclass(frozen=True)
+class Sessiond:
+    server: Server
+    admin_password: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+def start_sessiond(
+    stack: contextlib.ExitStack, root: Path, name: str, *, fast_argon2: bool
+) -> Sessiond:
+    """A real ``sessiond serve`` on SQLite in ``root/name-data``, as the tests start it."""
+    port = free_port()
+    password = "bench-" + secrets.token_urlsafe(12)
+    env = clean_env(
+        SESSIOND_DATA_DIR=str(root / f"{name}-data"),
+        SESSIOND_HOST=HOST,
+        SESSIOND_ADMIN_PASSWORD=password,
+    )
+    if fast_argon2:
+        env.update(FAST_ARGON2_ENV)
+    argv = [PYTHON, "-m", "sessiond", "serve", "--port", str(port)]
+    server = Server(name, argv, port, root, env, ready_path="/api/v1/health")
+    start_server(stack, server)
+    return Sessiond(server, password)
+
+
+def sign_in(url: str, login: str, password: str, timeout: float = 60.0) -> str:
+    """Open a session over HTTP; the auth form of its token (the Tessa-Session value)."""
+    response = httpx.post(
+        f"{url}/api/v1/sessions/open",
+        json={"Login": login, "Password": password},
+        timeout=timeout,
+    )
+    if response.status_code != 200:
+        raise BenchError(f"sign-in at {url} answered {response.status_code}: {response.text}")
+    token = response.json()["AuthToken"]
+    if not isinstance(token, str):
+        raise BenchError(f"sign-in at {url} gave no AuthToken")
+    return token
+
+
+def bench_pythonpath() -> str:
+    """The folder holding the ``bench`` package, so a child process can import it."""
+    root = str(Path(__file__).resolve().parent.parent)
+    current = os.environ.get("PYTHONPATH")
+    return root if not current else f"{root}{os.pathsep}{current}"
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def wrk_path() -> str | None:
+    return shutil.which("wrk")
+
+
+def machine_lines(load_generator: str) -> Iterator[str]:
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    one, five, _ = os.getloadavg()
+    yield f"machine: {platform.machine()}, {usable} usable cores (nproc), load {one:.2f}/{five:.2f}"
+    yield f"python: {platform.python_version()} ({platform.python_implementation()}) {PYTHON}"
+    names = ("sessiond", "uvicorn", "starlette", "fastapi", "uvloop", "httptools", "argon2-cffi")
+    yield "packages: " + ", ".join(f"{n} {_version(n)}" for n in names)
+    yield f"load generator: {load_generator}"
