@@ -9,7 +9,7 @@ import pytest
 
 from sessiond import AsyncSessionClient, AsyncSessionManager, SessionClient, SessionManager
 from sessiond.errors import SessionExpired, SessionNotFound
-from sessiond.server.app import create_app
+from sessiond.server.app import create_asgi
 from sessiond.service import Actor, SessionService
 
 from .conftest import Clock, ServerProcess
@@ -24,7 +24,7 @@ async def app_client(make_service: Any) -> Any:
         security={"session_inactivity_time": "30m"}, session_expiration_time_span="8h"
     )
     await service.add_user(SYSTEM, "uma", password="Uma-pw-1")
-    app = create_app(service.settings, service)
+    app = create_asgi(service.settings, service)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     yield service, AsyncSessionClient("http://sessiond.test", http=http)
     await http.aclose()

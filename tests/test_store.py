@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -49,3 +50,23 @@ async def test_starting_twice_on_the_same_file_keeps_the_data(make_service: Any)
 async def test_the_signature_key_ring_is_private(service: SessionService, tmp_path: Path) -> None:
     keys = tmp_path / "data" / "signature-keys.json"
     assert keys.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_session_removed_by_another_process_is_refused_at_once(
+    service: SessionService, tmp_path: Path
+) -> None:
+    from sessiond.auth import PasswordCredentials
+    from sessiond.errors import SessionNotFound
+    from sessiond.models import ClientInfo
+    from sessiond.service import Actor
+
+    await service.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
+    token = await service.open_session(PasswordCredentials("zoe", "Zoe-pw-1"), ClientInfo())
+    auth = token.to_auth_xml()
+    for _ in range(3):  # read, then remembered
+        await service.validate(auth)
+    # Another process (here: another connection, as the CLI would be) deletes the row.
+    with sqlite3.connect(tmp_path / "data" / "sessiond.db") as other:
+        other.execute("DELETE FROM sessions WHERE id = ?", (token.session_id.hex,))
+    with pytest.raises(SessionNotFound):
+        await service.validate(auth)

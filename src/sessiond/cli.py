@@ -98,7 +98,7 @@ def serve(
     """Run the server. With no settings: SQLite in ./sessiond-data, first administrator created."""
     import uvicorn
 
-    from .server.app import build_service, create_app
+    from .server.app import build_service, create_asgi
 
     try:
         settings = _settings(config, host=host, port=port)
@@ -133,7 +133,7 @@ def serve(
         highlight=False,
     )
     uvicorn.run(
-        create_app(settings),
+        create_asgi(settings),
         host=settings.host,
         port=settings.port,
         log_level="info",

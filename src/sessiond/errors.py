@@ -201,6 +201,14 @@ class ProtocolError(SessiondError):
     status = 0
 
 
+INTERNAL_ERROR_BODY: dict[str, Any] = {
+    "error": {
+        "code": "internal_error",
+        "message": "sessiond failed to handle the request; the server log has details",
+    }
+}
+
+
 def _all_subclasses(cls: type[SessiondError]) -> list[type[SessiondError]]:
     out: list[type[SessiondError]] = []
     for sub in cls.__subclasses__():

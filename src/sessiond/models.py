@@ -16,9 +16,16 @@ from uuid import UUID
 class WireEnum(enum.IntEnum):
     """An int enum whose members travel by their platform name."""
 
+    _wire: str
+
     @property
     def wire(self) -> str:
-        return _WIRE_NAMES.get((type(self).__name__, self.name), _pascal(self.name))
+        try:
+            return self._wire
+        except AttributeError:  # members get it once, at first use
+            wire = _WIRE_NAMES.get((type(self).__name__, self.name), _pascal(self.name))
+            self._wire = wire
+            return wire
 
     @classmethod
     def from_wire(cls, value: str | int) -> Self:

@@ -63,6 +63,7 @@ from .token import AuthToken, SessionToken
 
 Clock = Callable[[], datetime]
 SYSTEM = "System"
+VERIFIED_TOKENS_KEPT = 10_000
 log = logging.getLogger("sessiond.service")
 
 
@@ -126,6 +127,7 @@ class SessionService:
         if authenticators:
             self.authenticators.update(authenticators)
         self.licence: Licence | None = None
+        self._verified_tokens: dict[str, AuthToken] = {}
         self._licence_key = (
             licences.load_public_key(settings.licence_public_key)
             if settings.licence_public_key
@@ -635,8 +637,15 @@ class SessionService:
     # --- validating ----------------------------------------------------------------------
 
     def _verified(self, auth_text: str) -> AuthToken:
-        auth = AuthToken.from_xml(auth_text)
-        auth.verify(self.keys.keys)
+        """Parse and check a token's signature. The same text always gives the same answer
+        while this process holds the same keys, so good answers are remembered (bounded)."""
+        auth = self._verified_tokens.get(auth_text)
+        if auth is None:
+            auth = AuthToken.from_xml(auth_text)
+            auth.verify(self.keys.keys)
+            if len(self._verified_tokens) >= VERIFIED_TOKENS_KEPT:
+                self._verified_tokens.clear()
+            self._verified_tokens[auth_text] = auth
         return auth
 
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:

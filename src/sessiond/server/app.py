@@ -18,12 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
-from ..errors import NegotiateRequired, RequestError, SessiondError
+from ..errors import INTERNAL_ERROR_BODY, NegotiateRequired, RequestError, SessiondError
 from ..keys import KeyRing
 from ..service import SessionService
 from ..settings import Settings
 from ..store import create_store
 from . import routes
+from .fast import FastValidation
 
 log = logging.getLogger("sessiond.server")
 
@@ -77,6 +78,18 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     _install_openapi_security(app)
     app.add_middleware(PlatformHeaders, service=svc)
     return app
+
+
+def create_asgi(settings: Settings, service: SessionService | None = None) -> ASGIApp:
+    """What the server runs: the per-request validation route in front of the application,
+    so that it passes through no framework machinery at all."""
+    app = create_app(settings, service)
+    return FastValidation(
+        app,
+        service=app.state.service,
+        render=routes.session_info,
+        trusted_proxies=app.state.trusted_proxies,
+    )
 
 
 async def _sweep_forever(service: SessionService) -> None:
@@ -159,13 +172,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        body = {
-            "error": {
-                "code": "internal_error",
-                "message": "sessiond failed to handle the request; the server log has details",
-            }
-        }
-        return JSONResponse(body, status_code=500)
+        return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
 
     app.add_exception_handler(SessiondError, sessiond_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -20,6 +19,7 @@ from ..models import AccessLevel, LicenseType, LoginType
 from ..service import Actor, SessionService
 from ..store import SessionRecord, UserRecord
 from ..token import SessionToken, format_datetime
+from .addresses import peer_address
 from .schemas import (
     AddUserRequest,
     BlockRequest,
@@ -51,16 +51,11 @@ def _service(request: Request) -> SessionService:
 
 
 def client_address(request: Request) -> str | None:
-    peer = request.client.host if request.client else None
-    forwarded = request.headers.get("x-forwarded-for")
-    if peer and forwarded and request.app.state.trusted_proxies:
-        try:
-            peer_ip = ipaddress.ip_address(peer)
-        except ValueError:
-            return peer
-        if any(peer_ip in net for net in request.app.state.trusted_proxies):
-            return forwarded.split(",")[0].strip()[:64] or peer
-    return peer
+    return peer_address(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        request.app.state.trusted_proxies,
+    )
 
 
 def _auth_text(request: Request) -> str:

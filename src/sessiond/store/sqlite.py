@@ -6,13 +6,15 @@ locks (which SQLite answers with "database is locked"); readers stay concurrent 
 The per-request session lookup skips the async driver: a primary-key read from a WAL database
 takes microseconds and never waits for writers, while handing it to aiosqlite's thread costs
 hundreds. So :meth:`SqliteStore.get_session` reads on the calling thread with its own read-only
-connection, exact on every call (no cache to go stale when another process writes).
+connection, and keeps what it read only until the database next changes (``PRAGMA
+data_version``, which any commit by any other connection or process moves): exact on every call.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from .schema import sessions
 from .sql import SqlStore, session_from_mapping
 
 BUSY_TIMEOUT_MS = 10_000
+SESSIONS_KEPT = 10_000
 
 
 def create_sqlite_store(url: str) -> SqlStore:
@@ -57,21 +60,34 @@ def create_sqlite_store(url: str) -> SqlStore:
 
 _COLUMNS = [c.name for c in sessions.columns]
 _SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE id = ?"
-_UUIDS = {"id", "user_id", "application_id"}
-_TIMES = {"created", "expires", "last_activity"}
-_BOOLS = {"client_64bit", "client_64bit_os"}
 
 
-def _value(name: str, raw: Any) -> Any:
-    if raw is None:
-        return None
-    if name in _UUIDS:
-        return UUID(hex=raw)
-    if name in _TIMES:
-        return datetime.fromisoformat(raw).replace(tzinfo=UTC)
-    if name in _BOOLS:
-        return bool(raw)
-    return raw
+def _uuid(raw: str) -> UUID:
+    return UUID(hex=raw)
+
+
+def _time(raw: str) -> datetime:
+    return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "id": _uuid,
+    "user_id": _uuid,
+    "application_id": _uuid,
+    "created": _time,
+    "expires": _time,
+    "last_activity": _time,
+    "client_64bit": bool,
+    "client_64bit_os": bool,
+}
+_CONVERTERS = [(name, _CONVERT.get(name)) for name in _COLUMNS]
+
+
+def _row(raw: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        name: value if convert is None or value is None else convert(value)
+        for (name, convert), value in zip(_CONVERTERS, raw, strict=True)
+    }
 
 
 class SqliteStore(SqlStore):
@@ -88,17 +104,32 @@ class SqliteStore(SqlStore):
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA query_only=1")
             self._local.conn = conn
+            self._local.cache = {}
+            self._local.version = None
         return conn
 
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         if self._database is None:
             return await super().get_session(session_id)
-        row = self._reader().execute(_SELECT_SESSION, (session_id.hex,)).fetchone()
+        conn = self._reader()
+        # Sessions read since the database last changed are still exact: data_version moves
+        # whenever any other connection, in this process or another, commits anything.
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        cache: dict[UUID, SessionRecord] = self._local.cache
+        if version != self._local.version:
+            cache.clear()
+            self._local.version = version
+        record = cache.get(session_id)
+        if record is not None:
+            return record
+        row = conn.execute(_SELECT_SESSION, (session_id.hex,)).fetchone()
         if row is None:
             return None
-        return session_from_mapping(
-            {name: _value(name, raw) for name, raw in zip(_COLUMNS, row, strict=True)}
-        )
+        record = session_from_mapping(_row(row))
+        if len(cache) >= SESSIONS_KEPT:
+            cache.clear()
+        cache[session_id] = record
+        return record
 
     async def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

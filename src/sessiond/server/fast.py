@@ -1,0 +1,101 @@
+"""The validation route as a plain ASGI handler, in front of the framework.
+
+``GET /api/v1/sessions/current`` runs on every request the platform makes, so it skips FastAPI's
+routing, dependency solving and middleware stack: it reads the header, asks the service, and
+writes the JSON answer with the same headers and error bodies as every other route. Any other
+request passes through to the application untouched. (The FastAPI route of the same path stays
+for the OpenAPI document and answers the same way.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._version import __version__
+from ..errors import INTERNAL_ERROR_BODY, SessiondError, SessionRequired
+from ..service import SessionService
+from ..store import SessionRecord
+from .addresses import peer_address
+
+log = logging.getLogger("sessiond.server")
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+PATH = "/api/v1/sessions/current"
+BODIES_KEPT = 10_000
+_JSON = (b"content-type", b"application/json")
+_SERVER_VERSION = (b"tessa-server-version", __version__.encode())
+
+
+class FastValidation:
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: SessionService,
+        render: Any,
+        trusted_proxies: list[Any],
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.render = render  # SessionRecord -> dict, shared with the FastAPI route
+        self.trusted_proxies = trusted_proxies
+        self._bodies: dict[tuple[UUID, datetime], bytes] = {}
+
+    def _body(self, record: SessionRecord) -> bytes:
+        # A session changes only its last activity after it opens, so that and its id
+        # name the answer exactly.
+        key = (record.id, record.last_activity)
+        body = self._bodies.get(key)
+        if body is None:
+            if len(self._bodies) >= BODIES_KEPT:
+                self._bodies.clear()
+            body = self._bodies[key] = _json(self.render(record))
+        return body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        auth = forwarded = None
+        for name, value in scope["headers"]:
+            if name == b"tessa-session":
+                auth = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded = value.decode("latin-1")
+        client = scope.get("client")
+        address = peer_address(client[0] if client else None, forwarded, self.trusted_proxies)
+        try:
+            if not auth:
+                raise SessionRequired(
+                    "this call needs a session: send its token in the Tessa-Session header"
+                )
+            record = await self.service.validate(auth, address)
+            status, payload = 200, self._body(record)
+        except SessiondError as exc:
+            status, payload = exc.status, _json(exc.to_dict())
+        except Exception:
+            log.exception("unexpected error validating a session")
+            status, payload = 500, _json(INTERNAL_ERROR_BODY)
+        version = await self.service.configuration_version()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    _JSON,
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"tessa-configuration-version", str(version).encode()),
+                    _SERVER_VERSION,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
