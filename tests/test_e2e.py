@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from uuid import uuid4
 
@@ -310,3 +311,16 @@ def test_audit_export_lists_every_event_with_session_and_actor(
         "SessionClosedByAdmin",
         "ConfigurationVersionIncremented",
     }
+
+
+def test_a_chunked_body_over_the_limit_is_refused(server: ServerProcess) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b'{"Login": "' + b"x" * 10_000
+
+    response = httpx.post(f"{server.url}/api/v1/sessions/open", content=chunks())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert "Tessa-Configuration-Version" in response.headers
+    unknown = httpx.get(f"{server.url}/api/v1/nothing-here")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "no_such_route"

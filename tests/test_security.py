@@ -116,7 +116,9 @@ async def test_lockout_spares_directory_users_unless_asked(
             token = await _sign_in(service, uid, "Ldap-pw-1")
             assert token.login_type == LoginType.LDAP
         failed = await service.audit_records(action=AuditAction.LOGIN_FAILED)
-        assert len([r for r in failed if r.user_name == uid]) == 2
+        reasons = [r.details["reason"] for r in failed if r.user_name == uid]
+        assert len(reasons) == (3 if block_them else 2)
+        assert (reasons[-1] == "user_blocked") is block_them
         await service.close()
 
 

@@ -94,7 +94,11 @@ async def test_wrong_password_unknown_login_and_forbidden_login_type(
     with pytest.raises(LoginForbidden):
         await _open(service, login="dismissed")
     failed = await service.audit_records(action=AuditAction.LOGIN_FAILED)
-    assert [r.details["reason"] for r in failed] == ["wrong login or password", "unknown login"]
+    assert [r.details["reason"] for r in failed] == [
+        "wrong login or password",
+        "unknown login",
+        "login_forbidden",
+    ]
     assert (await service.store.find_user_by_login("IVANOV")) is not None  # case-insensitive
 
 
@@ -162,3 +166,28 @@ async def test_the_first_administrator_is_created_once(make_service: Any) -> Non
     assert user.is_administrator and password and len(password) >= 16
     assert await service.ensure_first_administrator() is None
     await _open(service, "admin", password)
+
+
+async def test_changing_rights_or_blocking_ends_the_users_sessions(service: SessionService) -> None:
+    await service.add_user(
+        SYSTEM, "boss", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+    )
+    auth = await _open(service, "boss")
+    admin = Actor.of(await service.validate(auth))
+    await service.increment_configuration_version(admin)
+    await service.update_user(SYSTEM, "boss", access_level=AccessLevel.REGULAR)
+    with pytest.raises(SessionNotFound):  # the old session cannot act as an administrator
+        await service.validate(auth)
+    auth = await _open(service, "boss")
+    await service.set_blocked(SYSTEM, "boss", True)
+    with pytest.raises(SessionNotFound):
+        await service.validate(auth)
+    reasons = [
+        r.details["reason"]
+        for r in await service.audit_records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
+    ]
+    assert reasons == ["access level or login type changed", "user blocked"]
+    with pytest.raises(UserBlocked):
+        await _open(service, "boss")
+    refused = await service.audit_records(action=AuditAction.LOGIN_FAILED)
+    assert refused[-1].details == {"reason": "user_blocked", "login": "boss"}

@@ -43,6 +43,11 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("session_expiration_time_span = '-5m'", "session_expiration_time_span"),
         ("[sessiond.argon2]\nmemory_cost = 1", "memory_cost"),
         ("this is not toml", "not valid TOML"),
+        ("[sessiond.security]\nsession_inactivity_time = '-5m'", "must not be negative"),
+        ("[sessiond.security]\nsession_inactivity_time = 0", "must be positive"),
+        ("touch_interval = -1", "must not be negative"),
+        ("touch_interval = 'inf'", "too long a duration"),
+        ("trusted_proxies = ['10.0.0.1/8']", "not an address or network"),
     ],
 )
 def test_bad_settings_are_refused_by_name(

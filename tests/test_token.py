@@ -151,6 +151,9 @@ def test_changing_any_attribute_of_the_auth_form_breaks_it(name: str) -> None:
         ("Created", "2026-11-24T12:00:00Z"),
         ("Created", "2026-11-24T15:00:00.123456+03:00"),
         ("UtcOffset", "0180"),
+        ("UtcOffset", "-0"),
+        ("UtcOffset", "١٨٠"),  # Arabic-Indic digits
+        ("Created", "٢٠٢٦-11-24T12:00:00.123456Z"),
         ("AccessLevel", "administrator"),
         ("AccessLevel", "1"),
     ],

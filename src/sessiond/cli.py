@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
@@ -44,7 +45,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(licences_app, name="licences")
 
-out = Console(soft_wrap=True)
+# Piped output (scripts, files) gets wide tables, so ids are never cut.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
@@ -136,10 +138,20 @@ def serve(
         create_asgi(settings),
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=_log_config(),
         access_log=False,
         lifespan="on",
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, with sessiond's own records in the same form and a timestamp."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = json.loads(json.dumps(LOGGING_CONFIG))
+    config["formatters"]["default"]["fmt"] = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
+    config["loggers"]["sessiond"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 @app.command()
@@ -151,7 +163,11 @@ def openapi() -> None:
 
     # The document depends on no setting; a scratch data folder keeps this side-effect free.
     with tempfile.TemporaryDirectory() as scratch:
-        document = create_app(Settings(data_dir=Path(scratch))).openapi()
+        try:
+            settings = load_settings(None, data_dir=Path(scratch))
+        except SessiondError as exc:
+            raise _fail(exc) from None
+        document = create_app(settings).openapi()
     out.print_json(json.dumps(document))
 
 
@@ -212,6 +228,9 @@ def users_update(
         bool | None,
         typer.Option("--personal-web/--no-personal-web", help="personal web licence"),
     ] = None,
+    time_zone_offset: Annotated[
+        int | None, typer.Option(help="the employee's UTC offset in minutes, e.g. 180")
+    ] = None,
 ) -> None:
     """Change a user's name, login type, account, access level or personal licences."""
     try:
@@ -222,7 +241,13 @@ def users_update(
 
     async def action(s: SessionService) -> Any:
         user = await s.update_user(
-            Actor.system(), login, name=name, access_level=level, login_type=kind, account=account
+            Actor.system(),
+            login,
+            name=name,
+            access_level=level,
+            login_type=kind,
+            account=account,
+            time_zone_utc_offset=time_zone_offset,
         )
         for kind_of, holds in (
             (LicenseType.PERSONAL_CLIENT, personal_client),
@@ -450,8 +475,12 @@ def audit_export(
 def keys_list(config: ConfigOption = None) -> None:
     """List signature key ids (the current one marked)."""
     settings = _settings(config)
+    path = settings.effective_keys_file
+    if not path.exists():
+        out.print(f"no key ring at {path} yet: the first start of the server makes one")
+        return
     try:
-        ring = KeyRing.load_or_create(settings.effective_keys_file)
+        ring = KeyRing.load(path)
     except SettingsError as exc:
         raise _fail(exc) from None
     for key_id in ring.keys:
@@ -587,6 +616,9 @@ def licences_sign(
 
 
 def main() -> None:
+    # Everything sessiond writes (database, WAL, keys, exports) holds secrets or personal
+    # data: readable by its own account only.
+    os.umask(0o077)
     try:
         app()
     except SessiondError as exc:

@@ -54,6 +54,10 @@ def _negotiate_header_token(response: httpx.Response) -> bytes | None:
     return None
 
 
+def _sessions_path(user_id: UUID | str | None) -> str:
+    return "api/v1/sessions" + (f"?user_id={UUID(str(user_id))}" if user_id else "")
+
+
 def _offers_negotiate(response: httpx.Response) -> bool:
     return any(
         value.strip().lower().startswith("negotiate")
@@ -289,6 +293,7 @@ class SessionClient(_ClientCore):
         **options: Any,
     ) -> None:
         super().__init__(base_url, **options)
+        self._owns_http = http is None  # a client passed in is the caller's to close
         self._http = http or httpx.Client(timeout=timeout)
 
     def _run(self, flow: Flow[T]) -> T:
@@ -344,12 +349,14 @@ class SessionClient(_ClientCore):
         result: dict[str, Any] = self._run(self._get_flow("api/v1/sessions/current"))
         return result
 
-    def list_sessions(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._run(self._get_flow("api/v1/sessions"))
+    def list_sessions(self, user_id: UUID | str | None = None) -> list[dict[str, Any]]:
+        """Open sessions (administrators), of one user if given."""
+        result: list[dict[str, Any]] = self._run(self._get_flow(_sessions_path(user_id)))
         return result
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -375,6 +382,7 @@ class AsyncSessionClient(_ClientCore):
         **options: Any,
     ) -> None:
         super().__init__(base_url, **options)
+        self._owns_http = http is None  # a client passed in is the caller's to close
         self._http = http or httpx.AsyncClient(timeout=timeout)
 
     async def _run(self, flow: Flow[T]) -> T:
@@ -430,12 +438,14 @@ class AsyncSessionClient(_ClientCore):
         result: dict[str, Any] = await self._run(self._get_flow("api/v1/sessions/current"))
         return result
 
-    async def list_sessions(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._run(self._get_flow("api/v1/sessions"))
+    async def list_sessions(self, user_id: UUID | str | None = None) -> list[dict[str, Any]]:
+        """Open sessions (administrators), of one user if given."""
+        result: list[dict[str, Any]] = await self._run(self._get_flow(_sessions_path(user_id)))
         return result
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
     async def __aenter__(self) -> Self:
         return self

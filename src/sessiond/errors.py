@@ -6,6 +6,7 @@ integrators catch one tree on both sides::
 
     SessiondError
     ├── RequestError                400 invalid_request          malformed body or parameter
+    │   └── RequestTooLarge         413 request_too_large        body over the size limit
     ├── AuthenticationError         401 (sign-in and token failures)
     │   ├── InvalidCredentials      401 invalid_credentials      wrong login, password, domain
     │   ├── SessionRequired         401 session_required         no Tessa-Session header
@@ -69,6 +70,11 @@ class SessiondError(Exception):
 class RequestError(SessiondError):
     code = "invalid_request"
     status = 400
+
+
+class RequestTooLarge(RequestError):
+    code = "request_too_large"
+    status = 413
 
 
 class AuthenticationError(SessiondError):

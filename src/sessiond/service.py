@@ -33,6 +33,7 @@ from .errors import (
     PasswordExpired,
     PermissionDenied,
     RequestError,
+    SessiondError,
     SessionExpired,
     SessionNotFound,
     TokenSignatureInvalid,
@@ -219,7 +220,7 @@ class SessionService:
         if user is None:
             identity, login_type = await self._verify_unmapped(credentials, now, client_address)
             user = await self._provision(identity, login_type, now, client_address)
-        self._check_may_sign_in(user, now)
+        await self._check_may_sign_in(user, now, client_address)
         authenticator = self.authenticators.get(user.login_type)
         if authenticator is None:
             raise NotConfigured(
@@ -359,7 +360,7 @@ class SessionService:
             account = self.windows_names.parse(result.principal)
             identity = Identity(account=account.down_level, display_name=account.name)
             user = await self._provision(identity, LoginType.WINDOWS, now, client_address)
-        self._check_may_sign_in(user, now)
+        await self._check_may_sign_in(user, now, client_address)
         if user.login_type != LoginType.WINDOWS:
             raise LoginForbidden(
                 f"user {user.login!r} signs in with a {user.login_type.wire} login, not Windows"
@@ -407,19 +408,36 @@ class SessionService:
                 ) from None
         return account.strip()
 
-    def _check_may_sign_in(self, user: UserRecord, now: datetime) -> None:
+    async def _check_may_sign_in(
+        self, user: UserRecord, now: datetime, client_address: str | None
+    ) -> None:
+        """Refuse (with a LoginFailed record) users who may not sign in at all right now."""
+        refusal: SessiondError | None = None
         if user.login_type == LoginType.NONE:
-            raise LoginForbidden(
+            refusal = LoginForbidden(
                 f"user {user.login!r} may not sign in (login type None); ask an administrator"
             )
-        if user.blocked and (user.blocked_due_date is None or user.blocked_due_date > now):
+        elif user.blocked and (user.blocked_due_date is None or user.blocked_due_date > now):
             until = user.blocked_due_date
-            raise UserBlocked(
+            refusal = UserBlocked(
                 f"user {user.login!r} is blocked"
                 + (f" until {until.isoformat()}" if until else "; ask an administrator to unblock")
                 + ".",
                 details={"blocked_until": until.isoformat() if until else None},
             )
+        if refusal is None:
+            return
+        await self.store.add_audit(
+            AuditRecord(
+                AuditAction.LOGIN_FAILED,
+                now,
+                user_id=user.id,
+                user_name=user.name,
+                client_address=client_address,
+                details={"reason": refusal.code, "login": user.login},
+            )
+        )
+        raise refusal
 
     async def _failed_login(
         self, user: UserRecord, now: datetime, client_address: str | None, reason: str
@@ -618,7 +636,8 @@ class SessionService:
         }
         return {
             "Licence": licence.to_dict() if licence else None,
-            "Valid": bool(licence and licence.is_valid_at(now)),
+            # No licence: seats are not limited, and there is no validity to speak of.
+            "Valid": licence.is_valid_at(now) if licence else None,
             "Policy": self.settings.licence_policy,
             "Seats": seats,
         }
@@ -632,7 +651,10 @@ class SessionService:
         user = await self.get_user_by_login(login)
         licence = await self.store.get_licence()
         limit = licence.seats_of(license_type) if licence else None
-        return await self.store.set_personal_licence(user.id, license_type, holds, limit)
+        updated = await self.store.set_personal_licence(user.id, license_type, holds, limit)
+        if not holds:
+            await self._end_sessions(updated, actor, "personal licence taken back", license_type)
+        return updated
 
     # --- validating ----------------------------------------------------------------------
 
@@ -711,19 +733,7 @@ class SessionService:
         """Close every session of one user (administrators); returns how many were open."""
         self._require_admin(actor, "close a user's sessions")
         user = await self.get_user_by_login(login)
-        now = self.clock()
-        closed = await self.store.delete_user_sessions(
-            user.id,
-            lambda record: self._session_audit(
-                AuditAction.SESSION_CLOSED_BY_ADMIN,
-                now,
-                record,
-                actor,
-                actor.client_address,
-                {"reason": "all sessions of the user closed"},
-            ),
-        )
-        return len(closed)
+        return await self._end_sessions(user, actor, "all sessions of the user closed")
 
     async def sweep(self) -> int:
         """Remove sessions past their lifetime or inactivity timeout, each audited as
@@ -810,8 +820,10 @@ class SessionService:
         access_level: AccessLevel | None = None,
         login_type: LoginType | None = None,
         account: str | None = None,
+        time_zone_utc_offset: int | None = None,
     ) -> UserRecord:
-        """Change how a user signs in and who they are; None leaves a field as it is."""
+        """Change how a user signs in and who they are; None leaves a field as it is.
+        Changing the access level or the login type ends the user's open sessions."""
         self._require_admin(actor, "change users")
         user = await self.get_user_by_login(login)
         changes: dict[str, Any] = {}
@@ -826,9 +838,38 @@ class SessionService:
             changes["account"] = self.canonical_account(kind, account)
         elif login_type in (LoginType.WINDOWS, LoginType.LDAP) and not user.account:
             changes["account"] = self.canonical_account(kind, user.login)
+        if time_zone_utc_offset is not None:
+            changes["time_zone_utc_offset"] = time_zone_utc_offset
         if not changes:
             return user
-        return await self.store.update_user(user.id, **changes)
+        updated = await self.store.update_user(user.id, **changes)
+        if (updated.access_level, updated.login_type) != (user.access_level, user.login_type):
+            # A session carries the rights it was opened with: end them, so that a demoted
+            # administrator or a user who must now sign in another way starts afresh.
+            await self._end_sessions(updated, actor, "access level or login type changed")
+        return updated
+
+    async def _end_sessions(
+        self,
+        user: UserRecord,
+        actor: Actor,
+        reason: str,
+        license_type: LicenseType | None = None,
+    ) -> int:
+        now = self.clock()
+        closed = await self.store.delete_user_sessions(
+            user.id,
+            lambda record: self._session_audit(
+                AuditAction.SESSION_CLOSED_BY_ADMIN,
+                now,
+                record,
+                actor,
+                actor.client_address,
+                {"reason": reason},
+            ),
+            license_type,
+        )
+        return len(closed)
 
     async def get_user_by_login(self, login: str) -> UserRecord:
         user = await self.store.find_user_by_login(login)
@@ -854,7 +895,7 @@ class SessionService:
         if user is None or user.login_type != LoginType.PLATFORM:
             await self.platform.burn(old_password)
             raise InvalidCredentials("wrong login or password")
-        self._check_may_sign_in(user, now)
+        await self._check_may_sign_in(user, now, client_address)
         try:
             await self.platform.verify(user, PasswordCredentials(login, old_password))
         except InvalidCredentials as exc:
@@ -908,13 +949,16 @@ class SessionService:
                 client_address=actor.client_address,
                 details={"until": until.isoformat() if until else None, "by": "administrator"},
             )
-        return await self.store.update_user(
+        updated = await self.store.update_user(
             user.id,
             audit,
             blocked=blocked,
             blocked_due_date=until if blocked else None,
             failed_attempts=0,
         )
+        if blocked:
+            await self._end_sessions(updated, actor, "user blocked")
+        return updated
 
     async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:
         """Create the first administrator if there are no users at all.

@@ -5,6 +5,7 @@ Validated at start; ``sessiond serve`` with nothing configured runs on SQLite in
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,13 +33,26 @@ CONFIG_ENV = "SESSIOND_CONFIG"
 _config_file: ContextVar[str | None] = ContextVar("sessiond_config_file", default=None)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SUFFIXED = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
+_SUFFIXED = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
 _CLOCK = re.compile(r"\s*(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)\s*\Z")
 
 
 def _duration(value: Any) -> Any:
     """Accept seconds (number or numeric text), ``15m``/``2h``/``7d``, the platform's
     ``[d.]hh:mm:ss``, or anything pydantic takes for a timedelta (ISO 8601 ``PT5M``)."""
+    try:
+        return _parse_duration(value)
+    except OverflowError:
+        raise ValueError("is too long a duration") from None
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
+def _parse_duration(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
     if isinstance(value, str):
@@ -56,7 +71,7 @@ def _duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_not_negative)]
 
 
 class Argon2Settings(BaseModel):
@@ -85,6 +100,13 @@ class SecuritySettings(BaseModel):
     password_expiration_time: Duration | None = None
     password_expiration_notification_time: Duration | None = None
     session_inactivity_time: Duration | None = None
+
+    @field_validator("session_inactivity_time", "password_expiration_time")
+    @classmethod
+    def _positive_or_off(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be positive (leave it out to switch it off)")
+        return value
 
 
 class DirectorySettings(BaseModel):
@@ -249,11 +271,21 @@ class Settings(BaseSettings):
     windows: WindowsSettings | None = None
     ldap: LdapSettings | None = None
 
-    @field_validator("session_expiration_time_span")
+    @field_validator("session_expiration_time_span", "sweep_interval")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be positive")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an address or network: {exc}") from None
         return value
 
     @property

@@ -39,11 +39,13 @@ MAX_VALUE_CHARS: Final = 1024
 ELEMENT: Final = "SessionToken"
 _HEAD_PREFIX: Final = b"sessiond-token/1\n"
 
-_DATETIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
-_INT_RE = re.compile(r"-?(0|[1-9]\d{0,8})\Z")
-_KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}\Z")
-_SIGNATURE_RE = re.compile(r"[A-Za-z0-9+/]{43}=\Z")
+_DATETIME_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z", re.ASCII
+)
+_INT_RE = re.compile(r"(0|-?[1-9][0-9]{0,8})\Z", re.ASCII)
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z", re.ASCII)
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}\Z", re.ASCII)
+_SIGNATURE_RE = re.compile(r"[A-Za-z0-9+/]{43}=\Z", re.ASCII)
 _ATTR_ESCAPES: Final = {'"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
 _ENTITY_RE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});)")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")

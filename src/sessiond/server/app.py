@@ -18,7 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
-from ..errors import INTERNAL_ERROR_BODY, NegotiateRequired, RequestError, SessiondError
+from ..errors import (
+    INTERNAL_ERROR_BODY,
+    NegotiateRequired,
+    RequestError,
+    RequestTooLarge,
+    SessiondError,
+)
 from ..keys import KeyRing
 from ..service import SessionService
 from ..settings import Settings
@@ -117,14 +123,6 @@ class PlatformHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-                await _send_error(
-                    send,
-                    413,
-                    RequestError(f"the request body is larger than {MAX_BODY_BYTES} bytes"),
-                )
-                return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -135,13 +133,26 @@ class PlatformHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        too_large = RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+                response = JSONResponse(too_large.to_dict(), status_code=too_large.status)
+                await response(scope, receive, send_with_headers)
+                return
+        received = 0
 
+        async def receive_limited() -> Message:
+            # A body without Content-Length (chunked) is counted as it arrives.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    # An HTTPException passes through FastAPI's body parsing unchanged.
+                    raise StarletteHTTPException(too_large.status, detail=too_large.message)
+            return message
 
-async def _send_error(send: Send, status: int, error: SessiondError) -> None:
-    response = JSONResponse(error.to_dict(), status_code=status)
-    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
+        await self.app(scope, receive_limited, send_with_headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -166,7 +177,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {
+            404: "no_such_route",
+            405: "method_not_allowed",
+            RequestTooLarge.status: RequestTooLarge.code,
+        }.get(exc.status_code, "http_error")
         body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
         return JSONResponse(body, status_code=exc.status_code)
 

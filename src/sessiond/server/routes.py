@@ -294,6 +294,7 @@ def user_info(user: UserRecord) -> dict[str, Any]:
         "BlockedDueDate": format_datetime(user.blocked_due_date) if user.blocked_due_date else None,
         "PersonalClient": user.personal_client,
         "PersonalWeb": user.personal_web,
+        "TimeZoneUtcOffsetMinutes": user.time_zone_utc_offset,
         "Created": format_datetime(user.created),
     }
 
@@ -358,6 +359,7 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
         access_level=_enum(AccessLevel, body.AccessLevel, "AccessLevel"),
         login_type=_enum(LoginType, body.LoginType, "LoginType"),
         account=body.Account,
+        time_zone_utc_offset=body.TimeZoneUtcOffsetMinutes,
     )
     personal = {
         LicenseType.PERSONAL_CLIENT: body.PersonalClient,
@@ -417,7 +419,7 @@ async def unblock_user(request: Request, login: str) -> JSONResponse:
 )
 async def close_user_sessions(request: Request, login: str) -> JSONResponse:
     closed = await _service(request).close_user_sessions(await _actor(request), login)
-    return JSONResponse({"Closed": closed})
+    return JSONResponse({"ClosedSessions": closed})
 
 
 @router.get(

@@ -69,9 +69,10 @@ class OpenSessionRequest(_Body):
         return login, password
 
     def client_info(self, user_agent_header: str | None) -> ClientInfo:
+        service_type = ServiceType.from_wire(self.ServiceType)
         return ClientInfo(
             application_id=self.ApplicationID,
-            service_type=ServiceType.from_wire(self.ServiceType),
+            service_type=service_type,
             device_type=DeviceType.from_wire(self.DeviceType),
             culture=self.Culture,
             ui_culture=self.UICulture,
@@ -79,7 +80,9 @@ class OpenSessionRequest(_Body):
             instance_name=self.InstanceName,
             host_name=self.HostName,
             os_name=self.OSName,
-            user_agent=self.UserAgent or user_agent_header,
+            # The platform keeps UserAgent for browsers: only web clients get the header's.
+            user_agent=self.UserAgent
+            or (user_agent_header if service_type == ServiceType.WEB_CLIENT else None),
             client_64bit=self.Client64Bit,
             client_64bit_os=self.Client64BitOS,
         )
@@ -149,6 +152,7 @@ class UserBody(BaseModel):
     BlockedDueDate: str | None
     PersonalClient: bool
     PersonalWeb: bool
+    TimeZoneUtcOffsetMinutes: int | None
     Created: str
 
 
@@ -174,6 +178,9 @@ class UpdateUserRequest(_Body):
     Account: str | None = Field(None, max_length=512)
     PersonalClient: bool | None = Field(None, description="holds a personal client licence")
     PersonalWeb: bool | None = Field(None, description="holds a personal web licence")
+    TimeZoneUtcOffsetMinutes: int | None = Field(
+        None, ge=-24 * 60, le=24 * 60, description="the employee's time zone, for tokens"
+    )
 
 
 class ChangePasswordRequest(_Body):

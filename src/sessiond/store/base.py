@@ -189,9 +189,12 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_user_sessions(
-        self, user_id: UUID, audit: Callable[[SessionRecord], AuditRecord]
+        self,
+        user_id: UUID,
+        audit: Callable[[SessionRecord], AuditRecord],
+        license_type: LicenseType | None = None,
     ) -> list[SessionRecord]:
-        """Delete every session of a user, each with its audit record."""
+        """Delete every session of a user (of one licence type, if given), each audited."""
 
     @abstractmethod
     async def sweep_sessions(

@@ -1,7 +1,8 @@
 """The store on SQLAlchemy's async Core: one implementation for SQLite and PostgreSQL.
 
-Dialect differences (connection set-up, how a write transaction starts) live in
-``sqlite.py`` and ``postgres.py``; everything here is portable SQL.
+Dialect differences (connection set-up, how a write transaction starts, the fast session read)
+live in a module per dialect (``sqlite.py``); everything here is portable SQL, and the licence
+row lock (``SELECT ... FOR UPDATE``) is what a multi-node dialect needs for exact seats.
 """
 
 from __future__ import annotations
@@ -430,11 +431,17 @@ class SqlStore(Store):
         return [self._session(r) for r in rows]
 
     async def delete_user_sessions(
-        self, user_id: UUID, audit: Callable[[SessionRecord], AuditRecord]
+        self,
+        user_id: UUID,
+        audit: Callable[[SessionRecord], AuditRecord],
+        license_type: LicenseType | None = None,
     ) -> list[SessionRecord]:
         s = schema.sessions
         async with self._write() as conn:
-            rows = (await conn.execute(sa.select(s).where(s.c.user_id == user_id))).all()
+            query = sa.select(s).where(s.c.user_id == user_id)
+            if license_type is not None:
+                query = query.where(s.c.license_type == int(license_type))
+            rows = (await conn.execute(query)).all()
             closed = [self._session(r) for r in rows]
             if closed:
                 await conn.execute(s.delete().where(s.c.id.in_([c.id for c in closed])))

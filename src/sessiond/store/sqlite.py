@@ -31,6 +31,7 @@ from .sql import SqlStore, session_from_mapping
 
 BUSY_TIMEOUT_MS = 10_000
 SESSIONS_KEPT = 10_000
+READER_BUSY_TIMEOUT_MS = 50  # the event loop waits at most this long on a locked database
 
 
 def create_sqlite_store(url: str) -> SqlStore:
@@ -101,7 +102,7 @@ class SqliteStore(SqlStore):
         if conn is None:
             assert self._database is not None
             conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA query_only=1")
             self._local.conn = conn
             self._local.cache = {}
@@ -111,6 +112,14 @@ class SqliteStore(SqlStore):
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         if self._database is None:
             return await super().get_session(session_id)
+        try:
+            return self._read_session(session_id)
+        except sqlite3.OperationalError:
+            # Busy (a checkpoint or recovery holds a lock): wait in a worker thread instead
+            # of on the event loop.
+            return await super().get_session(session_id)
+
+    def _read_session(self, session_id: UUID) -> SessionRecord | None:
         conn = self._reader()
         # Sessions read since the database last changed are still exact: data_version moves
         # whenever any other connection, in this process or another, commits anything.
