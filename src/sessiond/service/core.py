@@ -1,4 +1,4 @@
-"""The domain core: open, validate and close sessions, administer users, keep the configuration
+"""SessionService: open, validate and close sessions, administer users, keep the configuration
 version, and write the audit trail. Plain async Python: no HTTP in here.
 """
 
@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from . import licence as licences
-from . import passwords
-from ._version import __version__
-from .auth import Authenticator, Identity, PasswordCredentials, PlatformAuthenticator
-from .auth.negotiate import NegotiateAcceptor
-from .auth.windows import WindowsNames
-from .errors import (
+from .. import passwords
+from .._version import __version__
+from ..auth import Authenticator, Identity, PasswordCredentials, PlatformAuthenticator
+from ..auth.negotiate import NegotiateAcceptor
+from ..auth.windows import WindowsNames
+from ..errors import (
     AccountNotMapped,
     Conflict,
     InvalidCredentials,
@@ -31,7 +28,6 @@ from .errors import (
     NotConfigured,
     NotFound,
     PasswordExpired,
-    PermissionDenied,
     RequestError,
     SessiondError,
     SessionExpired,
@@ -39,62 +35,39 @@ from .errors import (
     TokenSignatureInvalid,
     UserBlocked,
 )
-from .keys import KeyRing
-from .licence import Licence
-from .models import (
+from ..keys import KeyRing
+from ..licence import Licence
+from ..models import (
     AccessLevel,
     AuditAction,
     ClientInfo,
     ConfigurationInfo,
     LicenseType,
     LoginType,
-    ServiceType,
 )
-from .settings import Settings
-from .store import (
+from ..settings import Settings
+from ..store import (
     AuditRecord,
     BuildInfo,
     FailurePolicy,
-    SeatRequest,
     SessionRecord,
     Store,
     UserRecord,
 )
-from .token import AuthToken, SessionToken
+from ..token import AuthToken, SessionToken
+from .common import (
+    SYSTEM,
+    Actor,
+    Clock,
+    actor_audit,
+    require_admin,
+    session_audit,
+    utc_now,
+)
+from .licensing import Licensing
 
-Clock = Callable[[], datetime]
-SYSTEM = "System"
 VERIFIED_TOKENS_KEPT = 10_000
 log = logging.getLogger("sessiond.service")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _read_head(path: str | os.PathLike[str], size: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(size)
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who asks for an administrative change: a session's user, or the server itself (CLI)."""
-
-    id: UUID | None
-    name: str
-    access_level: AccessLevel
-    session_id: UUID | None = None
-    client_address: str | None = None
-
-    @classmethod
-    def system(cls) -> Actor:
-        return cls(None, SYSTEM, AccessLevel.ADMINISTRATOR)
-
-    @classmethod
-    def of(cls, session: SessionRecord, client_address: str | None = None) -> Actor:
-        t = session.token
-        return cls(t.user_id, t.user_name, t.access_level, t.session_id, client_address)
 
 
 class SessionService:
@@ -116,24 +89,19 @@ class SessionService:
         self.windows_names = WindowsNames(settings.windows) if settings.windows else None
         self.negotiate: NegotiateAcceptor | None = None
         if settings.windows:
-            from .auth.windows import WindowsAuthenticator
+            from ..auth.windows import WindowsAuthenticator
 
             self.authenticators[LoginType.WINDOWS] = WindowsAuthenticator(settings.windows)
             if settings.windows.negotiate:
                 self.negotiate = NegotiateAcceptor(settings.windows)
         if settings.ldap:
-            from .auth.ldap import LdapAuthenticator
+            from ..auth.ldap import LdapAuthenticator
 
             self.authenticators[LoginType.LDAP] = LdapAuthenticator(settings.ldap)
         if authenticators:
             self.authenticators.update(authenticators)
-        self.licence: Licence | None = None
+        self.licensing = Licensing(settings, store, clock)
         self._verified_tokens: dict[str, AuthToken] = {}
-        self._licence_key = (
-            licences.load_public_key(settings.licence_public_key)
-            if settings.licence_public_key
-            else None
-        )
         self._version = 0
         self._version_read_at = 0.0
         self._version_lock = asyncio.Lock()
@@ -154,10 +122,10 @@ class SessionService:
         """Open the store. A server (not a CLI command) also installs ``licence_file``."""
         await self.store.open(self.build, self.clock())
         await self._read_version()
-        self.licence = await self.store.get_licence()
+        await self.licensing.refresh()
         if install_licence_file and self.settings.licence_file:
             try:
-                await self.install_licence_file()
+                await self.licensing.install_file()
             except LicenceInvalid as exc:
                 kept = f"keeping licence {self.licence.id}" if self.licence else "no licence"
                 log.error("licence not loaded: %s (%s)", exc.message, kept)
@@ -171,7 +139,7 @@ class SessionService:
 
     async def _read_version(self) -> int:
         if self._version_read_at:  # another node or the CLI may have installed a licence
-            self.licence = await self.store.get_licence()
+            await self.licensing.refresh()
         info = await self.store.get_configuration()
         self._version = max(self._version, info.version)
         self._version_read_at = time.monotonic()
@@ -194,14 +162,14 @@ class SessionService:
         return info
 
     async def increment_configuration_version(self, actor: Actor) -> ConfigurationInfo:
-        self._require_admin(actor, "increment the configuration version")
+        require_admin(actor, "increment the configuration version")
         now = self.clock()
         info = await self.store.increment_configuration_version(
             at=now,
             by_id=actor.id,
             by_name=actor.name,
             build=self.build,
-            audit=self._audit(AuditAction.CONFIGURATION_VERSION_INCREMENTED, now, actor=actor),
+            audit=actor_audit(AuditAction.CONFIGURATION_VERSION_INCREMENTED, now, actor),
         )
         self._version = max(self._version, info.version)
         return info
@@ -497,7 +465,7 @@ class SessionService:
         method: str | None = None,
     ) -> SessionToken:
         s = self.settings
-        license_type = self._license_type(user, client.service_type, now)
+        license_type = self.licensing.license_type(user, client.service_type, now)
         token = SessionToken(
             session_id=uuid4(),
             user_id=user.id,
@@ -543,114 +511,38 @@ class SessionService:
                     **({"method": method} if method else {}),
                 },
             ),
-            self._seat_request(user, license_type, now, client_address),
+            self.licensing.seat_request(license_type, now, client_address),
         )
         return token
 
     # --- licences ------------------------------------------------------------------------
 
-    def _license_type(self, user: UserRecord, service: ServiceType, now: datetime) -> LicenseType:
-        """Web clients take web seats; desktop clients, and anything that says Unknown, take
-        client seats; a personal licence of that kind is used when the user holds one."""
-        if self.licence is not None and not self.licence.is_valid_at(now):
-            raise LicenceInvalid(
-                f"licence {self.licence.id} is valid from {self.licence.valid_from:%Y-%m-%d} "
-                f"to {self.licence.valid_to:%Y-%m-%d}; install a current licence "
-                "('sessiond licences install FILE')"
-            )
-        if service == ServiceType.WEB_CLIENT:
-            return LicenseType.PERSONAL_WEB if user.personal_web else LicenseType.CONCURRENT_WEB
-        if user.personal_client:
-            return LicenseType.PERSONAL_CLIENT
-        return LicenseType.CONCURRENT_CLIENT
-
-    def _seat_request(
-        self,
-        user: UserRecord,
-        license_type: LicenseType,
-        now: datetime,
-        client_address: str | None,
-    ) -> SeatRequest | None:
-        if license_type in (LicenseType.PERSONAL_CLIENT, LicenseType.PERSONAL_WEB):
-            return None  # personal seats are counted when they are given out
-        inactivity = self.settings.security.session_inactivity_time
-
-        def displaced(old: SessionRecord) -> AuditRecord:
-            return self._session_audit(
-                AuditAction.SESSION_DEACTIVATED,
-                now,
-                old,
-                None,
-                client_address,
-                {
-                    "reason": "licence limit: displaced by a newer session of the same user",
-                    "license_type": license_type.wire,
-                },
-            )
-
-        return SeatRequest(
-            license_type=license_type,
-            now=now,
-            active_since=now - inactivity if inactivity else None,
-            displace_oldest=self.settings.licence_policy == "deactivate_oldest",
-            displaced_audit=displaced,
-        )
+    @property
+    def licence(self) -> Licence | None:
+        return self.licensing.licence
 
     async def install_licence_file(self, path: str | None = None) -> Licence:
-        """Check a licence file and make it the installation's licence (every node reads it
-        from the store). A bad, expired or wrongly signed file changes nothing."""
-        source = path or self.settings.licence_file
-        if source is None:
-            raise NotConfigured("no licence file given, and the licence_file setting is not set")
-        try:
-            data = await asyncio.to_thread(_read_head, source, licences.MAX_LICENCE_BYTES + 1)
-        except OSError as exc:
-            raise LicenceInvalid(f"cannot read licence file {source}: {exc.strerror}") from None
-        return await self.install_licence(data, source=f"licence file {source}")
-
-    async def reload_licence(self, actor: Actor) -> Licence:
-        self._require_admin(actor, "reload the licence")
-        return await self.install_licence_file()
+        return await self.licensing.install_file(path)
 
     async def install_licence(self, data: bytes | str, *, source: str = "licence") -> Licence:
-        now = self.clock()
-        licence = licences.parse(data, public_key=self._licence_key, now=now, source=source)
-        await self.store.install_licence(licence, now)
-        self.licence = licence
-        log.info("licence %s for %s installed", licence.id, licence.licensee)
-        return licence
+        return await self.licensing.install(data, source=source)
+
+    async def reload_licence(self, actor: Actor) -> Licence:
+        require_admin(actor, "reload the licence")
+        return await self.licensing.install_file()
 
     async def licence_usage(self, actor: Actor) -> dict[str, Any]:
-        """The installed licence and how many seats of each kind are in use."""
-        self._require_admin(actor, "see licence usage")
-        now = self.clock()
-        inactivity = self.settings.security.session_inactivity_time
-        usage = await self.store.licence_usage(now, now - inactivity if inactivity else None)
-        licence = await self.store.get_licence()
-        seats = {
-            name: {
-                "InUse": usage.get(kind, 0),
-                "Seats": licence.seats_of(kind) if licence else None,
-            }
-            for name, kind in licences.SEAT_FIELDS.items()
-        }
-        return {
-            "Licence": licence.to_dict() if licence else None,
-            # No licence: seats are not limited, and there is no validity to speak of.
-            "Valid": licence.is_valid_at(now) if licence else None,
-            "Policy": self.settings.licence_policy,
-            "Seats": seats,
-        }
+        require_admin(actor, "see licence usage")
+        return await self.licensing.usage()
 
     async def set_personal_licence(
         self, actor: Actor, login: str, license_type: LicenseType, holds: bool
     ) -> UserRecord:
-        self._require_admin(actor, "give out personal licences")
+        require_admin(actor, "give out personal licences")
         if license_type not in (LicenseType.PERSONAL_CLIENT, LicenseType.PERSONAL_WEB):
             raise RequestError("a personal licence is PersonalClient or PersonalWeb")
         user = await self.get_user_by_login(login)
-        licence = await self.store.get_licence()
-        limit = licence.seats_of(license_type) if licence else None
+        limit = await self.licensing.personal_limit(license_type)
         updated = await self.store.set_personal_licence(user.id, license_type, holds, limit)
         if not holds:
             await self._end_sessions(updated, actor, "personal licence taken back", license_type)
@@ -697,7 +589,7 @@ class SessionService:
         record = await self.store.get_session(session_id)
         if record is None:
             return False
-        audit = self._session_audit(
+        audit = session_audit(
             AuditAction.SESSION_EXPIRED, now, record, None, client_address, {"reason": reason}
         )
         return await self.store.delete_session(session_id, audit) is not None
@@ -715,23 +607,23 @@ class SessionService:
         if record is None or record.token.signature != auth.signature:
             return False
         actor = Actor.of(record, client_address)
-        audit = self._session_audit(AuditAction.LOGOUT, now, record, actor, client_address)
+        audit = session_audit(AuditAction.LOGOUT, now, record, actor, client_address)
         return await self.store.delete_session(auth.session_id, audit) is not None
 
     async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
-        self._require_admin(actor, "close another user's session")
+        require_admin(actor, "close another user's session")
         now = self.clock()
         record = await self.store.get_session(session_id)
         if record is None:
             return False
-        audit = self._session_audit(
+        audit = session_audit(
             AuditAction.SESSION_CLOSED_BY_ADMIN, now, record, actor, actor.client_address
         )
         return await self.store.delete_session(session_id, audit) is not None
 
     async def close_user_sessions(self, actor: Actor, login: str) -> int:
         """Close every session of one user (administrators); returns how many were open."""
-        self._require_admin(actor, "close a user's sessions")
+        require_admin(actor, "close a user's sessions")
         user = await self.get_user_by_login(login)
         return await self._end_sessions(user, actor, "all sessions of the user closed")
 
@@ -746,7 +638,7 @@ class SessionService:
             swept = await self.store.sweep_sessions(
                 now,
                 idle_before,
-                lambda record: self._session_audit(
+                lambda record: session_audit(
                     AuditAction.SESSION_EXPIRED,
                     now,
                     record,
@@ -767,7 +659,7 @@ class SessionService:
     async def list_sessions(
         self, actor: Actor, user_id: UUID | None = None
     ) -> Sequence[SessionRecord]:
-        self._require_admin(actor, "list sessions")
+        require_admin(actor, "list sessions")
         return await self.store.list_sessions(user_id)
 
     # --- users ---------------------------------------------------------------------------
@@ -783,7 +675,7 @@ class SessionService:
         login_type: LoginType = LoginType.PLATFORM,
         account: str | None = None,
     ) -> UserRecord:
-        self._require_admin(actor, "add users")
+        require_admin(actor, "add users")
         login = login.strip()
         if not login:
             raise RequestError("a login must not be empty")
@@ -824,7 +716,7 @@ class SessionService:
     ) -> UserRecord:
         """Change how a user signs in and who they are; None leaves a field as it is.
         Changing the access level or the login type ends the user's open sessions."""
-        self._require_admin(actor, "change users")
+        require_admin(actor, "change users")
         user = await self.get_user_by_login(login)
         changes: dict[str, Any] = {}
         if name is not None:
@@ -859,7 +751,7 @@ class SessionService:
         now = self.clock()
         closed = await self.store.delete_user_sessions(
             user.id,
-            lambda record: self._session_audit(
+            lambda record: session_audit(
                 AuditAction.SESSION_CLOSED_BY_ADMIN,
                 now,
                 record,
@@ -878,12 +770,12 @@ class SessionService:
         return user
 
     async def list_users(self, actor: Actor) -> Sequence[UserRecord]:
-        self._require_admin(actor, "list users")
+        require_admin(actor, "list users")
         return await self.store.list_users()
 
     async def set_password(self, actor: Actor, login: str, password: str) -> UserRecord:
         """An administrator sets a platform user's password (the same rules apply)."""
-        self._require_admin(actor, "set a user's password")
+        require_admin(actor, "set a user's password")
         return await self._change_password(await self.get_user_by_login(login), password)
 
     async def change_password(
@@ -934,7 +826,7 @@ class SessionService:
     async def set_blocked(
         self, actor: Actor, login: str, blocked: bool, until: datetime | None = None
     ) -> UserRecord:
-        self._require_admin(actor, "block or unblock users")
+        require_admin(actor, "block or unblock users")
         user = await self.get_user_by_login(login)
         now = self.clock()
         audit = None
@@ -996,46 +888,4 @@ class SessionService:
     ) -> Sequence[AuditRecord]:
         return await self.store.list_audit(
             since=since, action=action, after_id=after_id, limit=limit
-        )
-
-    # --- helpers -------------------------------------------------------------------------
-
-    @staticmethod
-    def _require_admin(actor: Actor, what: str) -> None:
-        if actor.access_level != AccessLevel.ADMINISTRATOR:
-            raise PermissionDenied(f"only an administrator may {what}")
-
-    @staticmethod
-    def _audit(action: AuditAction, now: datetime, *, actor: Actor) -> AuditRecord:
-        return AuditRecord(
-            action,
-            now,
-            session_id=actor.session_id,
-            user_id=actor.id,
-            user_name=actor.name,
-            actor_id=actor.id,
-            actor_name=actor.name,
-            client_address=actor.client_address,
-        )
-
-    @staticmethod
-    def _session_audit(
-        action: AuditAction,
-        now: datetime,
-        record: SessionRecord,
-        actor: Actor | None,
-        client_address: str | None,
-        details: dict[str, object] | None = None,
-    ) -> AuditRecord:
-        t = record.token
-        return AuditRecord(
-            action,
-            now,
-            session_id=t.session_id,
-            user_id=t.user_id,
-            user_name=t.user_name,
-            actor_id=actor.id if actor else None,
-            actor_name=actor.name if actor else SYSTEM,
-            client_address=client_address,
-            details=dict(details or {}),
         )

@@ -1,0 +1,81 @@
+"""What every part of the service shares: who acts, the clock, and audit record shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from ..errors import PermissionDenied
+from ..models import AccessLevel, AuditAction
+from ..store import AuditRecord, SessionRecord
+
+Clock = Callable[[], datetime]
+SYSTEM = "System"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for an administrative change: a session's user, or the server itself (CLI)."""
+
+    id: UUID | None
+    name: str
+    access_level: AccessLevel
+    session_id: UUID | None = None
+    client_address: str | None = None
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(None, SYSTEM, AccessLevel.ADMINISTRATOR)
+
+    @classmethod
+    def of(cls, session: SessionRecord, client_address: str | None = None) -> Actor:
+        t = session.token
+        return cls(t.user_id, t.user_name, t.access_level, t.session_id, client_address)
+
+
+def require_admin(actor: Actor, what: str) -> None:
+    if actor.access_level != AccessLevel.ADMINISTRATOR:
+        raise PermissionDenied(f"only an administrator may {what}")
+
+
+def actor_audit(action: AuditAction, now: datetime, actor: Actor) -> AuditRecord:
+    """A record of something an actor did in their own name."""
+    return AuditRecord(
+        action,
+        now,
+        session_id=actor.session_id,
+        user_id=actor.id,
+        user_name=actor.name,
+        actor_id=actor.id,
+        actor_name=actor.name,
+        client_address=actor.client_address,
+    )
+
+
+def session_audit(
+    action: AuditAction,
+    now: datetime,
+    record: SessionRecord,
+    actor: Actor | None,
+    client_address: str | None,
+    details: dict[str, object] | None = None,
+) -> AuditRecord:
+    """A record about a session (closed, expired, displaced): by ``actor``, or by System."""
+    t = record.token
+    return AuditRecord(
+        action,
+        now,
+        session_id=t.session_id,
+        user_id=t.user_id,
+        user_name=t.user_name,
+        actor_id=actor.id if actor else None,
+        actor_name=actor.name if actor else SYSTEM,
+        client_address=client_address,
+        details=dict(details or {}),
+    )

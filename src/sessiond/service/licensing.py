@@ -1,0 +1,130 @@
+"""Licences in the service: which seat a session takes, installing licences, seat usage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import datetime
+from typing import Any
+
+from .. import licence as licences
+from ..errors import LicenceInvalid, NotConfigured
+from ..licence import Licence
+from ..models import AuditAction, LicenseType, ServiceType
+from ..settings import Settings
+from ..store import AuditRecord, SeatRequest, SessionRecord, Store, UserRecord
+from .common import Clock, session_audit
+
+log = logging.getLogger("sessiond.service")
+
+
+def _read_head(path: str | os.PathLike[str], size: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
+class Licensing:
+    """The installed licence (read from the store, shared by every node) and seat rules."""
+
+    def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.licence: Licence | None = None
+        self._public_key = (
+            licences.load_public_key(settings.licence_public_key)
+            if settings.licence_public_key
+            else None
+        )
+
+    async def refresh(self) -> None:
+        self.licence = await self.store.get_licence()
+
+    def license_type(self, user: UserRecord, service: ServiceType, now: datetime) -> LicenseType:
+        """Web clients take web seats; desktop clients, and anything that says Unknown, take
+        client seats; a personal licence of that kind is used when the user holds one."""
+        if self.licence is not None and not self.licence.is_valid_at(now):
+            raise LicenceInvalid(
+                f"licence {self.licence.id} is valid from {self.licence.valid_from:%Y-%m-%d} "
+                f"to {self.licence.valid_to:%Y-%m-%d}; install a current licence "
+                "('sessiond licences install FILE')"
+            )
+        if service == ServiceType.WEB_CLIENT:
+            return LicenseType.PERSONAL_WEB if user.personal_web else LicenseType.CONCURRENT_WEB
+        if user.personal_client:
+            return LicenseType.PERSONAL_CLIENT
+        return LicenseType.CONCURRENT_CLIENT
+
+    def seat_request(
+        self, license_type: LicenseType, now: datetime, client_address: str | None
+    ) -> SeatRequest | None:
+        if license_type in (LicenseType.PERSONAL_CLIENT, LicenseType.PERSONAL_WEB):
+            return None  # personal seats are counted when they are given out
+        inactivity = self.settings.security.session_inactivity_time
+
+        def displaced(old: SessionRecord) -> AuditRecord:
+            return session_audit(
+                AuditAction.SESSION_DEACTIVATED,
+                now,
+                old,
+                None,
+                client_address,
+                {
+                    "reason": "licence limit: displaced by a newer session of the same user",
+                    "license_type": license_type.wire,
+                },
+            )
+
+        return SeatRequest(
+            license_type=license_type,
+            now=now,
+            active_since=now - inactivity if inactivity else None,
+            displace_oldest=self.settings.licence_policy == "deactivate_oldest",
+            displaced_audit=displaced,
+        )
+
+    async def install_file(self, path: str | None = None) -> Licence:
+        """Check a licence file and make it the installation's licence (every node reads it
+        from the store). A bad, expired or wrongly signed file changes nothing."""
+        source = path or self.settings.licence_file
+        if source is None:
+            raise NotConfigured("no licence file given, and the licence_file setting is not set")
+        try:
+            data = await asyncio.to_thread(_read_head, source, licences.MAX_LICENCE_BYTES + 1)
+        except OSError as exc:
+            raise LicenceInvalid(f"cannot read licence file {source}: {exc.strerror}") from None
+        return await self.install(data, source=f"licence file {source}")
+
+    async def install(self, data: bytes | str, *, source: str = "licence") -> Licence:
+        now = self.clock()
+        licence = licences.parse(data, public_key=self._public_key, now=now, source=source)
+        await self.store.install_licence(licence, now)
+        self.licence = licence
+        log.info("licence %s for %s installed", licence.id, licence.licensee)
+        return licence
+
+    async def usage(self) -> dict[str, Any]:
+        """The installed licence and how many seats of each kind are in use."""
+        now = self.clock()
+        inactivity = self.settings.security.session_inactivity_time
+        usage = await self.store.licence_usage(now, now - inactivity if inactivity else None)
+        licence = await self.store.get_licence()
+        seats = {
+            name: {
+                "InUse": usage.get(kind, 0),
+                "Seats": licence.seats_of(kind) if licence else None,
+            }
+            for name, kind in licences.SEAT_FIELDS.items()
+        }
+        return {
+            "Licence": licence.to_dict() if licence else None,
+            # No licence: seats are not limited, and there is no validity to speak of.
+            "Valid": licence.is_valid_at(now) if licence else None,
+            "Policy": self.settings.licence_policy,
+            "Seats": seats,
+        }
+
+    async def personal_limit(self, license_type: LicenseType) -> int | None:
+        licence = await self.store.get_licence()
+        return licence.seats_of(license_type) if licence else None
