@@ -10,7 +10,6 @@ Which mechanism won is never the caller's concern: it gets a principal or a refu
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections import OrderedDict
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..errors import InvalidCredentials, NotConfigured, RequestError
 from ..settings import WindowsSettings
+from .windows import use_kerberos_settings
 
 HANDSHAKE_TTL = 60.0
 MAX_PENDING = 10_000
@@ -40,15 +40,7 @@ class NegotiateAcceptor:
     def __init__(self, settings: WindowsSettings) -> None:
         self.settings = settings
         self._pending: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        # pyspnego and libkrb5 read these from the environment on every step.
-        if settings.krb5_config:
-            os.environ["KRB5_CONFIG"] = str(settings.krb5_config)
-        if settings.keytab:
-            os.environ["KRB5_KTNAME"] = f"FILE:{settings.keytab}"
-        if settings.ntlm_user_file:
-            os.environ["NTLM_USER_FILE"] = str(settings.ntlm_user_file)
-        else:
-            os.environ.pop("NTLM_USER_FILE", None)
+        use_kerberos_settings(settings)
 
     def _take(self, handshake_id: str | None) -> tuple[str, Any | None]:
         now = time.monotonic()

@@ -8,6 +8,7 @@ keytab (a forged KDC cannot make that ticket) — or with an LDAP bind to Active
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +70,24 @@ class WindowsNames:
         return [account.down_level, account.principal]
 
 
+def use_kerberos_settings(settings: WindowsSettings) -> None:
+    """libkrb5 and pyspnego read their configuration from the environment on every step:
+    point it at the configured files (this process is the server; nothing else shares it)."""
+    if settings.krb5_config:
+        os.environ["KRB5_CONFIG"] = str(settings.krb5_config)
+    if settings.keytab:
+        os.environ["KRB5_KTNAME"] = f"FILE:{settings.keytab}"
+    if settings.ntlm_user_file:
+        os.environ["NTLM_USER_FILE"] = str(settings.ntlm_user_file)
+    else:
+        os.environ.pop("NTLM_USER_FILE", None)
+
+
 class WindowsAuthenticator(Authenticator):
     login_type = LoginType.WINDOWS
 
     def __init__(self, settings: WindowsSettings) -> None:
+        use_kerberos_settings(settings)
         self.settings = settings
         self.names = WindowsNames(settings)
         self.directory = Directory(settings.directory) if settings.directory else None
