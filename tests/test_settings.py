@@ -47,6 +47,8 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("[sessiond.security]\nsession_inactivity_time = 0", "must be positive"),
         ("touch_interval = -1", "must not be negative"),
         ("touch_interval = 'inf'", "too long a duration"),
+        ("session_expiration_time_span = '9999999d'", "at most 36500 days"),
+        ("[sessiond.security]\nblocked_series_due_date_time = 0", "must be positive"),
         ("trusted_proxies = ['10.0.0.1/8']", "not an address or network"),
     ],
 )

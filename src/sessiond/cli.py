@@ -492,10 +492,15 @@ def keys_rotate(config: ConfigOption = None) -> None:
     """Add a new signature key and sign new tokens with it; old tokens stay valid.
     Restart (or roll) the servers afterwards so they load it."""
     settings = _settings(config)
+    path = settings.effective_keys_file
     try:
-        ring = KeyRing.load_or_create(settings.effective_keys_file)
-        key_id = ring.rotate()
-        ring.save(settings.effective_keys_file)
+        if path.exists():
+            ring = KeyRing.load(path)
+            key_id = ring.rotate()
+        else:
+            ring = KeyRing.generate()
+            key_id = ring.current
+        ring.save(path)
     except SettingsError as exc:
         raise _fail(exc) from None
     out.print(f"new current key {key_id}", highlight=False)

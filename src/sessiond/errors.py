@@ -240,6 +240,7 @@ def error_from_body(status: int, body: Any) -> SessiondError:
         cls = _BASE_BY_STATUS.get(status, SessiondError)
         exc = cls(message, details=details)
         exc.code = error["code"]  # type: ignore[misc]
+        exc.status = status  # type: ignore[misc]
         return exc
     return cls(message, details=details)
 

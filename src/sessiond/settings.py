@@ -46,9 +46,14 @@ def _duration(value: Any) -> Any:
         raise ValueError("is too long a duration") from None
 
 
+MAX_DURATION = timedelta(days=36_500)  # a century: anything longer overflows dates
+
+
 def _not_negative(value: timedelta) -> timedelta:
     if value < timedelta(0):
         raise ValueError("must not be negative")
+    if value > MAX_DURATION:
+        raise ValueError("is too long a duration (at most 36500 days)")
     return value
 
 
@@ -108,6 +113,13 @@ class SecuritySettings(BaseModel):
             raise ValueError("must be positive (leave it out to switch it off)")
         return value
 
+    @field_validator("failed_login_attempts_series_time", "blocked_series_due_date_time")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
 
 class DirectorySettings(BaseModel):
     """An LDAPv3 directory: where to find accounts and how to reach it."""
@@ -126,6 +138,13 @@ class DirectorySettings(BaseModel):
     )
     name_attribute: str = Field("cn", description="display name for provisioned users")
     timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("timeout")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1 second")
+        return value
 
     @field_validator("url")
     @classmethod

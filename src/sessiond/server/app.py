@@ -82,7 +82,6 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     app.include_router(routes.router)
     _install_error_handlers(app)
     _install_openapi_security(app)
-    app.add_middleware(PlatformHeaders, service=svc)
     return app
 
 
@@ -90,8 +89,10 @@ def create_asgi(settings: Settings, service: SessionService | None = None) -> AS
     """What the server runs: the per-request validation route in front of the application,
     so that it passes through no framework machinery at all."""
     app = create_app(settings, service)
+    # Outside the framework's own error handling, so that even a 500 carries the versions.
+    with_headers = PlatformHeaders(app, service=app.state.service)
     return FastValidation(
-        app,
+        with_headers,
         service=app.state.service,
         render=routes.session_info,
         trusted_proxies=app.state.trusted_proxies,

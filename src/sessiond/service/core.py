@@ -50,6 +50,7 @@ from ..store import (
     AuditRecord,
     BuildInfo,
     FailurePolicy,
+    SessionClosure,
     SessionRecord,
     Store,
     UserRecord,
@@ -330,6 +331,9 @@ class SessionService:
             user = await self._provision(identity, LoginType.WINDOWS, now, client_address)
         await self._check_may_sign_in(user, now, client_address)
         if user.login_type != LoginType.WINDOWS:
+            await self._audit_failure(
+                user.name, now, client_address, f"{user.login_type.wire} user, not Windows"
+            )
             raise LoginForbidden(
                 f"user {user.login!r} signs in with a {user.login_type.wire} login, not Windows"
             )
@@ -543,10 +547,10 @@ class SessionService:
             raise RequestError("a personal licence is PersonalClient or PersonalWeb")
         user = await self.get_user_by_login(login)
         limit = await self.licensing.personal_limit(license_type)
-        updated = await self.store.set_personal_licence(user.id, license_type, holds, limit)
-        if not holds:
-            await self._end_sessions(updated, actor, "personal licence taken back", license_type)
-        return updated
+        closure = (
+            None if holds else self._closure(actor, "personal licence taken back", license_type)
+        )
+        return await self.store.set_personal_licence(user.id, license_type, holds, limit, closure)
 
     # --- validating ----------------------------------------------------------------------
 
@@ -625,7 +629,8 @@ class SessionService:
         """Close every session of one user (administrators); returns how many were open."""
         require_admin(actor, "close a user's sessions")
         user = await self.get_user_by_login(login)
-        return await self._end_sessions(user, actor, "all sessions of the user closed")
+        closure = self._closure(actor, "all sessions of the user closed")
+        return len(await self.store.delete_user_sessions(user.id, closure))
 
     async def sweep(self) -> int:
         """Remove sessions past their lifetime or inactivity timeout, each audited as
@@ -734,23 +739,22 @@ class SessionService:
             changes["time_zone_utc_offset"] = time_zone_utc_offset
         if not changes:
             return user
-        updated = await self.store.update_user(user.id, **changes)
-        if (updated.access_level, updated.login_type) != (user.access_level, user.login_type):
-            # A session carries the rights it was opened with: end them, so that a demoted
-            # administrator or a user who must now sign in another way starts afresh.
-            await self._end_sessions(updated, actor, "access level or login type changed")
-        return updated
+        rights_change = (
+            changes.get("access_level", user.access_level) != user.access_level
+            or changes.get("login_type", user.login_type) != user.login_type
+        )
+        # A session carries the rights it was opened with: end them with the change, so that
+        # a demoted administrator or a user who must now sign in another way starts afresh.
+        closure = (
+            self._closure(actor, "access level or login type changed") if rights_change else None
+        )
+        return await self.store.update_user(user.id, close_sessions=closure, **changes)
 
-    async def _end_sessions(
-        self,
-        user: UserRecord,
-        actor: Actor,
-        reason: str,
-        license_type: LicenseType | None = None,
-    ) -> int:
+    def _closure(
+        self, actor: Actor, reason: str, license_type: LicenseType | None = None
+    ) -> SessionClosure:
         now = self.clock()
-        closed = await self.store.delete_user_sessions(
-            user.id,
+        return SessionClosure(
             lambda record: session_audit(
                 AuditAction.SESSION_CLOSED_BY_ADMIN,
                 now,
@@ -761,7 +765,6 @@ class SessionService:
             ),
             license_type,
         )
-        return len(closed)
 
     async def get_user_by_login(self, login: str) -> UserRecord:
         user = await self.store.find_user_by_login(login)
@@ -841,16 +844,14 @@ class SessionService:
                 client_address=actor.client_address,
                 details={"until": until.isoformat() if until else None, "by": "administrator"},
             )
-        updated = await self.store.update_user(
+        return await self.store.update_user(
             user.id,
             audit,
+            close_sessions=self._closure(actor, "user blocked") if blocked else None,
             blocked=blocked,
             blocked_due_date=until if blocked else None,
             failed_attempts=0,
         )
-        if blocked:
-            await self._end_sessions(updated, actor, "user blocked")
-        return updated
 
     async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:
         """Create the first administrator if there are no users at all.

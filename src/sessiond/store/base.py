@@ -87,6 +87,15 @@ class SeatRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionClosure:
+    """End a user's sessions (of one licence type, if given) in the same transaction as a
+    change to the user, each with the audit record ``audit`` makes for it."""
+
+    audit: Callable[[SessionRecord], AuditRecord]
+    license_type: LicenseType | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FailurePolicy:
     """What one more failed sign-in means: the series window and the block decision.
 
@@ -141,9 +150,15 @@ class Store(ABC):
 
     @abstractmethod
     async def update_user(
-        self, user_id: UUID, audit: AuditRecord | None = None, **changes: Any
+        self,
+        user_id: UUID,
+        audit: AuditRecord | None = None,
+        *,
+        close_sessions: SessionClosure | None = None,
+        **changes: Any,
     ) -> UserRecord:
-        """Change the given fields of a user; raises NotFound, Conflict."""
+        """Change the given fields of a user (and end its sessions if asked), in one
+        transaction; raises NotFound, Conflict."""
 
     @abstractmethod
     async def record_failed_login(
@@ -154,7 +169,12 @@ class Store(ABC):
 
     @abstractmethod
     async def set_personal_licence(
-        self, user_id: UUID, license_type: LicenseType, holds: bool, limit: int | None
+        self,
+        user_id: UUID,
+        license_type: LicenseType,
+        holds: bool,
+        limit: int | None,
+        close_sessions: SessionClosure | None = None,
     ) -> UserRecord:
         """Give or take a personal licence; LicenceLimitReached if ``limit`` are given out."""
 
@@ -189,10 +209,7 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_user_sessions(
-        self,
-        user_id: UUID,
-        audit: Callable[[SessionRecord], AuditRecord],
-        license_type: LicenseType | None = None,
+        self, user_id: UUID, closure: SessionClosure
     ) -> list[SessionRecord]:
         """Delete every session of a user (of one licence type, if given), each audited."""
 

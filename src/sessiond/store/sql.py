@@ -40,6 +40,7 @@ from .base import (
     BuildInfo,
     FailurePolicy,
     SeatRequest,
+    SessionClosure,
     SessionRecord,
     Store,
     UserRecord,
@@ -198,7 +199,12 @@ class SqlStore(Store):
         return int(value or 0)
 
     async def update_user(
-        self, user_id: UUID, audit: AuditRecord | None = None, **changes: Any
+        self,
+        user_id: UUID,
+        audit: AuditRecord | None = None,
+        *,
+        close_sessions: SessionClosure | None = None,
+        **changes: Any,
     ) -> UserRecord:
         unknown = changes.keys() - _USER_FIELDS
         if unknown or "id" in changes:
@@ -221,6 +227,8 @@ class SqlStore(Store):
                     raise NotFound(f"no user with id {user_id}")
                 if audit is not None:
                     await self._insert_audit(conn, audit)
+                if close_sessions is not None:
+                    await self._delete_user_sessions(conn, user_id, close_sessions)
                 row = (
                     await conn.execute(sa.select(schema.users).where(schema.users.c.id == user_id))
                 ).one()
@@ -261,7 +269,12 @@ class SqlStore(Store):
         return user
 
     async def set_personal_licence(
-        self, user_id: UUID, license_type: LicenseType, holds: bool, limit: int | None
+        self,
+        user_id: UUID,
+        license_type: LicenseType,
+        holds: bool,
+        limit: int | None,
+        close_sessions: SessionClosure | None = None,
     ) -> UserRecord:
         u = schema.users
         column = u.c[_PERSONAL_USER_COLUMNS[license_type]]
@@ -281,6 +294,8 @@ class SqlStore(Store):
             )
             if result.rowcount == 0:
                 raise NotFound(f"no user with id {user_id}")
+            if close_sessions is not None:
+                await self._delete_user_sessions(conn, user_id, close_sessions)
             row = (await conn.execute(sa.select(u).where(u.c.id == user_id))).one()
         return self._user(row)
 
@@ -431,22 +446,23 @@ class SqlStore(Store):
         return [self._session(r) for r in rows]
 
     async def delete_user_sessions(
-        self,
-        user_id: UUID,
-        audit: Callable[[SessionRecord], AuditRecord],
-        license_type: LicenseType | None = None,
+        self, user_id: UUID, closure: SessionClosure
+    ) -> list[SessionRecord]:
+        async with self._write() as conn:
+            return await self._delete_user_sessions(conn, user_id, closure)
+
+    async def _delete_user_sessions(
+        self, conn: AsyncConnection, user_id: UUID, closure: SessionClosure
     ) -> list[SessionRecord]:
         s = schema.sessions
-        async with self._write() as conn:
-            query = sa.select(s).where(s.c.user_id == user_id)
-            if license_type is not None:
-                query = query.where(s.c.license_type == int(license_type))
-            rows = (await conn.execute(query)).all()
-            closed = [self._session(r) for r in rows]
-            if closed:
-                await conn.execute(s.delete().where(s.c.id.in_([c.id for c in closed])))
-                for record in closed:
-                    await self._insert_audit(conn, audit(record))
+        query = sa.select(s).where(s.c.user_id == user_id)
+        if closure.license_type is not None:
+            query = query.where(s.c.license_type == int(closure.license_type))
+        closed = [self._session(r) for r in (await conn.execute(query)).all()]
+        if closed:
+            await conn.execute(s.delete().where(s.c.id.in_([c.id for c in closed])))
+            for record in closed:
+                await self._insert_audit(conn, closure.audit(record))
         return closed
 
     async def sweep_sessions(
