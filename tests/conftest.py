@@ -21,9 +21,19 @@ from sessiond.keys import KeyRing
 from sessiond.service import SessionService
 from sessiond.settings import Settings, load_settings
 from sessiond.store import create_store
-from tests.infra.conftest_fixtures import kerberos_realm, ldap_server, ntlm_users
+from tests.infra.conftest_fixtures import (
+    kerberos_realm,
+    ldap_server,
+    ntlm_users,
+    postgres_server,
+)
 
-__all__ = ["kerberos_realm", "ldap_server", "ntlm_users"]  # fixtures for every test module
+__all__ = [
+    "kerberos_realm",
+    "ldap_server",
+    "ntlm_users",
+    "postgres_server",
+]  # fixtures for every test module
 
 # Argon2 parameters small enough for a test suite, still Argon2id.
 FAST_ARGON2 = {"time_cost": 1, "memory_cost": 8192, "parallelism": 1}

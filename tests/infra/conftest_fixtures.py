@@ -20,8 +20,9 @@ import pytest
 from tests.infra.kerberos import KerberosRealm
 from tests.infra.ldap import LdapServer
 from tests.infra.ntlm import NtlmUsers
+from tests.infra.postgres import PostgresServer
 
-__all__ = ["kerberos_realm", "ldap_server", "ntlm_users"]
+__all__ = ["kerberos_realm", "ldap_server", "ntlm_users", "postgres_server"]
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +57,13 @@ def ntlm_users() -> Iterator[NtlmUsers]:
         yield users
     finally:
         users.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A running PostgreSQL cluster on loopback; ``new_database()`` gives each test its own."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -34,6 +34,11 @@ def create_store(url: str) -> Store:
         from .sqlite import create_sqlite_store
 
         return create_sqlite_store(url)
+    if scheme in ("postgresql+asyncpg", "postgresql"):
+        from .postgres import create_postgres_store
+
+        return create_postgres_store(url.replace("postgresql://", "postgresql+asyncpg://", 1))
     raise SettingsError(
-        f"unsupported database URL scheme {scheme!r}: use sqlite+aiosqlite:///<file>"
+        f"unsupported database URL scheme {scheme!r}: use sqlite+aiosqlite:///<file> or "
+        "postgresql+asyncpg://user:password@host/database"
     )

@@ -121,10 +121,13 @@ class SqlStore(Store):
         except OperationalError as exc:
             raise ServiceUnavailable(f"the session store is unavailable: {exc.orig}") from None
 
+    async def _serialise_start(self, conn: AsyncConnection) -> None:
+        """Make nodes that start at once migrate one after another (dialects override)."""
+
     async def open(self, build: BuildInfo, now: datetime) -> None:
         async with self._write() as conn:
+            await self._serialise_start(conn)
             await conn.run_sync(migrate)
-        async with self._write() as conn:
             row = (await conn.execute(sa.select(schema.configuration.c.id))).first()
             if row is None:
                 await conn.execute(
@@ -429,10 +432,13 @@ class SqlStore(Store):
     async def delete_session(self, session_id: UUID, audit: AuditRecord) -> SessionRecord | None:
         s = schema.sessions
         async with self._write() as conn:
-            row = (await conn.execute(sa.select(s).where(s.c.id == session_id))).first()
+            # DELETE ... RETURNING: of two nodes closing the same session at once, exactly one
+            # gets the row back, and only that one writes the audit record.
+            row = (
+                await conn.execute(s.delete().where(s.c.id == session_id).returning(*s.c))
+            ).first()
             if row is None:
                 return None
-            await conn.execute(s.delete().where(s.c.id == session_id))
             await self._insert_audit(conn, audit)
         return self._session(row)
 
@@ -458,12 +464,25 @@ class SqlStore(Store):
         query = sa.select(s).where(s.c.user_id == user_id)
         if closure.license_type is not None:
             query = query.where(s.c.license_type == int(closure.license_type))
-        closed = [self._session(r) for r in (await conn.execute(query)).all()]
-        if closed:
-            await conn.execute(s.delete().where(s.c.id.in_([c.id for c in closed])))
-            for record in closed:
-                await self._insert_audit(conn, closure.audit(record))
-        return closed
+        return await self._delete_returning(conn, query, closure.audit)
+
+    async def _delete_returning(
+        self,
+        conn: AsyncConnection,
+        query: sa.Select[Any],
+        audit: Callable[[SessionRecord], AuditRecord],
+    ) -> list[SessionRecord]:
+        """Delete the sessions ``query`` selects, auditing exactly those this transaction
+        deleted (another node may be deleting some of them at the same moment)."""
+        s = schema.sessions
+        ids = [row[0] for row in (await conn.execute(query.with_only_columns(s.c.id))).all()]
+        if not ids:
+            return []
+        rows = (await conn.execute(s.delete().where(s.c.id.in_(ids)).returning(*s.c))).all()
+        deleted = [self._session(r) for r in rows]
+        for record in deleted:
+            await self._insert_audit(conn, audit(record))
+        return deleted
 
     async def sweep_sessions(
         self,
@@ -477,13 +496,7 @@ class SqlStore(Store):
         if idle_before is not None:
             stale = sa.or_(stale, s.c.last_activity < idle_before)
         async with self._write() as conn:
-            rows = (await conn.execute(sa.select(s).where(stale).limit(limit))).all()
-            swept = [self._session(r) for r in rows]
-            if swept:
-                await conn.execute(s.delete().where(s.c.id.in_([r.id for r in swept])))
-                for record in swept:
-                    await self._insert_audit(conn, audit(record))
-        return swept
+            return await self._delete_returning(conn, sa.select(s).where(stale).limit(limit), audit)
 
     # --- licences ------------------------------------------------------------------------
 
