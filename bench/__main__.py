@@ -17,7 +17,8 @@ from types import FrameType
 from .common import BenchError, Config, machine_lines
 from .load import LoadGenerator, load_generator
 
-BENCHMARKS = ("validate", "open", "unknown-login", "validate-under-signin")
+BENCHMARKS = ("validate", "validate-many", "open", "unknown-login", "validate-under-signin")
+MAX_SESSIONS = 50_000
 
 
 def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
@@ -49,15 +50,29 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
     )
     parser.add_argument("--openers", type=int, help="concurrent sign-ins in 'open' (4)")
     parser.add_argument("--signers", type=int, help="sign-in loops in validate-under-signin (1)")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        help=f"distinct sessions in validate-many (1000, quick 200; at most {MAX_SESSIONS:,})",
+    )
+    parser.add_argument(
+        "--writers", type=int, help="sign-in loops in validate-many's with-writes target (1)"
+    )
     args = parser.parse_args(argv)
 
     config = Config()
     if args.quick:
         config = dataclasses.replace(
-            config, rounds=3, duration=2.0, warmup=0.5, opens_per_round=8, unknown_samples=3
+            config,
+            rounds=3,
+            duration=2.0,
+            warmup=0.5,
+            opens_per_round=8,
+            unknown_samples=3,
+            sessions=200,
         )
     overrides: dict[str, object] = {"load": args.load}
-    for name in ("rounds", "duration", "connections", "openers", "signers"):
+    for name in ("rounds", "duration", "connections", "openers", "signers", "sessions", "writers"):
         value = getattr(args, name)
         if value is not None:
             if value <= 0:
@@ -67,6 +82,10 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
         parser.error("--duration is at most 300 seconds")
     if "rounds" in overrides and int(args.rounds) > 100:
         parser.error("--rounds is at most 100")
+    if "sessions" in overrides and int(args.sessions) > MAX_SESSIONS:
+        parser.error(f"--sessions is at most {MAX_SESSIONS:,}")
+    if "writers" in overrides and int(args.writers) > 16:
+        parser.error("--writers is at most 16")
     config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
     return config, selected
@@ -83,17 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
-    needs_http_load = {"validate", "validate-under-signin"} & set(selected)
+    needs_http_load = {"validate", "validate-many", "validate-under-signin"} & set(selected)
     try:
         load: LoadGenerator | None = load_generator(config) if needs_http_load else None
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from . import signin, validate
+    from . import many, signin, validate
 
     runners: dict[str, Callable[[], None]] = {
         "validate": lambda: validate.run_validate(config, _need(load)),
+        "validate-many": lambda: many.run_validate_many(config, _need(load)),
         "open": lambda: signin.run_open(config),
         "unknown-login": lambda: signin.run_unknown_login(config),
         "validate-under-signin": lambda: validate.run_validate_under_signin(config, _need(load)),

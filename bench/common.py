@@ -50,6 +50,8 @@ class Config:
     opens_per_round: int = 16
     unknown_samples: int = 6  # per round and kind in the unknown-login benchmark
     signers: int = 1  # concurrent sign-in loops in validate-under-signin
+    sessions: int = 1000  # distinct sessions whose tokens validate-many cycles through
+    writers: int = 1  # sign-in loops beside the load in validate-many's with-writes target
     round_timeout: float = 180.0  # no round of any benchmark runs longer than this
 
 

@@ -31,7 +31,7 @@ from .common import (
     start_app,
     start_sessiond,
 )
-from .load import LoadGenerator, LoadResult
+from .load import HeaderCycle, LoadGenerator, LoadResult
 
 PATH = "/api/v1/sessions/current"
 HEALTH_PATH = "/api/v1/health"
@@ -52,8 +52,9 @@ def _load(
     headers: dict[str, str],
     seconds: float,
     config: Config,
+    cycle: HeaderCycle | None = None,
 ) -> LoadResult:
-    result = load.run(url, headers, seconds, config.connections)
+    result = load.run(url, headers, seconds, config.connections, cycle)
     total = result.requests + result.failures
     if result.requests == 0 or result.failures > MAX_FAILURE_SHARE * total:
         raise BenchError(
@@ -120,7 +121,7 @@ def run_validate(config: Config, load: LoadGenerator) -> None:
 
 
 @dataclass
-class _Signer:
+class Signer:
     """Sign-in loops in threads (blocking httpx), bounded in count and time."""
 
     url: str
@@ -156,7 +157,7 @@ class _Signer:
                     else:
                         self.errors.append(problem)
 
-    def __enter__(self) -> _Signer:
+    def __enter__(self) -> Signer:
         for _ in range(self.loops):
             thread = threading.Thread(target=self._loop, daemon=True)
             thread.start()
@@ -197,7 +198,7 @@ def run_validate_under_signin(config: Config, load: LoadGenerator) -> None:
             alone.add(quiet.rps)
             alone_p99.add(quiet.p99_ms)
             alone_max.add(quiet.max_ms)
-            signer = _Signer(
+            signer = Signer(
                 sessiond.url,
                 sessiond.admin_password,
                 config.signers,

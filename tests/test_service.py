@@ -77,6 +77,7 @@ async def test_last_activity_is_written_at_most_once_per_touch_interval(
     assert record.last_activity == opened  # 50 s of calls: no write yet
     clock.advance(seconds=15)
     await service.validate(auth)
+    await service.flush_touches()  # touches are written in batches, off the request path
     record = await service.validate(auth)
     assert record.last_activity == clock.now
 
@@ -191,3 +192,21 @@ async def test_changing_rights_or_blocking_ends_the_users_sessions(service: Sess
         await _open(service, "boss")
     refused = await service.audit_records(action=AuditAction.LOGIN_FAILED)
     assert refused[-1].details == {"reason": "user_blocked", "login": "boss"}
+
+
+async def test_touches_are_written_in_batches_and_a_queued_touch_counts(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(security={"session_inactivity_time": "30m"})
+    await _user(service)
+    tokens = [await _open(service) for _ in range(50)]
+    clock.advance(minutes=20)
+    for auth in tokens:
+        await service.validate(auth)  # each queues a touch; none waits for it
+    clock.advance(minutes=20)  # 40 minutes after opening, 20 after the queued touches
+    for auth in tokens:
+        await service.validate(auth)  # not expired: the queued touch counts as activity
+    await service.flush_touches()
+    sessions = await service.store.list_sessions()
+    assert len(sessions) == 50
+    assert {s.last_activity for s in sessions} == {clock.now}

@@ -103,6 +103,8 @@ class SessionService:
             self.authenticators.update(authenticators)
         self.licensing = Licensing(settings, store, clock)
         self._verified_tokens: dict[str, AuthToken] = {}
+        self._touches: dict[UUID, datetime] = {}
+        self._toucher: asyncio.Task[None] | None = None
         self._version = 0
         self._version_read_at = 0.0
         self._version_lock = asyncio.Lock()
@@ -132,6 +134,7 @@ class SessionService:
                 log.error("licence not loaded: %s (%s)", exc.message, kept)
 
     async def close(self) -> None:
+        await self.flush_touches()
         for authenticator in self.authenticators.values():
             await authenticator.close()
         await self.store.close()
@@ -579,13 +582,41 @@ class SessionService:
             raise SessionNotFound("the session is closed; sign in again")
         if record.token.signature != auth.signature or record.token.user_id != auth.user_id:
             raise TokenSignatureInvalid("the session token does not match the session")
+        # A touch this node has queued but not yet written counts as written.
+        last_activity = record.last_activity
+        queued = self._touches.get(auth.session_id)
+        if queued is not None and queued > last_activity:
+            last_activity = queued
         inactivity = self.settings.security.session_inactivity_time
-        if inactivity and now - record.last_activity > inactivity:
+        if inactivity and now - last_activity > inactivity:
             await self._expire(auth.session_id, now, client_address, "inactivity")
             raise SessionExpired("the session was closed after inactivity; sign in again")
-        if now - record.last_activity >= self.settings.touch_interval:
-            await self.store.touch_session(auth.session_id, now)
+        if now - last_activity >= self.settings.touch_interval:
+            self._queue_touch(auth.session_id, now)
         return record
+
+    def _queue_touch(self, session_id: UUID, now: datetime) -> None:
+        """Touches are written in batches, one transaction each, by one task: a request never
+        waits for the database's write lock just to say it was active."""
+        self._touches[session_id] = now
+        if self._toucher is None or self._toucher.done():
+            self._toucher = asyncio.create_task(self._write_touches(), name="sessiond-touches")
+
+    async def _write_touches(self) -> None:
+        while self._touches:
+            batch, self._touches = self._touches, {}
+            try:
+                await self.store.touch_sessions(batch)
+            except Exception:
+                log.exception("writing %d last-activity touches failed; retrying", len(batch))
+                for session_id, at in batch.items():
+                    self._touches.setdefault(session_id, at)
+                await asyncio.sleep(1)
+
+    async def flush_touches(self) -> None:
+        """Wait until every queued touch is written (the sweeper and shutdown do)."""
+        while self._toucher is not None and not self._toucher.done():
+            await asyncio.shield(self._toucher)
 
     async def _expire(
         self, session_id: UUID, now: datetime, client_address: str | None, reason: str
@@ -635,6 +666,7 @@ class SessionService:
     async def sweep(self) -> int:
         """Remove sessions past their lifetime or inactivity timeout, each audited as
         SessionExpired; returns how many. Safe on several nodes at once."""
+        await self.flush_touches()  # so that no session this node saw active looks idle
         now = self.clock()
         inactivity = self.settings.security.session_inactivity_time
         idle_before = now - inactivity if inactivity else None

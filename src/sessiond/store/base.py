@@ -8,7 +8,7 @@ never written for one that did not.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -198,7 +198,8 @@ class Store(ABC):
     async def get_session(self, session_id: UUID) -> SessionRecord | None: ...
 
     @abstractmethod
-    async def touch_session(self, session_id: UUID, at: datetime) -> None: ...
+    async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:
+        """Move the last activity of these sessions forward (never back), in one transaction."""
 
     @abstractmethod
     async def delete_session(self, session_id: UUID, audit: AuditRecord) -> SessionRecord | None:

@@ -8,7 +8,7 @@ row lock (``SELECT ... FOR UPDATE``) is what a multi-node dialect needs for exac
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -420,14 +420,17 @@ class SqlStore(Store):
             ).first()
         return self._session(row) if row else None
 
-    async def touch_session(self, session_id: UUID, at: datetime) -> None:
+    async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:
+        if not touches:
+            return
         s = schema.sessions
+        statement = (
+            s.update()
+            .where(s.c.id == sa.bindparam("sid"), s.c.last_activity < sa.bindparam("at"))
+            .values(last_activity=sa.bindparam("at"))
+        )
         async with self._write() as conn:
-            await conn.execute(
-                s.update()
-                .where(s.c.id == session_id, s.c.last_activity < at)
-                .values(last_activity=at)
-            )
+            await conn.execute(statement, [{"sid": k, "at": v} for k, v in touches.items()])
 
     async def delete_session(self, session_id: UUID, audit: AuditRecord) -> SessionRecord | None:
         s = schema.sessions
