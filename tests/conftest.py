@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -117,6 +118,7 @@ class ServerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     admin_password: str = ""
+    one_time_password: str = ""
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -148,7 +150,19 @@ class ServerProcess:
             )
         found = re.search(r"one-time password (\S+)", self.log_path.read_text())
         if found:
-            self.admin_password = found.group(1)
+            # A generated password must be changed before it signs anyone in.
+            self.one_time_password = found.group(1)
+            self.admin_password = "Admin-" + secrets.token_urlsafe(12)
+            changed = httpx.post(
+                f"{self.url}/api/v1/sessions/change-password",
+                json={
+                    "Login": "admin",
+                    "OldPassword": self.one_time_password,
+                    "NewPassword": self.admin_password,
+                },
+                timeout=30,
+            )
+            assert changed.status_code == 200, changed.text
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

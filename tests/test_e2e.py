@@ -324,3 +324,13 @@ def test_a_chunked_body_over_the_limit_is_refused(server: ServerProcess) -> None
     assert "Tessa-Configuration-Version" in response.headers
     unknown = httpx.get(f"{server.url}/api/v1/nothing-here")
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "no_such_route"
+
+
+def test_the_generated_password_was_changed_before_first_use(server: ServerProcess) -> None:
+    # The fixture's first call was POST /sessions/change-password with the printed password
+    # (test_service shows that signing in with it is refused as password_expired).
+    assert server.one_time_password and server.one_time_password != server.admin_password
+    with SessionClient(server.url) as client:
+        with pytest.raises(InvalidCredentials):
+            client.open_session("admin", server.one_time_password)
+        assert client.open_session("admin", server.admin_password).is_administrator

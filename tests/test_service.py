@@ -11,6 +11,7 @@ from sessiond.auth import PasswordCredentials
 from sessiond.errors import (
     InvalidCredentials,
     LoginForbidden,
+    PasswordExpired,
     PasswordRejected,
     PermissionDenied,
     SessionExpired,
@@ -166,7 +167,11 @@ async def test_the_first_administrator_is_created_once(make_service: Any) -> Non
     user, password = created
     assert user.is_administrator and password and len(password) >= 16
     assert await service.ensure_first_administrator() is None
-    await _open(service, "admin", password)
+    with pytest.raises(PasswordExpired) as one_time:  # printed once: it must be changed
+        await _open(service, "admin", password)
+    assert one_time.value.details == {"one_time": True}
+    await service.change_password("admin", password, "Changed-pw-1")
+    await _open(service, "admin", "Changed-pw-1")
 
 
 async def test_changing_rights_or_blocking_ends_the_users_sessions(service: SessionService) -> None:

@@ -119,8 +119,9 @@ def serve(
             if password:
                 out.print(
                     f"First administrator created: login [bold]{user.login}[/bold], one-time "
-                    f"password [bold]{password}[/bold]\nIt is shown only now; change it with "
-                    f"'sessiond users set-password {user.login}'.",
+                    f"password [bold]{password}[/bold]\nIt is shown only now and must be "
+                    "changed at the first sign-in (POST /api/v1/sessions/change-password), or "
+                    f"set with 'sessiond users set-password {user.login}'.",
                     highlight=False,
                 )
             else:

@@ -204,6 +204,12 @@ class SessionService:
             await self._failed_login(user, now, client_address, exc.reason or exc.message)
             raise
         if user.login_type == LoginType.PLATFORM:
+            if user.password_changed is None:
+                raise PasswordExpired(
+                    "this is a one-time password: change it (POST "
+                    "/api/v1/sessions/change-password, or client.change_password), then sign in",
+                    details={"one_time": True},
+                )
             expiry = passwords.expires_at(user.password_changed, self.settings.security)
             if expiry is not None and now >= expiry:
                 raise PasswordExpired(
@@ -907,6 +913,10 @@ class SessionService:
             )
         except Conflict:  # another node created it meanwhile
             return None
+        if generated:
+            # A generated password has been printed on a console: it must be changed at the
+            # first sign-in (a password never "changed" is a one-time password).
+            user = await self.store.update_user(user.id, password_changed=None)
         return user, (password if generated else None)
 
     # --- audit ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class UserRecord:
     login_type: LoginType = LoginType.PLATFORM
     account: str | None = None  # DOMAIN\name, UPN or LDAP uid for Windows and Ldap users
     password_hash: str | None = None
-    password_changed: datetime | None = None
+    password_changed: datetime | None = None  # None with a hash: a one-time password
     blocked: bool = False
     blocked_due_date: datetime | None = None  # None while blocked: until an administrator unblocks
     failed_attempts: int = 0  # since the last successful sign-in
