@@ -251,3 +251,19 @@ def test_a_running_server_sweeps_expired_sessions_by_itself(
         assert swept[0]["details"] == {"reason": "absolute lifetime", "by": "sweeper"}
     finally:
         server.stop()
+
+
+async def test_closing_a_users_sessions_counts_only_those_still_open(
+    make_service: Any, clock: Clock
+) -> None:
+    service = await make_service(session_expiration_time_span="1h")
+    await service.add_user(SYSTEM, "una", password="Una-pw-1")
+    await _sign_in(service, "una", "Una-pw-1")
+    clock.advance(minutes=61)  # the first has ended, but the sweeper has not come by
+    for _ in range(2):
+        await _sign_in(service, "una", "Una-pw-1")
+    assert await service.close_user_sessions(SYSTEM, "una") == 2
+    closed = await service.audit_records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
+    expired = await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+    assert len(closed) == 2 and len(expired) == 1
+    assert expired[0].details == {"reason": "absolute lifetime"}

@@ -667,7 +667,9 @@ class SessionService:
         require_admin(actor, "close a user's sessions")
         user = await self.get_user_by_login(login)
         closure = self._closure(actor, "all sessions of the user closed")
-        return len(await self.store.delete_user_sessions(user.id, closure))
+        closed = await self.store.delete_user_sessions(user.id, closure)
+        now = self.clock()
+        return sum(1 for record in closed if self._expiry_reason(record, now) is None)
 
     async def sweep(self) -> int:
         """Remove sessions past their lifetime or inactivity timeout, each audited as
@@ -792,17 +794,31 @@ class SessionService:
         self, actor: Actor, reason: str, license_type: LicenseType | None = None
     ) -> SessionClosure:
         now = self.clock()
-        return SessionClosure(
-            lambda record: session_audit(
+
+        def audit(record: SessionRecord) -> AuditRecord:
+            expired = self._expiry_reason(record, now)
+            if expired is not None:  # it had already ended; it is only being cleared away
+                return session_audit(
+                    AuditAction.SESSION_EXPIRED, now, record, None, None, {"reason": expired}
+                )
+            return session_audit(
                 AuditAction.SESSION_CLOSED_BY_ADMIN,
                 now,
                 record,
                 actor,
                 actor.client_address,
                 {"reason": reason},
-            ),
-            license_type,
-        )
+            )
+
+        return SessionClosure(audit, license_type)
+
+    def _expiry_reason(self, record: SessionRecord, now: datetime) -> str | None:
+        if record.token.expires <= now:
+            return "absolute lifetime"
+        inactivity = self.settings.security.session_inactivity_time
+        if inactivity and now - record.last_activity > inactivity:
+            return "inactivity"
+        return None
 
     async def get_user_by_login(self, login: str) -> UserRecord:
         user = await self.store.find_user_by_login(login)
