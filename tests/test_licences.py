@@ -297,3 +297,19 @@ def test_any_value_in_any_field_is_a_licence_or_licence_invalid(field: str, valu
     _parse_or_refuse(json.dumps({"Licence": licences.body(**{field: value})}))
     _parse_or_refuse(json.dumps({"Licence": licences.body(), "Signature": value}))
     _parse_or_refuse(json.dumps(value))
+
+
+async def test_a_smaller_licence_warns_about_personal_licences_given_out(
+    make_service: Any,
+) -> None:
+    service = await make_service()
+    await service.install_licence(json.dumps({"Licence": licences.body(PersonalWeb=2)}))
+    for login in await _users(service, 2, prefix="p"):
+        await service.set_personal_licence(SYSTEM, login, LicenseType.PERSONAL_WEB, True)
+    await service.install_licence(json.dumps({"Licence": licences.body(PersonalWeb=1)}))
+    usage = await service.licence_usage(SYSTEM)
+    assert usage["Seats"]["PersonalWeb"] == {"InUse": 2, "Seats": 1}
+    assert usage["Warnings"] == [
+        "2 personal web licences are given out, more than the 1 licence L-2026-1 allows; take "
+        "some back with 'sessiond users update LOGIN --no-personal-web'"
+    ]

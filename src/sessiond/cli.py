@@ -537,6 +537,8 @@ def licences_show(config: ConfigOption = None) -> None:
             f", {'signed' if licence['Signed'] else 'unsigned'}); when full: {usage['Policy']}",
             highlight=False,
         )
+    for warning in usage["Warnings"]:
+        err.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False)
     table = Table("seats", "in use", "licensed")
     for name, seat in usage["Seats"].items():
         table.add_row(
@@ -548,8 +550,15 @@ def licences_show(config: ConfigOption = None) -> None:
 @licences_app.command("install")
 def licences_install(file: Path, config: ConfigOption = None) -> None:
     """Check a licence file and install it for every node (a bad one changes nothing)."""
-    licence = _with_service(config, lambda s: s.install_licence_file(str(file)))
+
+    async def action(s: SessionService) -> tuple[Any, list[str]]:
+        licence = await s.install_licence_file(str(file))
+        return licence, await s.licensing.warnings()
+
+    licence, warnings = _with_service(config, action)
     out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
+    for warning in warnings:
+        err.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False)
 
 
 @licences_app.command("reload")

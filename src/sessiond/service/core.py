@@ -546,7 +546,7 @@ class SessionService:
 
     async def licence_usage(self, actor: Actor) -> dict[str, Any]:
         require_admin(actor, "see licence usage")
-        return await self.licensing.usage()
+        return {**await self.licensing.usage(), "Warnings": await self.licensing.warnings()}
 
     async def set_personal_licence(
         self, actor: Actor, login: str, license_type: LicenseType, holds: bool

@@ -102,7 +102,30 @@ class Licensing:
         await self.store.install_licence(licence, now)
         self.licence = licence
         log.info("licence %s for %s installed", licence.id, licence.licensee)
+        for warning in await self.warnings():
+            log.warning("%s", warning)
         return licence
+
+    async def warnings(self) -> list[str]:
+        """Personal licences given out beyond what the installed licence allows (a smaller
+        licence takes none back by itself: an administrator chooses whose to take)."""
+        licence = await self.store.get_licence()
+        if licence is None:
+            return []
+        usage = await self.store.licence_usage(self.clock(), None)
+        out = []
+        for name, kind, flag in (
+            ("personal client", LicenseType.PERSONAL_CLIENT, "--no-personal-client"),
+            ("personal web", LicenseType.PERSONAL_WEB, "--no-personal-web"),
+        ):
+            given, seats = usage.get(kind, 0), licence.seats_of(kind)
+            if given > seats:
+                out.append(
+                    f"{given} {name} licences are given out, more than the {seats} licence "
+                    f"{licence.id} allows; take some back with 'sessiond users update LOGIN "
+                    f"{flag}'"
+                )
+        return out
 
     async def usage(self) -> dict[str, Any]:
         """The installed licence and how many seats of each kind are in use."""
