@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -21,7 +22,7 @@ from .._version import __version__
 from ..errors import INTERNAL_ERROR_BODY, SessiondError, SessionRequired
 from ..service import SessionService
 from ..store import SessionRecord
-from .addresses import peer_address
+from .addresses import Network, peer_address
 
 log = logging.getLogger("sessiond.server")
 
@@ -41,8 +42,8 @@ class FastValidation:
         self,
         app: ASGIApp,
         service: SessionService,
-        render: Any,
-        trusted_proxies: list[Any],
+        render: Callable[[SessionRecord], dict[str, Any]],
+        trusted_proxies: Sequence[Network],
     ) -> None:
         self.app = app
         self.service = service
