@@ -236,7 +236,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(st.binary(max_size=3000))
 def test_arbitrary_bytes_are_a_token_or_token_invalid(data: bytes) -> None:
     for parse in (SessionToken.from_xml, AuthToken.from_xml):
@@ -246,7 +246,7 @@ def test_arbitrary_bytes_are_a_token_or_token_invalid(data: bytes) -> None:
             pass
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(st.data())
 def test_mutated_tokens_never_verify_unless_unchanged(data: st.DataObject) -> None:
     original = full_token().to_xml()
