@@ -17,7 +17,14 @@ from types import FrameType
 from .common import BenchError, Config, machine_lines
 from .load import LoadGenerator, load_generator
 
-BENCHMARKS = ("validate", "validate-many", "open", "unknown-login", "validate-under-signin")
+BENCHMARKS = (
+    "validate",
+    "validate-many",
+    "validate-pg",
+    "open",
+    "unknown-login",
+    "validate-under-signin",
+)
 MAX_SESSIONS = 50_000
 
 
@@ -53,7 +60,8 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
     parser.add_argument(
         "--sessions",
         type=int,
-        help=f"distinct sessions in validate-many (1000, quick 200; at most {MAX_SESSIONS:,})",
+        help="distinct sessions in validate-many and validate-pg "
+        f"(1000, quick 200; at most {MAX_SESSIONS:,})",
     )
     parser.add_argument(
         "--writers", type=int, help="sign-in loops in validate-many's with-writes target (1)"
@@ -102,18 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
-    needs_http_load = {"validate", "validate-many", "validate-under-signin"} & set(selected)
+    needs_http_load = {
+        "validate",
+        "validate-many",
+        "validate-pg",
+        "validate-under-signin",
+    } & set(selected)
     try:
         load: LoadGenerator | None = load_generator(config) if needs_http_load else None
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from . import many, signin, validate
+    from . import many, pg, signin, validate
 
     runners: dict[str, Callable[[], None]] = {
         "validate": lambda: validate.run_validate(config, _need(load)),
         "validate-many": lambda: many.run_validate_many(config, _need(load)),
+        "validate-pg": lambda: pg.run_validate_pg(config, _need(load)),
         "open": lambda: signin.run_open(config),
         "unknown-login": lambda: signin.run_unknown_login(config),
         "validate-under-signin": lambda: validate.run_validate_under_signin(config, _need(load)),

@@ -224,6 +224,35 @@ class Server:
             raise BenchError(f"{self.name} is not running:\n{self.log_tail()}")
 
 
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 onwards of ``/proc/PID/stat`` (the command name, which may hold spaces, cut
+    off), or None where there is no such file."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) used so far by process ``pid``, its children
+    that have exited and been waited for, and its live children; NaN without Linux's /proc.
+    Differences of two readings give the CPU a server (for PostgreSQL: the postmaster and its
+    backends) used in between."""
+    own = _stat(pid) if pid is not None else None
+    if own is None:
+        return math.nan
+    ticks = os.sysconf("SC_CLK_TCK")
+    # Indexes of fields 4 (ppid), 14-15 (utime, stime), 16-17 (cutime, cstime) in _stat's list.
+    total = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            child = _stat(int(entry.name))
+            if child is not None and child[1] == str(pid):
+                total += int(child[11]) + int(child[12])
+    return total / ticks
+
+
 def start_server(stack: contextlib.ExitStack, server: Server) -> Server:
     """Start ``server`` and make sure it is stopped when ``stack`` closes, whatever happens."""
     stack.callback(server.stop)
@@ -250,9 +279,15 @@ class Sessiond:
 
 
 def start_sessiond(
-    stack: contextlib.ExitStack, root: Path, name: str, *, fast_argon2: bool
+    stack: contextlib.ExitStack,
+    root: Path,
+    name: str,
+    *,
+    fast_argon2: bool,
+    database_url: str | None = None,
 ) -> Sessiond:
-    """A real ``sessiond serve`` on SQLite in ``root/name-data``, as the tests start it."""
+    """A real ``sessiond serve`` with its data (SQLite file, key ring) in ``root/name-data``,
+    as the tests start it; on the database at ``database_url`` instead of SQLite if given."""
     port = free_port()
     password = "bench-" + secrets.token_urlsafe(12)
     env = clean_env(
@@ -262,6 +297,8 @@ def start_sessiond(
     )
     if fast_argon2:
         env.update(FAST_ARGON2_ENV)
+    if database_url is not None:
+        env["SESSIOND_DATABASE_URL"] = database_url
     argv = [PYTHON, "-m", "sessiond", "serve", "--port", str(port)]
     server = Server(name, argv, port, root, env, ready_path="/api/v1/health")
     start_server(stack, server)

@@ -23,6 +23,7 @@ import importlib
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _caches_kept() -> int | None:
     return min(bounds) if bounds else None
 
 
-async def _open_sessions(url: str, admin_token: str, count: int, limit_s: float) -> list[str]:
+async def open_sessions(url: str, admin_token: str, count: int, limit_s: float) -> list[str]:
     """Add ``count`` users through the API and sign each in once; their tokens, in order."""
     tokens: list[str | None] = [None] * count
     next_index = 0
@@ -112,7 +113,7 @@ async def _open_sessions(url: str, admin_token: str, count: int, limit_s: float)
     return made
 
 
-def _check_tokens(url: str, tokens: list[str]) -> None:
+def check_tokens(url: str, tokens: list[str]) -> None:
     """A handful of the tokens, spread over the list, each answered with its own session."""
     last = len(tokens) - 1
     indexes = sorted({round(i * last / (CHECKED - 1)) for i in range(CHECKED)})
@@ -127,7 +128,7 @@ def _check_tokens(url: str, tokens: list[str]) -> None:
                 )
 
 
-def _last_activity(database: Path) -> dict[str, str]:
+def sqlite_last_activity(database: Path) -> dict[object, object]:
     """Every session's last activity, read from the server's SQLite file (read-only)."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
@@ -136,23 +137,24 @@ def _last_activity(database: Path) -> dict[str, str]:
         conn.close()
 
 
-class _Touches:
-    """Counts last-activity writes (touches) between two reads of the sessions table."""
+class Touches:
+    """Counts last-activity writes (touches) between two reads of the sessions table;
+    ``read`` gives every session's last activity by id."""
 
-    def __init__(self, database: Path) -> None:
-        self.database = database
-        self.seen = _last_activity(database)
+    def __init__(self, read: Callable[[], Mapping[object, object]]) -> None:
+        self.read = read
+        self.seen = read()
         self.total = 0
 
     def since_last(self) -> int:
-        now = _last_activity(self.database)
+        now = self.read()
         moved = sum(1 for key, value in now.items() if key in self.seen and self.seen[key] != value)
         self.seen = now
         self.total += moved
         return moved
 
 
-def _strict(name: str, result: LoadResult) -> LoadResult:
+def strict(name: str, result: LoadResult) -> LoadResult:
     if result.rejected:
         raise BenchError(
             f"{name}: {result.rejected} of {result.requests + result.failures} answers were "
@@ -177,16 +179,17 @@ def _rounds(
     admin = sign_in(sessiond.url, "admin", sessiond.admin_password)
     started = time.perf_counter()
     tokens = asyncio.run(
-        _open_sessions(sessiond.url, admin, count, limit_s=config.round_timeout + 0.1 * count)
+        open_sessions(sessiond.url, admin, count, limit_s=config.round_timeout + 0.1 * count)
     )
     print(
         f"  {count:,} users added and signed in over HTTP in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
-    _check_tokens(url, tokens)
+    check_tokens(url, tokens)
     _check("bare", bare_url, {SESSION_HEADER: tokens[0]})
     cycle = HeaderCycle.write(root, SESSION_HEADER, tokens)
-    touches = _Touches(root / "sessiond-data" / "sessiond.db")
+    database = root / "sessiond-data" / "sessiond.db"
+    touches = Touches(lambda: sqlite_last_activity(database))
     targets = [
         _Target("bare", bare_url, cycle=True, writes=False),
         _Target("sessiond-many", url, cycle=True, writes=False),
@@ -202,9 +205,9 @@ def _rounds(
         headers = {} if target.cycle else {SESSION_HEADER: tokens[0]}
         used = cycle if target.cycle else None
         if not target.writes:
-            # _load voids a run with over 1 % failures; _strict any refused token.
+            # _load voids a run with over 1 % failures; strict any refused token.
             return (
-                _strict(
+                strict(
                     target.name,
                     _load(load, target.name, target.url, headers, seconds, config, used),
                 ),
@@ -220,7 +223,7 @@ def _rounds(
         with signer:
             since = time.perf_counter()
             time.sleep(0.3)  # sign-ins are under way before the load starts
-            result = _strict(
+            result = strict(
                 target.name, _load(load, target.name, target.url, headers, seconds, config, used)
             )
             done = len(signer.durations)
