@@ -216,3 +216,26 @@ def test_two_server_processes_share_one_database(
     finally:
         for server in servers:
             server.stop()
+
+
+async def test_concurrent_validations_each_get_their_own_session(
+    nodes: Callable[..., Any],
+) -> None:
+    a, b = await nodes(2)
+    await a.add_user(SYSTEM, "vlad", password="Vlad-pw-1")
+    tokens = [
+        (await a.open_session(PasswordCredentials("vlad", "Vlad-pw-1"), CLIENT)) for _ in range(60)
+    ]
+    closed = tokens[::3]
+    for token in closed:
+        assert await a.close_session(token.to_auth_xml()) is True
+    # Many validations at once on node b are read together; each must get its own answer.
+    results = await asyncio.gather(
+        *(b.validate(t.to_auth_xml()) for t in tokens * 3), return_exceptions=True
+    )
+    for token, result in zip(tokens * 3, results, strict=True):
+        if token in closed:
+            assert isinstance(result, SessionNotFound)
+        else:
+            assert not isinstance(result, BaseException), result
+            assert result.token == token
