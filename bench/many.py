@@ -171,9 +171,11 @@ class _Target:
     writes: bool  # a sign-in loop beside the load
 
 
-def _rounds(
-    config: Config, load: LoadGenerator, root: Path, bare_url: str, sessiond: Sessiond
-) -> None:
+def prepare_sessions(
+    config: Config, root: Path, bare_url: str, sessiond: Sessiond
+) -> tuple[str, list[str], HeaderCycle]:
+    """Sign in ``config.sessions`` users on ``sessiond``, check their tokens, and write the
+    wrk script that cycles through them; returns the validation URL, tokens and cycle."""
     count = config.sessions
     url = sessiond.url + PATH
     admin = sign_in(sessiond.url, "admin", sessiond.admin_password)
@@ -187,7 +189,14 @@ def _rounds(
     )
     check_tokens(url, tokens)
     _check("bare", bare_url, {SESSION_HEADER: tokens[0]})
-    cycle = HeaderCycle.write(root, SESSION_HEADER, tokens)
+    return url, tokens, HeaderCycle.write(root, SESSION_HEADER, tokens)
+
+
+def _rounds(
+    config: Config, load: LoadGenerator, root: Path, bare_url: str, sessiond: Sessiond
+) -> None:
+    count = config.sessions
+    url, tokens, cycle = prepare_sessions(config, root, bare_url, sessiond)
     database = root / "sessiond-data" / "sessiond.db"
     touches = Touches(lambda: sqlite_last_activity(database))
     targets = [

@@ -30,7 +30,6 @@ import math
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +49,12 @@ from .common import (
     print_ratio,
     print_table,
     process_tree_cpu,
-    sign_in,
     start_app,
     start_sessiond,
 )
-from .load import HeaderCycle, LoadGenerator, LoadResult
-from .many import Touches, check_tokens, open_sessions, strict
-from .validate import PATH, SESSION_HEADER, _check, _load
+from .load import LoadGenerator, LoadResult
+from .many import Touches, prepare_sessions, strict
+from .validate import PATH, SESSION_HEADER, _load
 
 if TYPE_CHECKING:
     from tests.infra.postgres import PostgresServer
@@ -166,19 +164,7 @@ def _rounds(
     database_url: str,
 ) -> None:
     count = config.sessions
-    url = sessiond.url + PATH
-    admin = sign_in(sessiond.url, "admin", sessiond.admin_password)
-    started = time.perf_counter()
-    tokens = asyncio.run(
-        open_sessions(sessiond.url, admin, count, limit_s=config.round_timeout + 0.1 * count)
-    )
-    print(
-        f"  {count:,} users added and signed in over HTTP in {time.perf_counter() - started:.1f} s",
-        flush=True,
-    )
-    check_tokens(url, tokens)
-    _check("bare", bare_url, {SESSION_HEADER: tokens[0]})
-    cycle = HeaderCycle.write(root, SESSION_HEADER, tokens)
+    url, tokens, cycle = prepare_sessions(config, root, bare_url, sessiond)
     counters = _Counters(database_url)
     sessiond_pid = sessiond.server.process.pid if sessiond.server.process else None
     targets = [
