@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -95,3 +96,34 @@ def test_the_sync_manager_reopens_when_an_administrator_closes_the_session(
         info = manager.call(lambda c: c.current_session())
         assert info["SessionID"] != str(first.session_id)
         assert manager.reopened == 1 and isinstance(expired[0], SessionNotFound)
+
+
+async def test_a_client_subscribes_to_configuration_changes(app_client: Any) -> None:
+    service, client = app_client
+    await client.open_session("uma", "Uma-pw-1")
+    before = client.configuration_version
+    waiter = asyncio.create_task(client.wait_for_configuration_change(wait=20))
+    await asyncio.sleep(0.1)  # let the long poll reach the server
+    assert not waiter.done()
+    await service.increment_configuration_version(SYSTEM)
+    assert await asyncio.wait_for(waiter, 10) == before + 1
+    assert client.configuration_version == before + 1
+    # with nothing changing, the wait ends after `wait` seconds with the same version
+    assert await client.wait_for_configuration_change(wait=0.2) == before + 1
+
+
+def test_a_change_made_by_another_process_ends_the_wait(server: ServerProcess) -> None:
+    import threading
+
+    with SessionClient(server.url) as client:
+        client.open_session("admin", server.admin_password)
+        before = client.get_configuration().version
+        got: list[int] = []
+        thread = threading.Thread(
+            target=lambda: got.append(client.wait_for_configuration_change(before, wait=30))
+        )
+        thread.start()
+        result = server.cli("config", "increment-version")  # the CLI writes the store itself
+        assert result.returncode == 0, result.stderr
+        thread.join(timeout=40)
+        assert got == [before + 1]

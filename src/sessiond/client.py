@@ -205,6 +205,20 @@ class _ClientCore:
         )
         return bool(self._json(response)["Changed"])
 
+    def _wait_flow(self, after: int | None, wait: float) -> Flow[int]:
+        if after is None:
+            after = self.configuration_version or 0
+        request = self._request(
+            "GET", f"api/v1/configuration/changes?after={int(after)}&wait={float(wait)}"
+        )
+        # The server may hold the request for `wait` seconds: the read may take that long.
+        request.extensions["timeout"] = {
+            "connect": DEFAULT_TIMEOUT, "read": wait + DEFAULT_TIMEOUT,
+            "write": DEFAULT_TIMEOUT, "pool": DEFAULT_TIMEOUT,
+        }  # fmt: skip
+        response = yield request
+        return int(self._json(response)["Version"])
+
     def _get_flow(self, path: str) -> Flow[Any]:
         response = yield self._request("GET", path)
         return self._json(response)
@@ -337,6 +351,12 @@ class SessionClient(_ClientCore):
         """IncrementConfigurationVersionAsync (administrators)."""
         return self._run(self._increment_configuration_version_flow())
 
+    def wait_for_configuration_change(self, after: int | None = None, wait: float = 30.0) -> int:
+        """Block until the configuration version passes ``after`` (default: the last one this
+        client saw) or ``wait`` seconds pass; returns the version. Listeners registered with
+        :meth:`on_configuration_version_changed` fire as for any other answer."""
+        return self._run(self._wait_flow(after, wait))
+
     def change_password(self, login: str, old_password: str, new_password: str) -> bool:
         """Change a platform user's own password (no session needed: it may have expired)."""
         return self._run(self._change_password_flow(login, old_password, new_password))
@@ -425,6 +445,14 @@ class AsyncSessionClient(_ClientCore):
     async def increment_configuration_version(self) -> ConfigurationInfo:
         """IncrementConfigurationVersionAsync (administrators)."""
         return await self._run(self._increment_configuration_version_flow())
+
+    async def wait_for_configuration_change(
+        self, after: int | None = None, wait: float = 30.0
+    ) -> int:
+        """Wait until the configuration version passes ``after`` (default: the last one this
+        client saw) or ``wait`` seconds pass; returns the version. Listeners registered with
+        :meth:`on_configuration_version_changed` fire as for any other answer."""
+        return await self._run(self._wait_flow(after, wait))
 
     async def change_password(self, login: str, old_password: str, new_password: str) -> bool:
         """Change a platform user's own password (no session needed: it may have expired)."""

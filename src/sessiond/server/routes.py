@@ -260,6 +260,21 @@ async def configuration(request: Request) -> JSONResponse:
     return JSONResponse(info.to_dict())
 
 
+@router.get(
+    "/configuration/changes",
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Wait for the configuration version to pass a value (long poll)",
+    description="Answers as soon as the version is greater than `after`, or after `wait` "
+    'seconds (at most 60): `{"Version": n, "Changed": bool}`. Ask again with the '
+    "version you got to keep listening.",
+)
+async def configuration_changes(request: Request, after: int, wait: float = 30.0) -> JSONResponse:
+    await _session(request)
+    version = await _service(request).wait_for_configuration_change(after, wait)
+    return JSONResponse({"Version": version, "Changed": version > after})
+
+
 @router.post(
     "/configuration/increment-version",
     response_model=ConfigurationInfoBody,

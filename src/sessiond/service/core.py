@@ -5,6 +5,7 @@ version, and write the audit trail. Plain async Python: no HTTP in here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -68,6 +69,7 @@ from .common import (
 from .licensing import Licensing
 
 VERIFIED_TOKENS_KEPT = 10_000
+MAX_CONFIGURATION_WAIT = 60.0  # seconds a long poll for a configuration change may hold
 log = logging.getLogger("sessiond.service")
 
 
@@ -108,6 +110,7 @@ class SessionService:
         self._version = 0
         self._version_read_at = 0.0
         self._version_lock = asyncio.Lock()
+        self._version_changed = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -145,9 +148,16 @@ class SessionService:
         if self._version_read_at:  # another node or the CLI may have installed a licence
             await self.licensing.refresh()
         info = await self.store.get_configuration()
-        self._version = max(self._version, info.version)
+        self._saw_version(info.version)
         self._version_read_at = time.monotonic()
         return self._version
+
+    def _saw_version(self, version: int) -> None:
+        if version > self._version:
+            self._version = version
+            # Wake everyone waiting for a change, and give later waiters a fresh event.
+            self._version_changed.set()
+            self._version_changed = asyncio.Event()
 
     async def configuration_version(self) -> int:
         """The current version, re-read from the store at most once per poll interval, so a
@@ -162,8 +172,23 @@ class SessionService:
 
     async def get_configuration(self) -> ConfigurationInfo:
         info = await self.store.get_configuration()
-        self._version = max(self._version, info.version)
+        self._saw_version(info.version)
         return info
+
+    async def wait_for_configuration_change(self, after: int, wait: float) -> int:
+        """The version, as soon as it is greater than ``after``, or after ``wait`` seconds
+        (a long poll: a client subscribes by asking again with the version it got)."""
+        deadline = time.monotonic() + max(0.0, min(wait, MAX_CONFIGURATION_WAIT))
+        poll = max(0.05, self.settings.configuration_poll_interval.total_seconds())
+        while True:
+            version = await self.configuration_version()
+            remaining = deadline - time.monotonic()
+            if version > after or remaining <= 0:
+                return version
+            # This node's increments wake the wait at once; another node's show at the next
+            # re-read of the store, one poll interval later at most.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._version_changed.wait(), min(poll, remaining))
 
     async def increment_configuration_version(self, actor: Actor) -> ConfigurationInfo:
         require_admin(actor, "increment the configuration version")
@@ -175,7 +200,7 @@ class SessionService:
             build=self.build,
             audit=actor_audit(AuditAction.CONFIGURATION_VERSION_INCREMENTED, now, actor),
         )
-        self._version = max(self._version, info.version)
+        self._saw_version(info.version)
         return info
 
     # --- opening -------------------------------------------------------------------------
