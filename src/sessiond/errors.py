@@ -89,6 +89,13 @@ class InvalidCredentials(AuthenticationError):
 class SessionRequired(AuthenticationError):
     code = "session_required"
 
+    def __init__(
+        self,
+        message: str = "this call needs a session: send its token in the Tessa-Session header",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+
 
 class TokenInvalid(AuthenticationError):
     code = "token_invalid"

@@ -76,9 +76,7 @@ class FastValidation:
         address = peer_address(client[0] if client else None, forwarded, self.trusted_proxies)
         try:
             if not auth:
-                raise SessionRequired(
-                    "this call needs a session: send its token in the Tessa-Session header"
-                )
+                raise SessionRequired()
             record = await self.service.validate(auth, address)
             status, payload = 200, self._body(record)
         except SessiondError as exc:

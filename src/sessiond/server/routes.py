@@ -61,9 +61,7 @@ def client_address(request: Request) -> str | None:
 def _auth_text(request: Request) -> str:
     text = request.headers.get("tessa-session")
     if not text:
-        raise SessionRequired(
-            "this call needs a session: send its token in the Tessa-Session header"
-        )
+        raise SessionRequired()
     return text
 
 

@@ -433,16 +433,7 @@ class SessionService:
             )
         if refusal is None:
             return
-        await self.store.add_audit(
-            AuditRecord(
-                AuditAction.LOGIN_FAILED,
-                now,
-                user_id=user.id,
-                user_name=user.name,
-                client_address=client_address,
-                details={"reason": refusal.code, "login": user.login},
-            )
-        )
+        await self.store.add_audit(_login_failed(user, now, client_address, refusal.code))
         raise refusal
 
     async def _failed_login(
@@ -450,14 +441,7 @@ class SessionService:
     ) -> None:
         """Count the failure; block the user when the security options say so."""
         security = self.settings.security
-        audit = AuditRecord(
-            AuditAction.LOGIN_FAILED,
-            now,
-            user_id=user.id,
-            user_name=user.name,
-            client_address=client_address,
-            details={"reason": reason, "login": user.login},
-        )
+        audit = _login_failed(user, now, client_address, reason)
         applies = user.login_type == LoginType.PLATFORM or security.block_windows_and_ldap_users
 
         def decide(counted: UserRecord) -> tuple[datetime | None, AuditRecord] | None:
@@ -973,3 +957,17 @@ class SessionService:
         return await self.store.list_audit(
             since=since, action=action, after_id=after_id, limit=limit
         )
+
+
+def _login_failed(
+    user: UserRecord, now: datetime, client_address: str | None, reason: str
+) -> AuditRecord:
+    """A LoginFailed record about a known user."""
+    return AuditRecord(
+        AuditAction.LOGIN_FAILED,
+        now,
+        user_id=user.id,
+        user_name=user.name,
+        client_address=client_address,
+        details={"reason": reason, "login": user.login},
+    )
