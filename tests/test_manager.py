@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -98,6 +99,88 @@ def test_the_sync_manager_reopens_when_an_administrator_closes_the_session(
         assert manager.reopened == 1 and isinstance(expired[0], SessionNotFound)
 
 
+CONCURRENT = 8
+
+
+def _add_user(server: ServerProcess, login: str, password: str) -> None:
+    result = server.cli("users", "add", login, "--password", password)
+    assert result.returncode == 0, result.stderr
+
+
+def test_concurrent_sync_calls_replace_a_closed_session_once(server: ServerProcess) -> None:
+    _add_user(server, "wren", "Wren-pw-1")
+    events: list[str] = []
+    # Every call waits here until all of them are inside call(): the manager must not
+    # serialise requests, only the replacement of the session.
+    barrier = threading.Barrier(CONCURRENT, timeout=20)
+
+    def operation(client: SessionClient) -> dict[str, Any]:
+        barrier.wait()
+        return client.current_session()
+
+    with SessionClient(server.url) as client:
+        manager = SessionManager(client, "wren", "Wren-pw-1")
+        for event in ("opened", "expired"):
+            manager.on(event, lambda *args, e=event: events.append(e))
+        first = manager.start()
+        assert events == ["opened"]
+        with SessionClient(server.url) as admin:
+            admin.open_session("admin", server.admin_password)
+            assert admin.close_session_as_admin(first.session_id) is True
+        results: list[dict[str, Any]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                results.append(manager.call(operation))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(CONCURRENT)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == [] and len(results) == CONCURRENT
+        second = client.session_token
+        assert second is not None and second.session_id != first.session_id
+        assert {info["SessionID"] for info in results} == {str(second.session_id)}
+        assert events == ["opened", "expired", "opened"] and manager.reopened == 1
+        manager.stop()
+
+
+async def test_concurrent_async_calls_replace_a_closed_session_once(
+    server: ServerProcess,
+) -> None:
+    _add_user(server, "yara", "Yara-pw-1")
+    events: list[str] = []
+    barrier = asyncio.Barrier(CONCURRENT)
+
+    async def operation(client: AsyncSessionClient) -> dict[str, Any]:
+        await asyncio.wait_for(barrier.wait(), 20)
+        return await client.current_session()
+
+    async def on_event(event: str) -> None:
+        await asyncio.sleep(0)  # a coroutine callback, awaited in place
+        events.append(event)
+
+    async with AsyncSessionClient(server.url) as client:
+        manager = AsyncSessionManager(client, "yara", "Yara-pw-1")
+        for event in ("opened", "expired"):
+            manager.on(event, lambda *args, e=event: on_event(e))
+        first = await manager.start()
+        assert events == ["opened"]
+        async with AsyncSessionClient(server.url) as admin:
+            await admin.open_session("admin", server.admin_password)
+            assert await admin.close_session_as_admin(first.session_id) is True
+        results = await asyncio.gather(*(manager.call(operation) for _ in range(CONCURRENT)))
+        second = client.session_token
+        assert second is not None and second.session_id != first.session_id
+        assert {info["SessionID"] for info in results} == {str(second.session_id)}
+        assert events == ["opened", "expired", "opened"] and manager.reopened == 1
+        await manager.stop()
+
+
 async def test_a_client_subscribes_to_configuration_changes(app_client: Any) -> None:
     service, client = app_client
     await client.open_session("uma", "Uma-pw-1")
@@ -113,8 +196,6 @@ async def test_a_client_subscribes_to_configuration_changes(app_client: Any) -> 
 
 
 def test_a_change_made_by_another_process_ends_the_wait(server: ServerProcess) -> None:
-    import threading
-
     with SessionClient(server.url) as client:
         client.open_session("admin", server.admin_password)
         before = client.get_configuration().version

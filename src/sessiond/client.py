@@ -11,6 +11,7 @@ The client shares only the token, the models and the errors with the server.
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Generator
 from datetime import datetime
 from types import TracebackType
@@ -100,6 +101,8 @@ class _ClientCore:
         self.session_inactivity_time: float | None = None
         self.password_expires: datetime | None = None
         self._version_listeners: list[VersionListener] = []
+        # Concurrent answers (threads sharing a sync client) report a new version once.
+        self._version_lock = threading.Lock()
         # Integrated sign-in: Kerberos from the caller's credential cache by default, or
         # NTLM/Kerberos with these explicit credentials (protocol: negotiate, kerberos, ntlm).
         self.windows_username = windows_username
@@ -276,11 +279,13 @@ class _ClientCore:
         if raw is None or not raw.isdigit():
             return
         new = int(raw)
-        old = self.configuration_version
-        if new != old:
+        with self._version_lock:
+            old = self.configuration_version
+            if new == old:
+                return
             self.configuration_version = new
-            for listener in list(self._version_listeners):
-                listener(old, new)
+        for listener in list(self._version_listeners):
+            listener(old, new)
 
     def _accept_token(self, body: Any) -> SessionToken:
         try:

@@ -10,6 +10,20 @@ closed, and reports what happened through events:
     ``configuration_version_changed(old, new)`` drop caches
 
 Callbacks may be plain functions or coroutines (the async manager awaits them).
+
+Like the clients, both managers are thin drivers over one core. Each operation (open, call,
+keep-alive, stop) is written once, as a generator that yields steps: ``Call(fn)`` to run
+``fn(client)``, ``Emit(event, args)`` to tell the listeners, ``Exclusive(flow)`` to run a
+sub-flow under the manager's lock. ``AsyncSessionManager`` awaits calls and coroutine
+callbacks and locks with an ``asyncio.Lock``; ``SessionManager`` uses a ``threading.Lock`` and
+keeps the session alive from a daemon thread. A failed call is thrown back into its generator,
+so the retry logic lives in the core alone.
+
+Locking: the lock guards only the replacement of a gone session, so that concurrent calls that
+all find it gone replace it once (one ``expired``, one ``opened``) and then all run again on the
+new one. Requests themselves are not serialised: ``httpx.Client`` and ``httpx.AsyncClient`` are
+safe to share between concurrent requests. ``expired`` and ``opened`` listeners of a
+replacement run under the lock, so they must not wait for another replacement.
 """
 
 from __future__ import annotations
@@ -19,9 +33,10 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from .client import AsyncSessionClient, SessionClient
 from .errors import SessionExpired, SessionNotFound, TransportError
@@ -30,6 +45,7 @@ from .token import SessionToken
 __all__ = ["AsyncSessionManager", "SessionManager"]
 
 T = TypeVar("T")
+C = TypeVar("C", AsyncSessionClient, SessionClient)
 Event = Literal["opened", "expired", "closed", "configuration_version_changed"]
 EVENTS: tuple[Event, ...] = ("opened", "expired", "closed", "configuration_version_changed")
 #: Touch this long before the inactivity timeout would strike (as a share of it).
@@ -41,15 +57,57 @@ log = logging.getLogger("sessiond.manager")
 _GONE = (SessionExpired, SessionNotFound)
 
 
-class _ManagerCore:
+@dataclass(frozen=True)
+class Call:
+    """Run ``fn(client)`` (awaiting it in the async manager); send back its result or throw
+    its exception into the flow."""
+
+    fn: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Tell the ``event`` listeners (their failures are logged, never thrown)."""
+
+    event: Event
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Exclusive:
+    """Run ``flow`` holding the manager's lock; send back its result."""
+
+    flow: Flow[Any]
+
+
+Step = Call | Emit | Exclusive
+Flow = Generator[Step, Any, T]
+
+
+@contextlib.contextmanager
+def _keep_alive_errors() -> Iterator[None]:
+    """A failed keep-alive is logged; the next one tries again."""
+    try:
+        yield
+    except TransportError as exc:
+        log.warning("keep-alive could not reach the server: %s", exc.message)
+    except Exception:
+        log.exception("keep-alive failed")
+
+
+class _ManagerCore(Generic[C]):
+    """Everything both managers share: settings, listeners, and the flows."""
+
     def __init__(
         self,
+        client: C,
         login: str | None,
         password: str | None,
         domain: str | None,
         keepalive: float | None,
         open_params: dict[str, Any],
     ) -> None:
+        self.client: C = client
         self._login = login
         self._password = password
         self._domain = domain
@@ -71,8 +129,43 @@ class _ManagerCore:
             return max(MIN_KEEPALIVE, inactivity * KEEPALIVE_SHARE)
         return DEFAULT_KEEPALIVE
 
+    # --- the flows, written once ---------------------------------------------------------
 
-class AsyncSessionManager(_ManagerCore):
+    def _open_flow(self) -> Flow[SessionToken]:
+        token: SessionToken = yield Call(
+            lambda client: client.open_session(
+                self._login, self._password, self._domain, **self._open_params
+            )
+        )
+        yield Emit("opened", (token,))
+        return token
+
+    def _call_flow(self, operation: Callable[[C], Any]) -> Flow[Any]:
+        used = self.client.session_token
+        try:
+            return (yield Call(operation))
+        except _GONE as exc:
+            yield Exclusive(self._replace_flow(used, exc))
+            return (yield Call(operation))
+
+    def _replace_flow(self, used: SessionToken | None, error: Exception) -> Flow[None]:
+        if self.client.session_token is not used:
+            return  # a concurrent call has already opened a new session
+        yield Emit("expired", (used, error))
+        self.reopened += 1
+        yield from self._open_flow()
+
+    def _keep_alive_flow(self) -> Flow[None]:
+        yield from self._call_flow(lambda client: client.current_session())
+
+    def _stop_flow(self, close_session: bool) -> Flow[None]:
+        token = self.client.session_token
+        if close_session and token is not None:
+            yield Call(lambda client: client.close_session())
+            yield Emit("closed", (token,))
+
+
+class AsyncSessionManager(_ManagerCore[AsyncSessionClient]):
     """Keeps a session of ``client`` open. ``async with`` starts and stops it."""
 
     def __init__(
@@ -85,12 +178,32 @@ class AsyncSessionManager(_ManagerCore):
         keepalive: float | None = None,
         **open_params: Any,
     ) -> None:
-        super().__init__(login, password, domain, keepalive, open_params)
-        self.client = client
+        super().__init__(client, login, password, domain, keepalive, open_params)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        client.on_configuration_version_changed(self._version_changed)
         self._pending: set[asyncio.Task[Any]] = set()
+        client.on_configuration_version_changed(self._version_changed)
+
+    async def _drive(self, flow: Flow[T]) -> T:
+        result: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as done:
+                value: T = done.value
+                return value
+            result, error = None, None
+            try:
+                if isinstance(step, Call):
+                    result = await step.fn(self.client)
+                elif isinstance(step, Emit):
+                    await self._emit(step.event, *step.args)
+                else:
+                    async with self._lock:
+                        result = await self._drive(step.flow)
+            except Exception as exc:
+                error = exc
 
     async def _emit(self, event: Event, *args: Any) -> None:
         for callback in list(self._listeners[event]):
@@ -117,50 +230,27 @@ class AsyncSessionManager(_ManagerCore):
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
 
-    async def _open(self) -> SessionToken:
-        token = await self.client.open_session(
-            self._login, self._password, self._domain, **self._open_params
-        )
-        await self._emit("opened", token)
-        return token
-
     async def start(self) -> SessionToken:
         """Open the session and start keeping it alive."""
-        token = await self._open()
+        token = await self._drive(self._open_flow())
         self._task = asyncio.create_task(self._keep_alive_forever(), name="sessiond-keepalive")
         return token
 
     async def call(self, operation: Callable[[AsyncSessionClient], Awaitable[T]]) -> T:
         """Run ``operation(client)``; if the server says the session is gone, open a new one
         (reporting ``expired`` and ``opened``) and run it once more."""
-        used = self.client.session_token
-        try:
-            return await operation(self.client)
-        except _GONE as exc:
-            await self._replace(used, exc)
-            return await operation(self.client)
+        result: T = await self._drive(self._call_flow(operation))
+        return result
 
     async def keep_alive(self) -> None:
         """Touch the session once now (re-opening it if the server dropped it)."""
-        await self.call(lambda client: client.current_session())
-
-    async def _replace(self, used: SessionToken | None, error: Exception) -> None:
-        async with self._lock:
-            if self.client.session_token is not used:
-                return  # a concurrent call has already opened a new session
-            await self._emit("expired", used, error)
-            self.reopened += 1
-            await self._open()
+        await self._drive(self._keep_alive_flow())
 
     async def _keep_alive_forever(self) -> None:
         while True:
             await asyncio.sleep(self.keepalive_interval(self.client.session_inactivity_time))
-            try:
+            with _keep_alive_errors():
                 await self.keep_alive()
-            except TransportError as exc:
-                log.warning("keep-alive could not reach the server: %s", exc.message)
-            except Exception:
-                log.exception("keep-alive failed")
 
     async def stop(self, *, close_session: bool = True) -> None:
         """Stop keeping the session alive and (by default) close it on the server."""
@@ -169,10 +259,7 @@ class AsyncSessionManager(_ManagerCore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        token = self.client.session_token
-        if close_session and token is not None:
-            await self.client.close_session()
-            await self._emit("closed", token)
+        await self._drive(self._stop_flow(close_session))
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -187,7 +274,7 @@ class AsyncSessionManager(_ManagerCore):
         await self.stop()
 
 
-class SessionManager(_ManagerCore):
+class SessionManager(_ManagerCore[SessionClient]):
     """The synchronous twin: keep-alive runs on a daemon thread. ``with`` starts and stops."""
 
     def __init__(
@@ -200,12 +287,32 @@ class SessionManager(_ManagerCore):
         keepalive: float | None = None,
         **open_params: Any,
     ) -> None:
-        super().__init__(login, password, domain, keepalive, open_params)
-        self.client = client
-        self._lock = threading.RLock()  # one request at a time through the shared client
+        super().__init__(client, login, password, domain, keepalive, open_params)
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         client.on_configuration_version_changed(self._version_changed)
+
+    def _drive(self, flow: Flow[T]) -> T:
+        result: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as done:
+                value: T = done.value
+                return value
+            result, error = None, None
+            try:
+                if isinstance(step, Call):
+                    result = step.fn(self.client)
+                elif isinstance(step, Emit):
+                    self._emit(step.event, *step.args)
+                else:
+                    with self._lock:
+                        result = self._drive(step.flow)
+            except Exception as exc:
+                error = exc
 
     def _emit(self, event: Event, *args: Any) -> None:
         for callback in list(self._listeners[event]):
@@ -218,16 +325,9 @@ class SessionManager(_ManagerCore):
         if old is not None:
             self._emit("configuration_version_changed", old, new)
 
-    def _open(self) -> SessionToken:
-        with self._lock:
-            token = self.client.open_session(
-                self._login, self._password, self._domain, **self._open_params
-            )
-        self._emit("opened", token)
-        return token
-
     def start(self) -> SessionToken:
-        token = self._open()
+        """Open the session and start keeping it alive."""
+        token = self._drive(self._open_flow())
         self._stopping.clear()
         self._thread = threading.Thread(
             target=self._keep_alive_forever, name="sessiond-keepalive", daemon=True
@@ -236,45 +336,27 @@ class SessionManager(_ManagerCore):
         return token
 
     def call(self, operation: Callable[[SessionClient], T]) -> T:
-        used = self.client.session_token
-        try:
-            with self._lock:
-                return operation(self.client)
-        except _GONE as exc:
-            self._replace(used, exc)
-            with self._lock:
-                return operation(self.client)
+        """Run ``operation(client)``; if the server says the session is gone, open a new one
+        (reporting ``expired`` and ``opened``) and run it once more."""
+        result: T = self._drive(self._call_flow(operation))
+        return result
 
     def keep_alive(self) -> None:
-        self.call(lambda client: client.current_session())
-
-    def _replace(self, used: SessionToken | None, error: Exception) -> None:
-        with self._lock:
-            if self.client.session_token is not used:
-                return  # a concurrent call has already opened a new session
-            self._emit("expired", used, error)
-            self.reopened += 1
-            self._open()
+        """Touch the session once now (re-opening it if the server dropped it)."""
+        self._drive(self._keep_alive_flow())
 
     def _keep_alive_forever(self) -> None:
         while not self._stopping.wait(self.keepalive_interval(self.client.session_inactivity_time)):
-            try:
+            with _keep_alive_errors():
                 self.keep_alive()
-            except TransportError as exc:
-                log.warning("keep-alive could not reach the server: %s", exc.message)
-            except Exception:
-                log.exception("keep-alive failed")
 
     def stop(self, *, close_session: bool = True) -> None:
+        """Stop keeping the session alive and (by default) close it on the server."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        token = self.client.session_token
-        if close_session and token is not None:
-            with self._lock:
-                self.client.close_session()
-            self._emit("closed", token)
+        self._drive(self._stop_flow(close_session))
 
     def __enter__(self) -> Self:
         self.start()
