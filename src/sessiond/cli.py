@@ -101,6 +101,7 @@ def serve(
     import uvicorn
 
     from .server.app import build_service, create_asgi
+    from .server.protocol import http_protocol
 
     try:
         settings = _settings(config, host=host, port=port)
@@ -142,6 +143,11 @@ def serve(
         log_config=_log_config(),
         access_log=False,
         lifespan="on",
+        # The client address comes from sessiond's own trusted_proxies rule (server/addresses.py)
+        # alone: uvicorn's would rewrite it first, trusting X-Forwarded-For from loopback.
+        proxy_headers=False,
+        # httptools with limits on the size of a request head and the time it takes to arrive.
+        http=http_protocol(settings),
     )
 
 
@@ -431,6 +437,17 @@ def _audit_row(r: AuditRecord) -> dict[str, Any]:
     }
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading ``'``: shown, not run."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 @audit_app.command("export")
 def audit_export(
     config: ConfigOption = None,
@@ -441,7 +458,8 @@ def audit_export(
     since: Annotated[datetime | None, typer.Option(help="only records at or after (ISO)")] = None,
     action: Annotated[str | None, typer.Option(help="only this action, e.g. Login")] = None,
 ) -> None:
-    """Export the audit trail."""
+    """Export the audit trail. In CSV, a cell that a spreadsheet would read as a formula
+    (starting with = + - @, a tab or a carriage return) gets a leading '; JSON lines are exact."""
     if format not in ("jsonl", "csv"):
         raise typer.BadParameter("--format must be jsonl or csv")
     try:
@@ -463,7 +481,7 @@ def audit_export(
             for r in records:
                 row = _audit_row(r)
                 row["details"] = json.dumps(row["details"], ensure_ascii=False)
-                writer.writerow(row)
+                writer.writerow({name: _csv_cell(value) for name, value in row.items()})
     finally:
         if output:
             stream.close()

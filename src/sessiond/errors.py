@@ -6,7 +6,10 @@ integrators catch one tree on both sides::
 
     SessiondError
     ├── RequestError                400 invalid_request          malformed body or parameter
-    │   └── RequestTooLarge         413 request_too_large        body over the size limit
+    │   ├── HeaderRepeated          400 header_repeated          a single-value header sent twice
+    │   ├── RequestTimeout          408 request_timeout          request head not sent in time
+    │   ├── RequestTooLarge         413 request_too_large        body over the size limit
+    │   └── RequestHeadTooLarge     431 request_head_too_large   request line + headers too large
     ├── AuthenticationError         401 (sign-in and token failures)
     │   ├── InvalidCredentials      401 invalid_credentials      wrong login, password, domain
     │   ├── SessionRequired         401 session_required         no Tessa-Session header
@@ -72,9 +75,29 @@ class RequestError(SessiondError):
     status = 400
 
 
+class HeaderRepeated(RequestError):
+    """A header that carries one value (``Tessa-Session``, ``Authorization``) came twice."""
+
+    code = "header_repeated"
+
+
+class RequestTimeout(RequestError):
+    """The request line and headers did not all arrive within ``request_head_timeout``."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class RequestTooLarge(RequestError):
     code = "request_too_large"
     status = 413
+
+
+class RequestHeadTooLarge(RequestError):
+    """The request line and headers are over ``max_request_head_bytes``."""
+
+    code = "request_head_too_large"
+    status = 431
 
 
 class AuthenticationError(SessiondError):

@@ -246,6 +246,17 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=0, le=65535)
+    max_request_head_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="largest request line + headers accepted, in bytes (431 above it); "
+        "Kerberos tickets in Authorization: Negotiate headers can be ~48 KB",
+    )
+    request_head_timeout: Duration = Field(
+        timedelta(seconds=10),
+        description="time for a request's line and headers to arrive, from their first byte "
+        "(or from the connection opening); 408 after it",
+    )
 
     signature_keys_file: Path | None = Field(
         None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
@@ -290,7 +301,7 @@ class Settings(BaseSettings):
     windows: WindowsSettings | None = None
     ldap: LdapSettings | None = None
 
-    @field_validator("session_expiration_time_span", "sweep_interval")
+    @field_validator("session_expiration_time_span", "sweep_interval", "request_head_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,11 +29,14 @@ from ..service import SessionService
 from ..settings import Settings
 from ..store import create_store
 from . import routes
+from .addresses import ClientAddress, networks
+from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
+from .headers import SESSION_HEADER
+from .schemas import ErrorBody, SessionInfo
 
 log = logging.getLogger("sessiond.server")
 
-SESSION_HEADER = "Tessa-Session"
 VERSION_HEADER = "Tessa-Configuration-Version"
 SERVER_VERSION_HEADER = "Tessa-Server-Version"
 MAX_BODY_BYTES = 64 * 1024
@@ -76,9 +78,11 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
         redoc_url=None,
+        # A redirect to the path without its trailing slash would be built from the Host header.
+        redirect_slashes=False,
     )
     app.state.service = svc
-    app.state.trusted_proxies = [ipaddress.ip_network(p) for p in settings.trusted_proxies]
+    app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.include_router(routes.router)
     _install_error_handlers(app)
     _install_openapi_security(app)
@@ -87,16 +91,13 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
 
 def create_asgi(settings: Settings, service: SessionService | None = None) -> ASGIApp:
     """What the server runs: the per-request validation route in front of the application,
-    so that it passes through no framework machinery at all."""
+    so that it passes through no framework machinery at all; and in front of both, the one
+    place that settles the caller's address (``X-Forwarded-For`` from trusted proxies)."""
     app = create_app(settings, service)
     # Outside the framework's own error handling, so that even a 500 carries the versions.
     with_headers = PlatformHeaders(app, service=app.state.service)
-    return FastValidation(
-        with_headers,
-        service=app.state.service,
-        render=routes.session_info,
-        trusted_proxies=app.state.trusted_proxies,
-    )
+    validation = FastValidation(with_headers, service=app.state.service, render=routes.session_info)
+    return ClientAddress(validation, app.state.trusted_proxies)
 
 
 async def _sweep_forever(service: SessionService) -> None:
@@ -209,7 +210,37 @@ def _install_openapi_security(app: FastAPI) -> None:
             "name": SESSION_HEADER,
             "description": "the auth form of the session token (XML)",
         }
+        _describe_current_session(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _describe_current_session(schema: dict[str, Any]) -> None:
+    """``GET /api/v1/sessions/current`` is served by :class:`FastValidation` alone, in front of
+    FastAPI, so no route declares it: its operation is added to the document here."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (SessionInfo, ErrorBody):
+        generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in generated.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, generated)
+
+    def answer(description: str, model: type[SessionInfo | ErrorBody]) -> dict[str, Any]:
+        reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"description": description, "content": {"application/json": {"schema": reference}}}
+
+    schema.setdefault("paths", {})[CURRENT_SESSION_PATH] = {
+        "get": {
+            "summary": "Validate the current session and describe it",
+            "operationId": "current_session_api_v1_sessions_current_get",
+            "security": [{"TessaSession": []}],
+            "responses": {
+                "200": answer("Successful Response", SessionInfo),
+                "400": answer("Tessa-Session sent more than once (header_repeated)", ErrorBody),
+                "401": answer("no session, or the token or session is not valid", ErrorBody),
+                "503": answer("the store cannot be reached", ErrorBody),
+            },
+        }
+    }

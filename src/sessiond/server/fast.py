@@ -3,15 +3,18 @@
 ``GET /api/v1/sessions/current`` runs on every request the platform makes, so it skips FastAPI's
 routing, dependency solving and middleware stack: it reads the header, asks the service, and
 writes the JSON answer with the same headers and error bodies as every other route. Any other
-request passes through to the application untouched. (The FastAPI route of the same path stays
-for the OpenAPI document and answers the same way.)
+request passes through to the application untouched. This is the route's only implementation;
+the OpenAPI document describes it (``app.py``).
+
+The caller's address is ``scope["client"]``, settled by :class:`~.addresses.ClientAddress` in
+front of this handler; the token comes from :func:`~.headers.session_header`, as on every route.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -22,7 +25,7 @@ from .._version import __version__
 from ..errors import INTERNAL_ERROR_BODY, SessiondError, SessionRequired
 from ..service import SessionService
 from ..store import SessionRecord
-from .addresses import Network, peer_address
+from .headers import session_header
 
 log = logging.getLogger("sessiond.server")
 
@@ -43,12 +46,10 @@ class FastValidation:
         app: ASGIApp,
         service: SessionService,
         render: Callable[[SessionRecord], dict[str, Any]],
-        trusted_proxies: Sequence[Network],
     ) -> None:
         self.app = app
         self.service = service
-        self.render = render  # SessionRecord -> dict, shared with the FastAPI route
-        self.trusted_proxies = trusted_proxies
+        self.render = render  # SessionRecord -> dict, shared with the routes' session list
         self._bodies: dict[tuple[UUID, datetime], bytes] = {}
 
     def _body(self, record: SessionRecord) -> bytes:
@@ -66,15 +67,10 @@ class FastValidation:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        auth = forwarded = None
-        for name, value in scope["headers"]:
-            if name == b"tessa-session":
-                auth = value.decode("latin-1")
-            elif name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1")
         client = scope.get("client")
-        address = peer_address(client[0] if client else None, forwarded, self.trusted_proxies)
+        address = client[0] if client else None
         try:
+            auth = session_header(scope["headers"])
             if not auth:
                 raise SessionRequired()
             record = await self.service.validate(auth, address)

@@ -19,7 +19,7 @@ from ..models import AccessLevel, LicenseType, LoginType
 from ..service import Actor, SessionService
 from ..store import SessionRecord, UserRecord
 from ..token import SessionToken, format_datetime
-from .addresses import peer_address
+from .headers import AUTHORIZATION_HEADER, session_header, single_header
 from .schemas import (
     AddUserRequest,
     BlockRequest,
@@ -35,7 +35,7 @@ from .schemas import (
     UserBody,
 )
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", redirect_slashes=False)
 
 NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
 
@@ -51,15 +51,12 @@ def _service(request: Request) -> SessionService:
 
 
 def client_address(request: Request) -> str | None:
-    return peer_address(
-        request.client.host if request.client else None,
-        request.headers.get("x-forwarded-for"),
-        request.app.state.trusted_proxies,
-    )
+    """``scope["client"]``, which :class:`~.addresses.ClientAddress` has already settled."""
+    return request.client.host if request.client else None
 
 
 def _auth_text(request: Request) -> str:
-    text = request.headers.get("tessa-session")
+    text = session_header(request.scope["headers"])
     if not text:
         raise SessionRequired()
     return text
@@ -152,7 +149,7 @@ async def open_session_windows(request: Request) -> JSONResponse:
     except ValidationError as exc:
         raise RequestError(f"the request is malformed: {exc.errors()[0]['msg']}") from None
     token, mutual = await _service(request).open_session_negotiate(
-        _negotiate_token(request.headers.get("authorization")),
+        _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
         _handshake_id(request),
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
@@ -219,17 +216,6 @@ async def close_session_as_admin(request: Request, session_id: UUID) -> JSONResp
     actor = await _actor(request)
     closed = await _service(request).close_session_as_admin(actor, session_id)
     return JSONResponse({"Closed": closed})
-
-
-@router.get(
-    "/sessions/current",
-    response_model=SessionInfo,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
-    summary="Validate the current session and describe it",
-)
-async def current_session(request: Request) -> JSONResponse:
-    return JSONResponse(session_info(await _session(request)))
 
 
 @router.get(

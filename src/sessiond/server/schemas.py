@@ -66,6 +66,10 @@ class OpenSessionRequest(_Body):
                 password = base64.b64decode(password, validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 raise ValueError("Login or Password is not base64 of UTF-8 text") from None
+            # The fields were checked as base64 text; what they carry must pass the same rule.
+            for name, value in (("Login", login), ("Password", password)):
+                if CONTROL_CHARACTERS.search(value):
+                    raise ValueError(f"{name} must not contain control characters")
         return login, password
 
     def client_info(self, user_agent_header: str | None) -> ClientInfo:

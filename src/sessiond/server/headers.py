@@ -1,0 +1,31 @@
+"""Request headers that carry exactly one value, read the same way on every route."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import HeaderRepeated
+
+SESSION_HEADER = "Tessa-Session"
+AUTHORIZATION_HEADER = "Authorization"
+
+
+def single_header(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
+    """The value of header ``name`` in an ASGI header list (names in lower case), or ``None``.
+
+    Sent more than once, it is refused (:class:`HeaderRepeated`) rather than one of the values
+    picked: a proxy and the server could otherwise each believe a different one.
+    """
+    key = name.lower().encode("latin-1")
+    found: bytes | None = None
+    for header, value in headers:
+        if header == key:
+            if found is not None:
+                raise HeaderRepeated(f"the {name} header is sent more than once; send it once")
+            found = value
+    return None if found is None else found.decode("latin-1")
+
+
+def session_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The ``Tessa-Session`` header: the session token, once."""
+    return single_header(headers, SESSION_HEADER)

@@ -1,0 +1,210 @@
+"""uvicorn's httptools protocol with two limits on the request head (line and headers).
+
+uvicorn's httptools protocol bounds neither the size of a request head (httptools gathers a
+header's value whole, however long) nor the time it may take to arrive. This subclass:
+
+- counts the bytes of the current head as they arrive, before the parser sees them, and feeds
+  the parser no more than the limit: a head over ``max_request_head_bytes`` is answered
+  ``431 request_head_too_large`` without ever being buffered whole;
+- answers ``408 request_timeout`` when a head has not completed ``request_head_timeout`` after
+  its first byte (or, for the first request, after the connection opened).
+
+Both answers close the connection. Between requests, a kept-alive connection is governed by
+uvicorn's ``timeout_keep_alive`` as before, and a slow body or a slow application by nothing
+here. A head that begins in the same read as the end of the request before it (pipelining) is
+counted from the next read on: the parser may hold that one read's share of it (at most the
+limit, or one read of 256 KiB after a body) beyond the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, ClassVar
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from ..errors import RequestError, RequestHeadTooLarge, RequestTimeout
+from ..settings import Settings
+
+# After a refusal, what the client still sends is read and dropped for this long before the
+# connection closes: closing a socket with unread data resets it, and a reset can destroy the
+# answer before the client reads it.
+LINGER_SECONDS = 2.0
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """:class:`HttpToolsProtocol` with a size and a time limit on each request head."""
+
+    max_head_bytes: ClassVar[int] = 65536
+    head_timeout: ClassVar[float] = 10.0
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # True while the bytes that arrive belong to a request head: from the connection's
+        # start or the end of a request until the end of the next head.
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_started: float | None = None  # loop time of the head's first byte
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._heads_ended = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # --- the connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # The first head's time runs from the connection's opening, bytes or not.
+        self._head_started = self.loop.time()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: read and drop
+        while True:
+            if not self._in_head:
+                if not self._feed(data):
+                    return
+                break
+            if self._head_started is None:
+                self._head_started = self.loop.time()
+            allowed = self.max_head_bytes - self._head_bytes
+            if len(data) <= allowed:
+                self._head_bytes += len(data)
+                if not self._feed(data):
+                    return
+                break
+            # Feed only what the limit allows: if the head has not ended within it, the rest
+            # of it is never buffered.
+            head, data = data[:allowed], data[allowed:]
+            self._head_bytes = self.max_head_bytes
+            ended = self._heads_ended
+            if head and not self._feed(head):
+                return
+            if self._heads_ended == ended:
+                self._refuse(
+                    RequestHeadTooLarge(
+                        f"the request line and headers are larger than {self.max_head_bytes} bytes"
+                    )
+                )
+                return
+            # The head ended within the limit; the rest is its body or the next request.
+        if self._in_head and self._head_started is not None and self._head_timer is None:
+            self._arm_head_timer()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data`` as uvicorn does; ``False`` when the connection is done with it
+        (a malformed request answered 400, a protocol upgrade)."""
+        super().data_received(data)
+        return not self.transport.is_closing() and self.transport.get_protocol() is self
+
+    # --- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_started is None:
+            self._head_started = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads_ended += 1
+        self._head_bytes = 0
+        self._head_started = None
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # What comes next is the next request's head (its time starts with its first byte).
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_started = None
+
+    # --- the time limit ----------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        assert self._head_started is not None
+        remaining = self._head_started + self.head_timeout - self.loop.time()
+        self._head_timer = self.loop.call_later(max(remaining, 0.0), self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if (
+            self._refused
+            or not self._in_head
+            or self.transport.is_closing()
+            or self.transport.get_protocol() is not self
+        ):
+            return
+        self._refuse(
+            RequestTimeout(
+                f"the request line and headers did not arrive within {self.head_timeout:g} s"
+            )
+        )
+
+    # --- refusing ----------------------------------------------------------------------------
+
+    def _refuse(self, error: RequestError) -> None:
+        """Answer ``error`` and close the connection."""
+        self._refused = True
+        self._cancel_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The request before is still being answered (pipelining): an answer written now
+            # would land inside that one. Close once it is done; this head gets no answer.
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        body = json.dumps(error.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        content = [STATUS_LINE[error.status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
+        if self.transport.can_write_eof():
+            # Half-close, then drop what still arrives until the client closes (eof_received
+            # returns nothing, so the transport closes) or the linger ends.
+            self.transport.write_eof()
+            self.flow.resume_reading()
+            self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def http_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class ``sessiond serve`` gives uvicorn (``http=``), with these settings'
+    limits: uvicorn makes one instance per connection from the class alone."""
+
+    class SessiondHttpToolsProtocol(LimitedHttpToolsProtocol):
+        max_head_bytes = settings.max_request_head_bytes
+        head_timeout = settings.request_head_timeout.total_seconds()
+
+    return SessiondHttpToolsProtocol
