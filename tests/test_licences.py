@@ -311,5 +311,5 @@ async def test_a_smaller_licence_warns_about_personal_licences_given_out(
     assert usage["Seats"]["PersonalWeb"] == {"InUse": 2, "Seats": 1}
     assert usage["Warnings"] == [
         "2 personal web licences are given out, more than the 1 licence L-2026-1 allows; take "
-        "some back with 'sessiond users update LOGIN --no-personal-web'"
+        "personal web licences back from some users"
     ]

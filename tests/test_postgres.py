@@ -239,3 +239,31 @@ async def test_concurrent_validations_each_get_their_own_session(
         else:
             assert not isinstance(result, BaseException), result
             assert result.token == token
+
+
+async def test_two_administrators_demoting_each_other_on_two_nodes_leave_one(
+    nodes: Callable[..., Any],
+) -> None:
+    from sessiond.errors import Conflict
+    from sessiond.models import AccessLevel
+
+    a, b = await nodes(2)
+    for round_no in range(5):
+        pair = (f"ann{round_no}", f"bob{round_no}")
+        for login in pair:
+            await a.add_user(
+                SYSTEM, login, password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+            )
+        for user in await a.list_users(SYSTEM):  # only this pair may administer
+            if user.is_administrator and user.login not in pair:
+                await a.update_user(SYSTEM, user.login, access_level=AccessLevel.REGULAR)
+        results = await asyncio.gather(
+            a.update_user(SYSTEM, pair[0], access_level=AccessLevel.REGULAR),
+            b.update_user(SYSTEM, pair[1], access_level=AccessLevel.REGULAR),
+            return_exceptions=True,
+        )
+        kinds = sorted(type(r).__name__ for r in results)
+        assert kinds == ["Conflict", "UserRecord"], results
+        assert any(isinstance(r, Conflict) for r in results)
+        admins = [u.login for u in await b.list_users(SYSTEM) if u.is_administrator]
+        assert len(admins) == 1 and admins[0] in pair

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -9,8 +10,8 @@ import pytest
 
 from sessiond.auth import PasswordCredentials
 from sessiond.errors import (
+    Conflict,
     InvalidCredentials,
-    LoginForbidden,
     PasswordExpired,
     PasswordRejected,
     PermissionDenied,
@@ -88,18 +89,24 @@ async def test_wrong_password_unknown_login_and_forbidden_login_type(
 ) -> None:
     await _user(service)
     await _user(service, "dismissed", login_type=LoginType.NONE)
-    with pytest.raises(InvalidCredentials) as wrong:
-        await _open(service, password="nope")
-    with pytest.raises(InvalidCredentials) as unknown:
-        await _open(service, login="nobody")
-    assert wrong.value.message == unknown.value.message  # no hint which one was wrong
-    with pytest.raises(LoginForbidden):
-        await _open(service, login="dismissed")
+    await _user(service, "domain", login_type=LoginType.WINDOWS, account="CORP\\domain")
+    refusals = []
+    for login, password in (
+        ("ivanov", "nope"),
+        ("nobody", "pw-1234"),
+        ("dismissed", "pw-1234"),  # login type None: never checked
+        ("domain", "pw-1234"),  # Windows sign-in is not configured on this server
+    ):
+        with pytest.raises(InvalidCredentials) as refused:
+            await _open(service, login=login, password=password)
+        refusals.append(refused.value.to_dict())
+    assert all(r == refusals[0] for r in refusals)  # no hint which one was wrong
     failed = await service.audit_records(action=AuditAction.LOGIN_FAILED)
     assert [r.details["reason"] for r in failed] == [
         "wrong login or password",
         "unknown login",
-        "login_forbidden",
+        "login type None: may not sign in",
+        "sign-in of Windows users is not configured on this server",
     ]
     assert (await service.store.find_user_by_login("IVANOV")) is not None  # case-insensitive
 
@@ -139,10 +146,15 @@ async def test_administrative_calls_need_an_administrator(service: SessionServic
     assert regular.access_level == AccessLevel.REGULAR
     with pytest.raises(PermissionDenied):
         await service.increment_configuration_version(regular)
+    other = await service.add_user(SYSTEM, "other", password="pw-1234")
+    other_session = Actor.of(await service.validate(await _open(service, "other")))
     with pytest.raises(PermissionDenied):
-        await service.close_session_as_admin(regular, regular.session_id)  # type: ignore[arg-type]
+        await service.close_session_as_admin(regular, other_session.session_id)  # type: ignore[arg-type]
     with pytest.raises(PermissionDenied):
-        await service.list_sessions(regular)
+        await service.list_sessions(regular, other.id)
+    # A regular user sees and closes their own sessions only.
+    assert [r.id for r in await service.list_sessions(regular)] == [regular.session_id]
+    assert await service.close_session_as_admin(regular, regular.session_id)  # type: ignore[arg-type]
 
 
 async def test_the_configuration_version_is_monotonic_and_attributed(
@@ -176,6 +188,9 @@ async def test_the_first_administrator_is_created_once(make_service: Any) -> Non
 
 async def test_changing_rights_or_blocking_ends_the_users_sessions(service: SessionService) -> None:
     await service.add_user(
+        SYSTEM, "chief", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+    )
+    await service.add_user(
         SYSTEM, "boss", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
     )
     auth = await _open(service, "boss")
@@ -192,11 +207,49 @@ async def test_changing_rights_or_blocking_ends_the_users_sessions(service: Sess
         r.details["reason"]
         for r in await service.audit_records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
     ]
-    assert reasons == ["access level or login type changed", "user blocked"]
-    with pytest.raises(UserBlocked):
+    assert reasons == ["access level, login type or account changed", "user blocked"]
+    with pytest.raises(UserBlocked):  # no lockout here: the right password shows the block
         await _open(service, "boss")
     refused = await service.audit_records(action=AuditAction.LOGIN_FAILED)
     assert refused[-1].details == {"reason": "user_blocked", "login": "boss"}
+
+
+async def test_the_last_administrator_who_can_sign_in_stays_one(service: SessionService) -> None:
+    await service.add_user(
+        SYSTEM, "solo", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+    )
+    for change in (
+        service.update_user(SYSTEM, "solo", access_level=AccessLevel.REGULAR),
+        service.update_user(SYSTEM, "solo", login_type=LoginType.NONE),
+        service.set_blocked(SYSTEM, "solo", True),
+    ):
+        with pytest.raises(Conflict, match="last administrator"):
+            await change
+    assert (await service.get_user_by_login("solo")).is_administrator
+    await service.add_user(
+        SYSTEM, "second", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+    )
+    await service.set_blocked(SYSTEM, "second", True)  # a blocked one cannot administer
+    with pytest.raises(Conflict):
+        await service.update_user(SYSTEM, "solo", access_level=AccessLevel.REGULAR)
+    await service.set_blocked(SYSTEM, "second", False)
+    demoted = await service.update_user(SYSTEM, "solo", access_level=AccessLevel.REGULAR)
+    assert not demoted.is_administrator
+
+
+async def test_two_administrators_demoting_each_other_at_once_leave_one(
+    service: SessionService,
+) -> None:
+    for login in ("ann", "bob"):
+        await service.add_user(
+            SYSTEM, login, password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+        )
+    results = await asyncio.gather(
+        service.update_user(SYSTEM, "ann", access_level=AccessLevel.REGULAR),
+        service.update_user(SYSTEM, "bob", access_level=AccessLevel.REGULAR),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Conflict", "UserRecord"]
 
 
 async def test_touches_are_written_in_batches_and_a_queued_touch_counts(

@@ -203,9 +203,10 @@ class _ClientCore:
 
     def _change_password_flow(self, login: str, old: str, new: str) -> Flow[bool]:
         body = {"Login": login, "OldPassword": old, "NewPassword": new}
-        response = yield self._request(
-            "POST", "api/v1/sessions/change-password", json=body, auth=False
-        )
+        request = self._request("POST", "api/v1/sessions/change-password", json=body, auth=False)
+        if self.session_token is not None:  # the session this change comes from stays open
+            request.headers[SESSION_HEADER] = self.session_token.to_auth_xml()
+        response = yield request
         return bool(self._json(response)["Changed"])
 
     def _wait_flow(self, after: int | None, wait: float) -> Flow[int]:

@@ -105,6 +105,9 @@ class SecuritySettings(BaseModel):
     password_expiration_time: Duration | None = None
     password_expiration_notification_time: Duration | None = None
     session_inactivity_time: Duration | None = None
+    keep_other_sessions_on_password_change: bool = Field(
+        False, description="a user's own password change leaves their other sessions open"
+    )
 
     @field_validator("session_inactivity_time", "password_expiration_time")
     @classmethod
@@ -294,6 +297,11 @@ class Settings(BaseSettings):
     )
     sweep_interval: Duration = Field(
         timedelta(seconds=60), description="how often expired sessions are removed"
+    )
+    sign_in_slot_wait: Duration = Field(
+        timedelta(seconds=10),
+        description="under a lockout, how long a sign-in waits for one of its user's attempt "
+        "slots while other checks of that user are in progress",
     )
 
     argon2: Argon2Settings = Argon2Settings()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from ..models import LoginType
 from ..store.base import UserRecord
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,11 @@ class Authenticator(ABC):
     """Checks a password for users of one login type."""
 
     login_type: ClassVar[LoginType]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> Self | None:
+        """Build from the settings, or None when this login type is not configured."""
 
     @abstractmethod
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:

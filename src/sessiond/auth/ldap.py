@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Self
 
 from ..errors import InvalidCredentials
 from ..models import LoginType
-from ..settings import LdapSettings
+from ..settings import LdapSettings, Settings
 from ..store.base import UserRecord
 from .base import Authenticator, Identity, PasswordCredentials
 from .directory import Directory
@@ -14,6 +15,10 @@ from .directory import Directory
 
 class LdapAuthenticator(Authenticator):
     login_type = LoginType.LDAP
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self | None:
+        return cls(settings.ldap) if settings.ldap else None
 
     def __init__(self, settings: LdapSettings) -> None:
         self.settings = settings

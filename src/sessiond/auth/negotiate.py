@@ -14,10 +14,10 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from ..errors import InvalidCredentials, NotConfigured, RequestError
-from ..settings import WindowsSettings
+from ..settings import Settings, WindowsSettings
 from .windows import use_kerberos_settings
 
 HANDSHAKE_TTL = 60.0
@@ -37,6 +37,11 @@ class NegotiateResult:
 
 
 class NegotiateAcceptor:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self | None:
+        windows = settings.windows
+        return cls(windows) if windows is not None and windows.negotiate else None
+
     def __init__(self, settings: WindowsSettings) -> None:
         self.settings = settings
         self._pending: OrderedDict[str, tuple[float, Any]] = OrderedDict()

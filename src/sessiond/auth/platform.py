@@ -7,13 +7,14 @@ token validation on it) free while a sign-in burns its configured cost.
 from __future__ import annotations
 
 import asyncio
+from typing import Self
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ..errors import InvalidCredentials
 from ..models import LoginType
-from ..settings import Argon2Settings
+from ..settings import Argon2Settings, Settings
 from ..store.base import UserRecord
 from .base import Authenticator, Identity, PasswordCredentials
 
@@ -22,6 +23,10 @@ WRONG_CREDENTIALS = "wrong login or password"
 
 class PlatformAuthenticator(Authenticator):
     login_type = LoginType.PLATFORM
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(settings.argon2)
 
     def __init__(self, settings: Argon2Settings) -> None:
         self.hasher = PasswordHasher(

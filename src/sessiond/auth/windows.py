@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from ..errors import InvalidCredentials, PasswordExpired, ServiceUnavailable, SettingsError
 from ..models import LoginType
-from ..settings import WindowsSettings
+from ..settings import Settings, WindowsSettings
 from ..store.base import UserRecord
 from .base import Authenticator, Identity, PasswordCredentials
 from .directory import Directory
@@ -85,6 +85,10 @@ def use_kerberos_settings(settings: WindowsSettings) -> None:
 
 class WindowsAuthenticator(Authenticator):
     login_type = LoginType.WINDOWS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self | None:
+        return cls(settings.windows) if settings.windows else None
 
     def __init__(self, settings: WindowsSettings) -> None:
         use_kerberos_settings(settings)

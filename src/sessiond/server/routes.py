@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from ..auth import PasswordCredentials
 from ..auth.negotiate import CONNECTION_PREFIX
-from ..errors import NegotiateRequired, RequestError, SessionRequired
+from ..errors import AuthenticationError, NegotiateRequired, RequestError, SessionRequired
 from ..models import AccessLevel, LicenseType, LoginType
 from ..service import Actor, SessionService
 from ..store import SessionRecord, UserRecord
@@ -185,10 +186,19 @@ def _handshake_id(request: Request) -> str | None:
     "/sessions/change-password",
     responses=_ERRORS,
     summary="A platform user changes their own password (also an expired one)",
+    description="No session is needed (the password may have expired). The user's other "
+    "sessions end; with the Tessa-Session header of one of them, that one stays open.",
 )
 async def change_password(request: Request, body: ChangePasswordRequest) -> JSONResponse:
-    user = await _service(request).change_password(
-        body.Login, body.OldPassword, body.NewPassword, client_address(request)
+    service = _service(request)
+    current = None
+    if session_header(request.scope["headers"]):
+        # The session this change comes from stays open; the user's others end. A session
+        # that no longer validates keeps nothing and stops nothing.
+        with contextlib.suppress(AuthenticationError):
+            current = (await _session(request)).id
+    user = await service.change_password(
+        body.Login, body.OldPassword, body.NewPassword, client_address(request), current
     )
     return JSONResponse({"Changed": True, "Login": user.login})
 
@@ -211,6 +221,8 @@ async def close_session(request: Request) -> JSONResponse:
     responses=_ERRORS,
     openapi_extra=_SECURED,
     summary="Close any session as administrator (CloseSessionAsAdminAsync)",
+    description="Administrators close any session; a regular user closes only sessions of "
+    "their own (another user's: 403 admin_required).",
 )
 async def close_session_as_admin(request: Request, session_id: UUID) -> JSONResponse:
     actor = await _actor(request)
@@ -223,7 +235,9 @@ async def close_session_as_admin(request: Request, session_id: UUID) -> JSONResp
     response_model=list[SessionInfo],
     responses=_ERRORS,
     openapi_extra=_SECURED,
-    summary="List open sessions (administrators)",
+    summary="List open sessions",
+    description="Administrators see every open session (or one user's, by user_id); a "
+    "regular user sees their own.",
 )
 async def list_sessions(request: Request, user_id: UUID | None = None) -> JSONResponse:
     actor = await _actor(request)

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from ..errors import PermissionDenied
 from ..models import AccessLevel, AuditAction
-from ..store import AuditRecord, SessionRecord
+from ..store import AuditRecord, SessionRecord, UserRecord
 
 Clock = Callable[[], datetime]
 SYSTEM = "System"
@@ -29,6 +29,10 @@ class Actor:
     session_id: UUID | None = None
     client_address: str | None = None
 
+    @property
+    def is_administrator(self) -> bool:
+        return self.access_level == AccessLevel.ADMINISTRATOR
+
     @classmethod
     def system(cls) -> Actor:
         return cls(None, SYSTEM, AccessLevel.ADMINISTRATOR)
@@ -40,7 +44,7 @@ class Actor:
 
 
 def require_admin(actor: Actor, what: str) -> None:
-    if actor.access_level != AccessLevel.ADMINISTRATOR:
+    if not actor.is_administrator:
         raise PermissionDenied(f"only an administrator may {what}")
 
 
@@ -78,4 +82,50 @@ def session_audit(
         actor_name=actor.name if actor else SYSTEM,
         client_address=client_address,
         details=dict(details or {}),
+    )
+
+
+def login_failed(
+    user: UserRecord | None,
+    who: str,
+    now: datetime,
+    client_address: str | None,
+    reason: str,
+) -> AuditRecord:
+    """A LoginFailed record: about a known user, or about whoever ``who`` names."""
+    if user is None:
+        return AuditRecord(
+            AuditAction.LOGIN_FAILED,
+            now,
+            user_name=who,
+            client_address=client_address,
+            details={"reason": reason},
+        )
+    return AuditRecord(
+        AuditAction.LOGIN_FAILED,
+        now,
+        user_id=user.id,
+        user_name=user.name,
+        client_address=client_address,
+        details={"reason": reason, "login": user.login},
+    )
+
+
+def user_blocked(
+    user: UserRecord,
+    now: datetime,
+    actor: Actor | None,
+    until: datetime | None,
+    reason: str,
+) -> AuditRecord:
+    """A UserBlocked record: by an administrator (``actor``), or by the lockout (System)."""
+    return AuditRecord(
+        AuditAction.USER_BLOCKED,
+        now,
+        user_id=user.id,
+        user_name=user.name,
+        actor_id=actor.id if actor else None,
+        actor_name=actor.name if actor else SYSTEM,
+        client_address=actor.client_address if actor else None,
+        details={"reason": reason, "until": until.isoformat() if until else None},
     )

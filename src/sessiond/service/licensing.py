@@ -47,8 +47,8 @@ class Licensing:
         if self.licence is not None and not self.licence.is_valid_at(now):
             raise LicenceInvalid(
                 f"licence {self.licence.id} is valid from {self.licence.valid_from:%Y-%m-%d} "
-                f"to {self.licence.valid_to:%Y-%m-%d}; install a current licence "
-                "('sessiond licences install FILE')"
+                f"to {self.licence.valid_to:%Y-%m-%d}; an administrator must install a "
+                "current licence"
             )
         if service == ServiceType.WEB_CLIENT:
             return LicenseType.PERSONAL_WEB if user.personal_web else LicenseType.CONCURRENT_WEB
@@ -114,16 +114,15 @@ class Licensing:
             return []
         usage = await self.store.licence_usage(self.clock(), None)
         out = []
-        for name, kind, flag in (
-            ("personal client", LicenseType.PERSONAL_CLIENT, "--no-personal-client"),
-            ("personal web", LicenseType.PERSONAL_WEB, "--no-personal-web"),
+        for name, kind in (
+            ("personal client", LicenseType.PERSONAL_CLIENT),
+            ("personal web", LicenseType.PERSONAL_WEB),
         ):
             given, seats = usage.get(kind, 0), licence.seats_of(kind)
             if given > seats:
                 out.append(
                     f"{given} {name} licences are given out, more than the {seats} licence "
-                    f"{licence.id} allows; take some back with 'sessiond users update LOGIN "
-                    f"{flag}'"
+                    f"{licence.id} allows; take {name} licences back from some users"
                 )
         return out
 

@@ -6,22 +6,26 @@ from ..errors import SettingsError
 from .base import (
     AuditRecord,
     BuildInfo,
-    FailurePolicy,
     SeatRequest,
-    SessionClosure,
+    SessionDecision,
+    SessionFilter,
     SessionRecord,
+    SignInAttempt,
     Store,
+    Transaction,
     UserRecord,
 )
 
 __all__ = [
     "AuditRecord",
     "BuildInfo",
-    "FailurePolicy",
     "SeatRequest",
-    "SessionClosure",
+    "SessionDecision",
+    "SessionFilter",
     "SessionRecord",
+    "SignInAttempt",
     "Store",
+    "Transaction",
     "UserRecord",
     "create_store",
 ]

@@ -1,14 +1,18 @@
 """The one store interface the service talks to, and the records that cross it.
 
-Every method that changes state and has an audit record to go with it takes the record and
-writes both in one transaction: an audit entry is never lost for a change that happened, and
-never written for one that did not.
+A rule that guards something is decided inside the transaction that writes its outcome: the
+service opens a :class:`Transaction` (``store.write()``), reads (and on PostgreSQL locks) the rows
+the rule depends on, decides, and writes the outcome and its audit records, all at once. An
+audit entry is never lost for a change that happened, and never written for one that did not.
+A few single-purpose writes that guard nothing (touches, the configuration version, licences)
+stay plain methods of :class:`Store`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -87,25 +91,34 @@ class SeatRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionClosure:
-    """End a user's sessions (of one licence type, if given) in the same transaction as a
-    change to the user, each with the audit record ``audit`` makes for it."""
+class SessionFilter:
+    """Which sessions a transaction looks at: by ids (and signature), by user (and licence
+    type, sparing one session), or past a lifetime cutoff (expired at ``stale_at``, or idle
+    since before ``idle_before``). ``limit`` bounds how many are taken at once."""
 
-    audit: Callable[[SessionRecord], AuditRecord]
+    session_ids: tuple[UUID, ...] | None = None
+    signature: str | None = None
+    user_id: UUID | None = None
     license_type: LicenseType | None = None
+    except_session_id: UUID | None = None
+    stale_at: datetime | None = None
+    idle_before: datetime | None = None
+    limit: int | None = None
+
+
+#: For each session a filter found: the audit record of its deletion, or None to leave it.
+SessionDecision = Callable[[SessionRecord], AuditRecord | None]
 
 
 @dataclass(frozen=True, slots=True)
-class FailurePolicy:
-    """What one more failed sign-in means: the series window and the block decision.
+class SignInAttempt:
+    """A password check in progress. It holds one of the user's attempt slots until it is
+    settled, or until ``expires`` if the node checking it went away."""
 
-    ``decide`` sees the user after the failure was counted and returns None (no block) or
-    ``(until, audit)``: block until then (None: until an administrator unblocks).
-    """
-
-    at: datetime
-    series_window_start: datetime
-    decide: Callable[[UserRecord], tuple[datetime | None, AuditRecord] | None]
+    id: UUID
+    user_id: UUID
+    started: datetime
+    expires: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +129,70 @@ class BuildInfo:
     description: str
 
 
+class Transaction(ABC):
+    """One write transaction. Reads made through it see (and on PostgreSQL lock) the rows as
+    they are now; everything written through it commits together or not at all."""
+
+    # users
+    @abstractmethod
+    async def lock_user(self, user_id: UUID) -> UserRecord | None:
+        """The user as it is now, locked until the transaction ends."""
+
+    @abstractmethod
+    async def lock_administrators(self) -> list[UserRecord]:
+        """Every administrator, locked (take this before any single user's lock)."""
+
+    @abstractmethod
+    async def update_user(self, user_id: UUID, **changes: Any) -> UserRecord:
+        """Change the given fields; raises NotFound, Conflict (login or account taken)."""
+
+    @abstractmethod
+    async def add_password_history(
+        self, user_id: UUID, password_hash: str, at: datetime
+    ) -> None: ...
+
+    @abstractmethod
+    async def count_personal_licences(self, license_type: LicenseType, except_user: UUID) -> int:
+        """How many other users hold a personal licence of this type."""
+
+    # password checks in progress
+    @abstractmethod
+    async def sign_in_attempts(self, user_id: UUID, now: datetime) -> int:
+        """How many of the user's password checks are in progress (expired ones dropped)."""
+
+    @abstractmethod
+    async def add_sign_in_attempt(self, attempt: SignInAttempt) -> None: ...
+
+    @abstractmethod
+    async def remove_sign_in_attempt(self, attempt_id: UUID) -> None: ...
+
+    # sessions
+    @abstractmethod
+    async def add_session(
+        self, session: SessionRecord, seat: SeatRequest | None = None
+    ) -> list[SessionRecord]:
+        """Insert the session, taking a seat if asked (raising LicenceLimitReached before
+        anything is written); returns the sessions it displaced, each audited."""
+
+    @abstractmethod
+    async def delete_sessions(
+        self, which: SessionFilter, decide: SessionDecision
+    ) -> list[SessionRecord]:
+        """Delete the sessions ``which`` finds and ``decide`` gives a record for; returns
+        exactly those this transaction deleted (another node may be deleting some of them at
+        the same moment), each with its record written."""
+
+    # licence
+    @abstractmethod
+    async def lock_licence(self) -> Licence | None: ...
+
+    # audit
+    @abstractmethod
+    async def add_audit(self, record: AuditRecord) -> None: ...
+
+
 class Store(ABC):
-    """Async storage of users, sessions, audit records and the configuration version."""
+    """Async storage of users, sessions, audit records, the licence and the configuration."""
 
     @abstractmethod
     async def open(self, build: BuildInfo, now: datetime) -> None:
@@ -125,6 +200,10 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    def write(self) -> AbstractAsyncContextManager[Transaction]:
+        """A write transaction: commits when the block ends, rolls back if it raises."""
 
     # users
     @abstractmethod
@@ -149,51 +228,10 @@ class Store(ABC):
     async def count_users(self) -> int: ...
 
     @abstractmethod
-    async def update_user(
-        self,
-        user_id: UUID,
-        audit: AuditRecord | None = None,
-        *,
-        close_sessions: SessionClosure | None = None,
-        **changes: Any,
-    ) -> UserRecord:
-        """Change the given fields of a user (and end its sessions if asked), in one
-        transaction; raises NotFound, Conflict."""
-
-    @abstractmethod
-    async def record_failed_login(
-        self, user_id: UUID, audit: AuditRecord, policy: FailurePolicy
-    ) -> UserRecord:
-        """Count one failure in total and in its series, block the user if the policy says
-        so, and write the audit records, all in one transaction."""
-
-    @abstractmethod
-    async def set_personal_licence(
-        self,
-        user_id: UUID,
-        license_type: LicenseType,
-        holds: bool,
-        limit: int | None,
-        close_sessions: SessionClosure | None = None,
-    ) -> UserRecord:
-        """Give or take a personal licence; LicenceLimitReached if ``limit`` are given out."""
-
-    @abstractmethod
-    async def add_password_history(
-        self, user_id: UUID, password_hash: str, at: datetime
-    ) -> None: ...
-
-    @abstractmethod
     async def password_history(self, user_id: UUID, limit: int) -> Sequence[str]:
         """The most recent password hashes, newest first."""
 
     # sessions
-    @abstractmethod
-    async def add_session(
-        self, session: SessionRecord, audit: AuditRecord, seat: SeatRequest | None = None
-    ) -> list[SessionRecord]:
-        """Insert the session (taking a seat if asked); return the sessions it displaced."""
-
     @abstractmethod
     async def get_session(self, session_id: UUID) -> SessionRecord | None: ...
 
@@ -202,28 +240,15 @@ class Store(ABC):
         """Move the last activity of these sessions forward (never back), in one transaction."""
 
     @abstractmethod
-    async def delete_session(self, session_id: UUID, audit: AuditRecord) -> SessionRecord | None:
-        """Delete; return the deleted session (audit written) or None (nothing written)."""
-
-    @abstractmethod
-    async def list_sessions(self, user_id: UUID | None = None) -> Sequence[SessionRecord]: ...
-
-    @abstractmethod
-    async def delete_user_sessions(
-        self, user_id: UUID, closure: SessionClosure
-    ) -> list[SessionRecord]:
-        """Delete every session of a user (of one licence type, if given), each audited."""
-
-    @abstractmethod
-    async def sweep_sessions(
+    async def list_sessions(
         self,
-        now: datetime,
-        idle_before: datetime | None,
-        audit: Callable[[SessionRecord], AuditRecord],
-        limit: int = 500,
-    ) -> list[SessionRecord]:
-        """Delete up to ``limit`` sessions past their expiry (or idle since before
-        ``idle_before``), each with its audit record; safe to run on every node at once."""
+        user_id: UUID | None = None,
+        *,
+        open_at: datetime | None = None,
+        active_since: datetime | None = None,
+    ) -> Sequence[SessionRecord]:
+        """Sessions (of one user), oldest first; with ``open_at``, only those not expired
+        then, and with ``active_since`` only those active since then."""
 
     # licences
     @abstractmethod

@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ..errors import ServiceUnavailable
 from .base import BuildInfo, SessionRecord
+from .codec import session_from_mapping
 from .schema import sessions
-from .sql import SqlStore, session_from_mapping
+from .sql import SqlStore
 
 log = logging.getLogger("sessiond.store")
 

@@ -107,6 +107,17 @@ sessions = sa.Table(
     sa.Index("ix_sessions_license", "license_type", "expires"),
 )
 
+# 0003: password checks in progress, each holding one of its user's attempt slots
+sign_in_attempts = sa.Table(
+    "sign_in_attempts",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("user_id", sa.Uuid(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("started", UTCDateTime(), nullable=False),
+    sa.Column("expires", UTCDateTime(), nullable=False),
+    sa.Index("ix_sign_in_attempts_user", "user_id", "expires"),
+)
+
 audit = sa.Table(
     "audit",
     metadata,

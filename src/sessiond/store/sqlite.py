@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .base import SessionRecord
+from .codec import session_from_mapping
 from .schema import sessions
-from .sql import SqlStore, session_from_mapping
+from .sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
 SESSIONS_KEPT = 10_000

@@ -1,0 +1,46 @@
+"""Which authenticator checks which login type: a registry, in the manner of Django's
+AUTHENTICATION_BACKENDS. Each entry names a class by its import path; the class builds itself
+from the settings (``from_settings``), or declines (None) when its section is not configured.
+Adding a login type is adding a module and a line here, not editing the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import import_module
+from typing import Any
+
+from ..models import LoginType
+from ..settings import Settings
+from .base import Authenticator
+
+BACKENDS: Mapping[LoginType, str] = {
+    LoginType.PLATFORM: "sessiond.auth.platform:PlatformAuthenticator",
+    LoginType.WINDOWS: "sessiond.auth.windows:WindowsAuthenticator",
+    LoginType.LDAP: "sessiond.auth.ldap:LdapAuthenticator",
+}
+NEGOTIATE = "sessiond.auth.negotiate:NegotiateAcceptor"
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
+def load_authenticators(
+    settings: Settings, backends: Mapping[LoginType, str] = BACKENDS
+) -> dict[LoginType, Authenticator]:
+    """The configured authenticators by login type (the platform's own is always there)."""
+    found: dict[LoginType, Authenticator] = {}
+    for login_type, path in backends.items():
+        authenticator = _load(path).from_settings(settings)
+        if authenticator is not None:
+            found[login_type] = authenticator
+    if LoginType.PLATFORM not in found:
+        raise ValueError("the Platform authenticator must always be configured")
+    return found
+
+
+def load_negotiate(settings: Settings) -> Any:
+    """The HTTP Negotiate acceptor, or None when integrated sign-in is off."""
+    return _load(NEGOTIATE).from_settings(settings)

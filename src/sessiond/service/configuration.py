@@ -1,0 +1,103 @@
+"""The configuration version: read (cached for a poll interval), waited on, incremented."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+from .._version import __version__
+from ..models import AuditAction, ConfigurationInfo
+from ..settings import Settings
+from ..store import BuildInfo, Store
+from .common import Actor, Clock, actor_audit, require_admin
+
+MAX_CONFIGURATION_WAIT = 60.0  # seconds a long poll for a configuration change may hold
+
+
+class Configuration:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        on_reread: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self._on_reread = on_reread  # another node or the CLI may have installed a licence
+        self._version = 0
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    @property
+    def build(self) -> BuildInfo:
+        s = self.settings
+        return BuildInfo(
+            version=s.build_version or __version__,
+            name=s.build_name,
+            date=None,
+            description=s.description,
+        )
+
+    async def read(self) -> int:
+        if self._read_at:
+            await self._on_reread()
+        info = await self.store.get_configuration()
+        self._saw(info.version)
+        self._read_at = time.monotonic()
+        return self._version
+
+    def _saw(self, version: int) -> None:
+        if version > self._version:
+            self._version = version
+            # Wake everyone waiting for a change, and give later waiters a fresh event.
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def version(self) -> int:
+        """The current version, re-read from the store at most once per poll interval, so a
+        change made by another node or by the CLI shows within that interval."""
+        interval = self.settings.configuration_poll_interval.total_seconds()
+        if time.monotonic() - self._read_at < interval:
+            return self._version
+        async with self._lock:
+            if time.monotonic() - self._read_at >= interval:
+                await self.read()
+        return self._version
+
+    async def get(self) -> ConfigurationInfo:
+        info = await self.store.get_configuration()
+        self._saw(info.version)
+        return info
+
+    async def wait_for_change(self, after: int, wait: float) -> int:
+        """The version, as soon as it is greater than ``after``, or after ``wait`` seconds
+        (a long poll: a client subscribes by asking again with the version it got)."""
+        deadline = time.monotonic() + max(0.0, min(wait, MAX_CONFIGURATION_WAIT))
+        poll = max(0.05, self.settings.configuration_poll_interval.total_seconds())
+        while True:
+            version = await self.version()
+            remaining = deadline - time.monotonic()
+            if version > after or remaining <= 0:
+                return version
+            # This node's increments wake the wait at once; another node's show at the next
+            # re-read of the store, one poll interval later at most.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(poll, remaining))
+
+    async def increment(self, actor: Actor) -> ConfigurationInfo:
+        require_admin(actor, "increment the configuration version")
+        now = self.clock()
+        info = await self.store.increment_configuration_version(
+            at=now,
+            by_id=actor.id,
+            by_name=actor.name,
+            build=self.build,
+            audit=actor_audit(AuditAction.CONFIGURATION_VERSION_INCREMENTED, now, actor),
+        )
+        self._saw(info.version)
+        return info

@@ -1,0 +1,273 @@
+"""SessionService: the one object the HTTP layer and the CLI talk to. It wires the parts —
+sign-in, sessions, users, licensing, configuration — and hands each call to the part whose
+rule it is; it decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..auth import Authenticator, PasswordCredentials, PlatformAuthenticator
+from ..auth.registry import load_authenticators, load_negotiate
+from ..errors import LicenceInvalid
+from ..keys import KeyRing
+from ..licence import Licence
+from ..models import AccessLevel, AuditAction, ClientInfo, ConfigurationInfo, LicenseType, LoginType
+from ..settings import Settings
+from ..store import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from ..token import SessionToken
+from .common import Actor, Clock, require_admin, utc_now
+from .configuration import Configuration
+from .licensing import Licensing
+from .sessions import Sessions
+from .signin import SignIn
+from .users import Users
+
+log = logging.getLogger("sessiond.service")
+
+
+class SessionService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keys: KeyRing,
+        *,
+        clock: Clock = utc_now,
+        authenticators: Mapping[LoginType, Authenticator] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.authenticators = load_authenticators(settings)
+        if authenticators:
+            self.authenticators.update(authenticators)
+        self.licensing = Licensing(settings, store, clock)
+        self.configuration = Configuration(settings, store, clock, self.licensing.refresh)
+        self.sessions = Sessions(settings, store, keys, clock)
+        self.users = Users(settings, store, clock, self.platform, self.sessions)
+        self.signin = SignIn(
+            settings,
+            store,
+            keys,
+            clock,
+            self.authenticators,
+            load_negotiate(settings),
+            self.users,
+            self.sessions,
+            self.licensing,
+        )
+
+    @property
+    def platform(self) -> PlatformAuthenticator:
+        platform = self.authenticators[LoginType.PLATFORM]
+        assert isinstance(platform, PlatformAuthenticator)
+        return platform
+
+    @property
+    def build(self) -> BuildInfo:
+        return self.configuration.build
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, *, install_licence_file: bool = False) -> None:
+        """Open the store. A server (not a CLI command) also installs ``licence_file``."""
+        await self.store.open(self.build, self.clock())
+        await self.configuration.read()
+        await self.licensing.refresh()
+        if install_licence_file and self.settings.licence_file:
+            try:
+                await self.licensing.install_file()
+            except LicenceInvalid as exc:
+                kept = f"keeping licence {self.licence.id}" if self.licence else "no licence"
+                log.error("licence not loaded: %s (%s)", exc.message, kept)
+
+    async def close(self) -> None:
+        await self.sessions.flush_touches()
+        for authenticator in self.authenticators.values():
+            await authenticator.close()
+        await self.store.close()
+
+    # --- signing in ----------------------------------------------------------------------
+
+    async def open_session(
+        self,
+        credentials: PasswordCredentials,
+        client: ClientInfo,
+        client_address: str | None = None,
+    ) -> SessionToken:
+        """Authenticate by login and password (platform, Windows domain or LDAP user)."""
+        return await self.signin.open_session(credentials, client, client_address)
+
+    async def open_session_negotiate(
+        self,
+        token: bytes | None,
+        handshake_id: str | None,
+        client: ClientInfo,
+        client_address: str | None = None,
+    ) -> tuple[SessionToken, bytes | None]:
+        return await self.signin.open_session_negotiate(token, handshake_id, client, client_address)
+
+    async def change_password(
+        self,
+        login: str,
+        old_password: str,
+        new_password: str,
+        client_address: str | None = None,
+        current_session: UUID | None = None,
+    ) -> UserRecord:
+        return await self.signin.change_password(
+            login, old_password, new_password, client_address, current_session
+        )
+
+    # --- sessions ------------------------------------------------------------------------
+
+    async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
+        return await self.sessions.validate(auth_text, client_address)
+
+    async def close_session(self, auth_text: str, client_address: str | None = None) -> bool:
+        return await self.sessions.close_session(auth_text, client_address)
+
+    async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
+        return await self.sessions.close_session_as_admin(actor, session_id)
+
+    async def close_user_sessions(self, actor: Actor, login: str) -> int:
+        require_admin(actor, "close a user's sessions")
+        user = await self.users.get_user_by_login(login)
+        return await self.sessions.close_user_sessions(actor, user.id)
+
+    async def list_sessions(
+        self, actor: Actor, user_id: UUID | None = None
+    ) -> Sequence[SessionRecord]:
+        return await self.sessions.list_sessions(actor, user_id)
+
+    async def sweep(self) -> int:
+        return await self.sessions.sweep()
+
+    async def flush_touches(self) -> None:
+        await self.sessions.flush_touches()
+
+    # --- users ---------------------------------------------------------------------------
+
+    async def add_user(
+        self,
+        actor: Actor,
+        login: str,
+        *,
+        name: str | None = None,
+        password: str | None = None,
+        access_level: AccessLevel = AccessLevel.REGULAR,
+        login_type: LoginType = LoginType.PLATFORM,
+        account: str | None = None,
+    ) -> UserRecord:
+        return await self.users.add_user(
+            actor,
+            login,
+            name=name,
+            password=password,
+            access_level=access_level,
+            login_type=login_type,
+            account=account,
+        )
+
+    async def update_user(
+        self,
+        actor: Actor,
+        login: str,
+        *,
+        name: str | None = None,
+        access_level: AccessLevel | None = None,
+        login_type: LoginType | None = None,
+        account: str | None = None,
+        time_zone_utc_offset: int | None = None,
+    ) -> UserRecord:
+        return await self.users.update_user(
+            actor,
+            login,
+            name=name,
+            access_level=access_level,
+            login_type=login_type,
+            account=account,
+            time_zone_utc_offset=time_zone_utc_offset,
+        )
+
+    async def set_blocked(
+        self, actor: Actor, login: str, blocked: bool, until: datetime | None = None
+    ) -> UserRecord:
+        return await self.users.set_blocked(actor, login, blocked, until)
+
+    async def set_password(self, actor: Actor, login: str, password: str) -> UserRecord:
+        return await self.users.set_password(actor, login, password)
+
+    async def set_personal_licence(
+        self, actor: Actor, login: str, license_type: LicenseType, holds: bool
+    ) -> UserRecord:
+        return await self.users.set_personal_licence(actor, login, license_type, holds)
+
+    async def get_user_by_login(self, login: str) -> UserRecord:
+        return await self.users.get_user_by_login(login)
+
+    async def list_users(self, actor: Actor) -> Sequence[UserRecord]:
+        return await self.users.list_users(actor)
+
+    async def password_expires(self, user_id: UUID) -> datetime | None:
+        return await self.users.password_expires(user_id)
+
+    async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:
+        return await self.users.ensure_first_administrator()
+
+    def canonical_account(self, login_type: LoginType, account: str | None) -> str | None:
+        return self.users.canonical_account(login_type, account)
+
+    # --- configuration -------------------------------------------------------------------
+
+    async def configuration_version(self) -> int:
+        return await self.configuration.version()
+
+    async def get_configuration(self) -> ConfigurationInfo:
+        return await self.configuration.get()
+
+    async def wait_for_configuration_change(self, after: int, wait: float) -> int:
+        return await self.configuration.wait_for_change(after, wait)
+
+    async def increment_configuration_version(self, actor: Actor) -> ConfigurationInfo:
+        return await self.configuration.increment(actor)
+
+    # --- licences ------------------------------------------------------------------------
+
+    @property
+    def licence(self) -> Licence | None:
+        return self.licensing.licence
+
+    async def install_licence_file(self, path: str | None = None) -> Licence:
+        return await self.licensing.install_file(path)
+
+    async def install_licence(self, data: bytes | str, *, source: str = "licence") -> Licence:
+        return await self.licensing.install(data, source=source)
+
+    async def reload_licence(self, actor: Actor) -> Licence:
+        require_admin(actor, "reload the licence")
+        return await self.licensing.install_file()
+
+    async def licence_usage(self, actor: Actor) -> dict[str, Any]:
+        require_admin(actor, "see licence usage")
+        return {**await self.licensing.usage(), "Warnings": await self.licensing.warnings()}
+
+    # --- audit ---------------------------------------------------------------------------
+
+    async def audit_records(
+        self,
+        *,
+        since: datetime | None = None,
+        action: AuditAction | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+    ) -> Sequence[AuditRecord]:
+        return await self.store.list_audit(
+            since=since, action=action, after_id=after_id, limit=limit
+        )

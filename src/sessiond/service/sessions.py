@@ -1,0 +1,264 @@
+"""Open sessions: validation on every request, last-activity touches, closing, sweeping.
+
+Whether a session is still open is decided by :class:`~.state.SessionState` alone, here and
+wherever a session ends; a close reports that a session was open, and records Logout or
+SessionClosedByAdmin, only if it was open by that rule — a session found already ended is
+recorded as SessionExpired and reported as not open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from uuid import UUID
+
+from ..errors import PermissionDenied, SessionExpired, SessionNotFound, TokenSignatureInvalid
+from ..keys import KeyRing
+from ..models import AuditAction, LicenseType
+from ..settings import Settings
+from ..store import (
+    AuditRecord,
+    SessionDecision,
+    SessionFilter,
+    SessionRecord,
+    Store,
+    Transaction,
+)
+from ..token import AuthToken
+from .common import Actor, Clock, require_admin, session_audit
+from .state import SessionState
+
+VERIFIED_TOKENS_KEPT = 10_000
+SWEEP_BATCH = 500
+log = logging.getLogger("sessiond.service")
+
+
+class Sessions:
+    def __init__(self, settings: Settings, store: Store, keys: KeyRing, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.state = SessionState(settings.security.session_inactivity_time)
+        self._verified_tokens: dict[str, AuthToken] = {}
+        self._touches: dict[UUID, datetime] = {}
+        self._toucher: asyncio.Task[None] | None = None
+
+    # --- the rule, with this node's unwritten touches ------------------------------------
+
+    def _last_activity(self, record: SessionRecord) -> datetime:
+        """A touch this node has queued but not yet written counts as written."""
+        queued = self._touches.get(record.id)
+        return (
+            queued if queued is not None and queued > record.last_activity else record.last_activity
+        )
+
+    def ended(self, record: SessionRecord, now: datetime) -> str | None:
+        return self.state.ended(record.token.expires, self._last_activity(record), now)
+
+    def closing(
+        self,
+        now: datetime,
+        action: AuditAction,
+        actor: Actor | None,
+        reason: str | None = None,
+    ) -> Callable[[SessionRecord], AuditRecord]:
+        """How ending a session is recorded: ``action`` by ``actor`` if it was open, else
+        SessionExpired with why it had ended."""
+
+        def decide(record: SessionRecord) -> AuditRecord:
+            ended = self.ended(record, now)
+            if ended is not None:
+                return session_audit(
+                    AuditAction.SESSION_EXPIRED, now, record, None, None, {"reason": ended}
+                )
+            address = actor.client_address if actor else None
+            details: dict[str, object] | None = {"reason": reason} if reason else None
+            return session_audit(action, now, record, actor, address, details)
+
+        return decide
+
+    async def _end(self, which: SessionFilter, decide: SessionDecision) -> list[SessionRecord]:
+        async with self.store.write() as tx:
+            return await tx.delete_sessions(which, decide)
+
+    def _open_among(self, records: Sequence[SessionRecord], now: datetime) -> int:
+        return sum(1 for record in records if self.ended(record, now) is None)
+
+    # --- validating ----------------------------------------------------------------------
+
+    def verified(self, auth_text: str) -> AuthToken:
+        """Parse and check a token's signature. The same text always gives the same answer
+        while this process holds the same keys, so good answers are remembered (bounded)."""
+        auth = self._verified_tokens.get(auth_text)
+        if auth is None:
+            auth = AuthToken.from_xml(auth_text)
+            auth.verify(self.keys.keys)
+            if len(self._verified_tokens) >= VERIFIED_TOKENS_KEPT:
+                self._verified_tokens.clear()
+            self._verified_tokens[auth_text] = auth
+        return auth
+
+    async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
+        """The per-request check: signature, session row, the session state; then a
+        throttled last-activity touch. Returns the session as stored."""
+        auth = self.verified(auth_text)
+        now = self.clock()
+        if self.state.ended(auth.expires, None, now) is not None:
+            await self._expire(auth.session_id, now, client_address)
+            raise SessionExpired("the session has expired; sign in again")
+        record = await self.store.get_session(auth.session_id)
+        if record is None:
+            raise SessionNotFound("the session is closed; sign in again")
+        if record.token.signature != auth.signature or record.token.user_id != auth.user_id:
+            raise TokenSignatureInvalid("the session token does not match the session")
+        last_activity = self._last_activity(record)
+        ended = self.state.ended(record.token.expires, last_activity, now)
+        if ended is not None:
+            await self._expire(auth.session_id, now, client_address)
+            raise SessionExpired(
+                "the session was closed after inactivity; sign in again"
+                if ended == "inactivity"
+                else "the session has expired; sign in again"
+            )
+        if now - last_activity >= self.settings.touch_interval:
+            self._queue_touch(auth.session_id, now)
+        return record
+
+    async def _expire(self, session_id: UUID, now: datetime, client_address: str | None) -> None:
+        def decide(record: SessionRecord) -> AuditRecord | None:
+            ended = self.ended(record, now)
+            if ended is None:
+                return None
+            return session_audit(
+                AuditAction.SESSION_EXPIRED, now, record, None, client_address, {"reason": ended}
+            )
+
+        await self._end(SessionFilter(session_ids=(session_id,)), decide)
+
+    # --- touches -------------------------------------------------------------------------
+
+    def _queue_touch(self, session_id: UUID, now: datetime) -> None:
+        """Touches are written in batches, one transaction each, by one task: a request never
+        waits for the database's write lock just to say it was active."""
+        self._touches[session_id] = now
+        if self._toucher is None or self._toucher.done():
+            self._toucher = asyncio.create_task(self._write_touches(), name="sessiond-touches")
+
+    async def _write_touches(self) -> None:
+        while self._touches:
+            batch, self._touches = self._touches, {}
+            try:
+                await self.store.touch_sessions(batch)
+            except Exception:
+                log.exception("writing %d last-activity touches failed; retrying", len(batch))
+                for session_id, at in batch.items():
+                    self._touches.setdefault(session_id, at)
+                await asyncio.sleep(1)
+
+    async def flush_touches(self) -> None:
+        """Wait until every queued touch is written (the sweeper and shutdown do)."""
+        while self._toucher is not None and not self._toucher.done():
+            await asyncio.shield(self._toucher)
+
+    # --- closing -------------------------------------------------------------------------
+
+    async def close_session(self, auth_text: str, client_address: str | None = None) -> bool:
+        """Close the session the token names; True if it was still open."""
+        auth = self.verified(auth_text)
+        now = self.clock()
+
+        def decide(record: SessionRecord) -> AuditRecord:
+            actor = Actor.of(record, client_address)
+            return self.closing(now, AuditAction.LOGOUT, actor)(record)
+
+        which = SessionFilter(session_ids=(auth.session_id,), signature=auth.signature)
+        return self._open_among(await self._end(which, decide), now) == 1
+
+    async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
+        """An administrator closes any session; a regular user only one of their own.
+        True if it was still open."""
+        now = self.clock()
+        if not actor.is_administrator:
+            record = await self.store.get_session(session_id)
+            if record is None:
+                return False
+            if record.token.user_id != actor.id:
+                raise PermissionDenied("only an administrator may close another user's session")
+            decide = self.closing(now, AuditAction.LOGOUT, actor)
+            which = SessionFilter(session_ids=(session_id,), user_id=actor.id)
+        else:
+            decide = self.closing(now, AuditAction.SESSION_CLOSED_BY_ADMIN, actor)
+            which = SessionFilter(session_ids=(session_id,))
+        return self._open_among(await self._end(which, decide), now) == 1
+
+    async def end_user_sessions(
+        self,
+        tx: Transaction,
+        user_id: UUID,
+        actor: Actor,
+        action: AuditAction,
+        reason: str,
+        *,
+        except_session: UUID | None = None,
+        license_type: LicenseType | None = None,
+    ) -> int:
+        """End a user's sessions (of one licence type, sparing one) inside a transaction
+        that changes the user; returns how many were open."""
+        now = self.clock()
+        which = SessionFilter(
+            user_id=user_id, license_type=license_type, except_session_id=except_session
+        )
+        ended = await tx.delete_sessions(which, self.closing(now, action, actor, reason))
+        return self._open_among(ended, now)
+
+    async def close_user_sessions(self, actor: Actor, user_id: UUID) -> int:
+        """Close every session of one user (administrators); returns how many were open."""
+        require_admin(actor, "close a user's sessions")
+        async with self.store.write() as tx:
+            return await self.end_user_sessions(
+                tx, user_id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
+                "all sessions of the user closed",
+            )  # fmt: skip
+
+    async def sweep(self) -> int:
+        """Remove sessions that have ended by the rule, each audited as SessionExpired;
+        returns how many. Safe on several nodes at once."""
+        await self.flush_touches()  # so that no session this node saw active looks idle
+        now = self.clock()
+        total = 0
+
+        def decide(record: SessionRecord) -> AuditRecord | None:
+            ended = self.ended(record, now)
+            if ended is None:
+                return None
+            return session_audit(
+                AuditAction.SESSION_EXPIRED,
+                now,
+                record,
+                None,
+                None,
+                {"reason": ended, "by": "sweeper"},
+            )
+
+        while True:
+            found = await self._end(self.state.stale(now, SWEEP_BATCH), decide)
+            total += len(found)
+            if len(found) < SWEEP_BATCH:
+                return total
+
+    async def list_sessions(
+        self, actor: Actor, user_id: UUID | None = None
+    ) -> Sequence[SessionRecord]:
+        """Open sessions (of one user); a regular user sees only their own."""
+        if not actor.is_administrator:
+            if user_id is not None and user_id != actor.id:
+                raise PermissionDenied("only an administrator may list another user's sessions")
+            user_id = actor.id
+        now = self.clock()
+        records = await self.store.list_sessions(
+            user_id, open_at=now, active_since=self.state.active_since(now)
+        )
+        return [r for r in records if self.ended(r, now) is None]

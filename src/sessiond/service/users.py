@@ -1,0 +1,334 @@
+"""Users: finding them by login or account, and what administrators change about them.
+
+Every change that takes rights away ends the user's sessions in the same transaction (a session
+carries the rights it was opened with), and the installation always keeps one administrator who
+can sign in: the last one cannot be demoted, blocked or given login type None — decided over
+the administrators' rows, locked, in the transaction that writes the change.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from .. import passwords
+from ..auth import PasswordCredentials, PlatformAuthenticator
+from ..auth.windows import WindowsNames
+from ..errors import Conflict, InvalidCredentials, LicenceLimitReached, NotFound, RequestError
+from ..models import AccessLevel, AuditAction, LicenseType, LoginType
+from ..settings import Settings
+from ..store import Store, Transaction, UserRecord
+from ..store.codec import SEAT_NAMES
+from .common import Actor, Clock, require_admin, user_blocked
+from .lockout import CLEARED, Lockout
+from .sessions import Sessions
+
+_PERSONAL_FIELDS = {
+    LicenseType.PERSONAL_CLIENT: "personal_client",
+    LicenseType.PERSONAL_WEB: "personal_web",
+}
+
+
+class Users:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        platform: PlatformAuthenticator,
+        sessions: Sessions,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.platform = platform
+        self.sessions = sessions
+        self.windows_names = WindowsNames(settings.windows) if settings.windows else None
+
+    # --- finding -------------------------------------------------------------------------
+
+    async def find(self, credentials: PasswordCredentials) -> UserRecord | None:
+        """The user a sign-in names: by login, or by the Windows or LDAP account."""
+        login = credentials.login.strip()
+        if not login:
+            return None
+        if not credentials.domain:
+            user = await self.store.find_user_by_login(login)
+            if user is not None:
+                return user
+        for account in self._account_candidates(login, credentials.domain):
+            user = await self.store.find_user_by_account(account)
+            if user is not None:
+                return user
+        return None
+
+    def _account_candidates(self, login: str, domain: str | None) -> list[str]:
+        names = self.windows_names
+        if names and names.looks_like_account(login, domain):
+            try:
+                return names.candidates(login, domain)
+            except InvalidCredentials:
+                return []
+        if domain:
+            return [f"{domain.strip()}\\{login}"]
+        return [login]
+
+    def canonical_account(self, login_type: LoginType, account: str | None) -> str | None:
+        """How an administrator's spelling of an account is stored (Windows: DOMAIN\\name)."""
+        if account is None or not account.strip():
+            return None
+        if login_type == LoginType.WINDOWS and self.windows_names:
+            try:
+                return self.windows_names.parse(account).down_level
+            except InvalidCredentials:
+                raise RequestError(
+                    f"{account!r} is not a Windows account name: use DOMAIN\\name or name@REALM"
+                ) from None
+        return account.strip()
+
+    async def get_user_by_login(self, login: str) -> UserRecord:
+        user = await self.store.find_user_by_login(login)
+        if user is None:
+            raise NotFound(f"no user with login {login!r}")
+        return user
+
+    async def list_users(self, actor: Actor) -> Sequence[UserRecord]:
+        require_admin(actor, "list users")
+        return await self.store.list_users()
+
+    async def password_expires(self, user_id: UUID) -> datetime | None:
+        """The expiry of a platform user's password, once its warning period has begun."""
+        user = await self.store.get_user(user_id)
+        security = self.settings.security
+        if user is None or user.login_type != LoginType.PLATFORM:
+            return None
+        if passwords.warning_due(user.password_changed, security, self.clock()):
+            return passwords.expires_at(user.password_changed, security)
+        return None
+
+    # --- changing ------------------------------------------------------------------------
+
+    async def add_user(
+        self,
+        actor: Actor,
+        login: str,
+        *,
+        name: str | None = None,
+        password: str | None = None,
+        access_level: AccessLevel = AccessLevel.REGULAR,
+        login_type: LoginType = LoginType.PLATFORM,
+        account: str | None = None,
+    ) -> UserRecord:
+        require_admin(actor, "add users")
+        login = login.strip()
+        if not login:
+            raise RequestError("a login must not be empty")
+        now = self.clock()
+        account = self.canonical_account(login_type, account)
+        if login_type in (LoginType.WINDOWS, LoginType.LDAP) and not account:
+            account = self.canonical_account(login_type, login)
+        password_hash = None
+        if password is not None:
+            passwords.check_rules(password, self.settings.security)
+            password_hash = await self.platform.hash(password)
+        user = UserRecord(
+            id=uuid4(),
+            login=login,
+            name=name or login,
+            created=now,
+            access_level=access_level,
+            login_type=login_type,
+            account=account,
+            password_hash=password_hash,
+            password_changed=now if password_hash else None,
+        )
+        await self.store.add_user(user)
+        if password_hash:
+            async with self.store.write() as tx:
+                await tx.add_password_history(user.id, password_hash, now)
+        return user
+
+    async def update_user(
+        self,
+        actor: Actor,
+        login: str,
+        *,
+        name: str | None = None,
+        access_level: AccessLevel | None = None,
+        login_type: LoginType | None = None,
+        account: str | None = None,
+        time_zone_utc_offset: int | None = None,
+    ) -> UserRecord:
+        """Change how a user signs in and who they are; None leaves a field as it is.
+        Changing the access level or the login type ends the user's open sessions."""
+        require_admin(actor, "change users")
+        user = await self.get_user_by_login(login)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = name
+        if access_level is not None:
+            changes["access_level"] = access_level
+        if login_type is not None:
+            changes["login_type"] = login_type
+        kind = login_type if login_type is not None else user.login_type
+        if account is not None:
+            changes["account"] = self.canonical_account(kind, account)
+        elif login_type in (LoginType.WINDOWS, LoginType.LDAP) and not user.account:
+            changes["account"] = self.canonical_account(kind, user.login)
+        if time_zone_utc_offset is not None:
+            changes["time_zone_utc_offset"] = time_zone_utc_offset
+        if not changes:
+            return user
+        async with self.store.write() as tx:
+            row = await self._lock(tx, user.id, demoting="access_level" in changes or login_type)
+            rights = any(
+                key in changes and changes[key] != getattr(row, key)
+                for key in ("access_level", "login_type", "account")
+            )
+            updated = await tx.update_user(row.id, **changes)
+            await self._keep_an_administrator(tx, row, updated)
+            if rights:
+                # A session carries the rights it was opened with: end them with the change.
+                await self.sessions.end_user_sessions(
+                    tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
+                    "access level, login type or account changed",
+                )  # fmt: skip
+        return updated
+
+    async def set_blocked(
+        self, actor: Actor, login: str, blocked: bool, until: datetime | None = None
+    ) -> UserRecord:
+        """Block (until a time, or until lifted; the user's sessions end) or unblock (which
+        also clears the failed sign-ins counted so far)."""
+        require_admin(actor, "block or unblock users")
+        user = await self.get_user_by_login(login)
+        now = self.clock()
+        async with self.store.write() as tx:
+            row = await self._lock(tx, user.id, demoting=blocked)
+            if not blocked:
+                return await tx.update_user(row.id, blocked=False, blocked_due_date=None, **CLEARED)
+            updated = await tx.update_user(row.id, blocked=True, blocked_due_date=until)
+            await self._keep_an_administrator(tx, row, updated)
+            await tx.add_audit(user_blocked(row, now, actor, until, "by an administrator"))
+            await self.sessions.end_user_sessions(
+                tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN, "user blocked"
+            )
+        return updated
+
+    async def set_password(self, actor: Actor, login: str, password: str) -> UserRecord:
+        """An administrator sets a user's password (the same rules apply); every session of
+        the user ends."""
+        require_admin(actor, "set a user's password")
+        user = await self.get_user_by_login(login)
+        security = self.settings.security
+        passwords.check_rules(password, security)
+        history = await self.store.password_history(user.id, security.unique_password_count)
+        await passwords.check_reuse(password, history, self.platform.matches, security)
+        password_hash = await self.platform.hash(password)
+        now = self.clock()
+        async with self.store.write() as tx:
+            row = await self._lock(tx, user.id)
+            updated = await tx.update_user(
+                row.id, password_hash=password_hash, password_changed=now, **CLEARED
+            )
+            await tx.add_password_history(row.id, password_hash, now)
+            await self.sessions.end_user_sessions(
+                tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN, "password reset"
+            )
+        return updated
+
+    async def set_personal_licence(
+        self, actor: Actor, login: str, license_type: LicenseType, holds: bool
+    ) -> UserRecord:
+        require_admin(actor, "give out personal licences")
+        if license_type not in _PERSONAL_FIELDS:
+            raise RequestError("a personal licence is PersonalClient or PersonalWeb")
+        user = await self.get_user_by_login(login)
+        async with self.store.write() as tx:
+            row = await self._lock(tx, user.id)
+            licence = await tx.lock_licence()
+            if holds and licence is not None:
+                limit = licence.seats_of(license_type)
+                given = await tx.count_personal_licences(license_type, row.id)
+                if given >= limit:
+                    raise LicenceLimitReached(
+                        f"licence limit reached: {given} of {limit} "
+                        f"{SEAT_NAMES[license_type]} licences are given out"
+                    )
+            updated = await tx.update_user(row.id, **{_PERSONAL_FIELDS[license_type]: holds})
+            if not holds:
+                await self.sessions.end_user_sessions(
+                    tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
+                    "personal licence taken back", license_type=license_type,
+                )  # fmt: skip
+        return updated
+
+    async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:
+        """Create the first administrator if there are no users at all.
+
+        Returns the user and, when it was generated, the one-time password (None if it came
+        from settings); None if users already exist.
+        """
+        if await self.store.count_users():
+            return None
+        password = self.settings.admin_password
+        generated = password is None
+        if password is None:
+            password = secrets.token_urlsafe(15)
+        try:
+            user = await self.add_user(
+                Actor.system(),
+                self.settings.admin_login,
+                name="Administrator",
+                password=password,
+                access_level=AccessLevel.ADMINISTRATOR,
+            )
+        except Conflict:  # another node created it meanwhile
+            return None
+        if generated:
+            # A generated password has been printed on a console: it must be changed at the
+            # first sign-in (a password never "changed" is a one-time password).
+            async with self.store.write() as tx:
+                user = await tx.update_user(user.id, password_changed=None)
+        return user, (password if generated else None)
+
+    # --- the rules -----------------------------------------------------------------------
+
+    @staticmethod
+    async def _lock(tx: Transaction, user_id: UUID, *, demoting: object = False) -> UserRecord:
+        """Lock the user (and first, for a change that may leave no administrator, every
+        administrator: the one lock order that never deadlocks two such changes)."""
+        if demoting:
+            await tx.lock_administrators()
+        row = await tx.lock_user(user_id)
+        if row is None:
+            raise NotFound(f"no user with id {user_id}")
+        return row
+
+    async def _keep_an_administrator(
+        self, tx: Transaction, before: UserRecord, after: UserRecord
+    ) -> None:
+        now = self.clock()
+        if not self._can_administer(before, now) or self._can_administer(after, now):
+            return
+        others = [
+            u
+            for u in await tx.lock_administrators()
+            if u.id != before.id and self._can_administer(u, now)
+        ]
+        if not others:
+            raise Conflict(
+                f"{before.login} is the last administrator who can sign in: make another "
+                "user an administrator first"
+            )
+
+    @staticmethod
+    def _can_administer(user: UserRecord, now: datetime) -> bool:
+        return (
+            user.access_level == AccessLevel.ADMINISTRATOR
+            and user.login_type != LoginType.NONE
+            and not Lockout.blocked(user, now)
+        )

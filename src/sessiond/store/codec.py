@@ -1,0 +1,117 @@
+"""Rows and records: how users, sessions and audit records are written to and read from the
+tables (shared by the SQLite and PostgreSQL stores and their fast session reads)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import AccessLevel, AuditAction, DeviceType, LicenseType, LoginType, ServiceType
+from ..token import SessionToken
+from .base import AuditRecord, SessionRecord, UserRecord
+
+USER_FIELDS = {f.name for f in fields(UserRecord)}
+TOKEN_FIELDS = [f.name for f in fields(SessionToken)]
+ENUM_COLUMNS: dict[str, type[Any]] = {
+    "access_level": AccessLevel,
+    "login_type": LoginType,
+    "license_type": LicenseType,
+    "service_type": ServiceType,
+    "device_type": DeviceType,
+}
+LICENCE_COLUMNS = {
+    LicenseType.CONCURRENT_CLIENT: "concurrent_client",
+    LicenseType.PERSONAL_CLIENT: "personal_client",
+    LicenseType.CONCURRENT_WEB: "concurrent_web",
+    LicenseType.PERSONAL_WEB: "personal_web",
+}
+PERSONAL_USER_COLUMNS = {
+    LicenseType.PERSONAL_CLIENT: "personal_client",
+    LicenseType.PERSONAL_WEB: "personal_web",
+}
+SEAT_NAMES = {
+    LicenseType.CONCURRENT_CLIENT: "concurrent client",
+    LicenseType.PERSONAL_CLIENT: "personal client",
+    LicenseType.CONCURRENT_WEB: "concurrent web",
+    LicenseType.PERSONAL_WEB: "personal web",
+}
+
+
+def key(text: str) -> str:
+    """How logins and accounts are compared: trimmed, case-folded."""
+    return text.strip().casefold()
+
+
+def user_values(user: UserRecord) -> dict[str, Any]:
+    values = asdict(user)
+    values["login_key"] = key(user.login)
+    values["account_key"] = key(user.account) if user.account else None
+    return _enums_to_int(values)
+
+
+def user_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """Column values for a partial update of a user."""
+    unknown = changes.keys() - USER_FIELDS
+    if unknown or "id" in changes:
+        raise ValueError(f"cannot update user fields {sorted(unknown | {'id'} & changes.keys())}")
+    values = dict(changes)
+    if "login" in values:
+        values["login_key"] = key(values["login"])
+    if "account" in values:
+        values["account_key"] = key(values["account"]) if values["account"] else None
+    return _enums_to_int(values)
+
+
+def user_from_row(row: sa.Row[Any]) -> UserRecord:
+    data = {k: v for k, v in row._mapping.items() if k in USER_FIELDS}
+    data["access_level"] = AccessLevel(data["access_level"])
+    data["login_type"] = LoginType(data["login_type"])
+    return UserRecord(**data)
+
+
+def session_values(session: SessionRecord) -> dict[str, Any]:
+    token = session.token
+    values = {name: getattr(token, name) for name in TOKEN_FIELDS}
+    values["id"] = values.pop("session_id")
+    values["last_activity"] = session.last_activity
+    values["client_address"] = session.client_address
+    return _enums_to_int(values)
+
+
+def session_from_mapping(data: dict[str, Any]) -> SessionRecord:
+    """A session row (column name -> Python value) as a record."""
+    last_activity = data.pop("last_activity")
+    client_address = data.pop("client_address")
+    data["session_id"] = data.pop("id")
+    for name, cls in ENUM_COLUMNS.items():
+        data[name] = cls(data[name])
+    return SessionRecord(SessionToken(**data), last_activity, client_address)
+
+
+def session_from_row(row: sa.Row[Any]) -> SessionRecord:
+    return session_from_mapping(dict(row._mapping))
+
+
+def audit_values(record: AuditRecord) -> dict[str, Any]:
+    values = asdict(record)
+    values.pop("id")
+    values["action"] = int(record.action)
+    values["details"] = json.dumps(record.details, default=str, ensure_ascii=False)
+    return values
+
+
+def audit_from_row(row: sa.Row[Any]) -> AuditRecord:
+    data = dict(row._mapping)
+    data["action"] = AuditAction(data["action"])
+    data["details"] = json.loads(data["details"])
+    return AuditRecord(**data)
+
+
+def _enums_to_int(values: dict[str, Any]) -> dict[str, Any]:
+    for name in ENUM_COLUMNS.keys() & values.keys():
+        if values[name] is not None:
+            values[name] = int(values[name])
+    return values

@@ -1,0 +1,221 @@
+"""One write transaction on SQLAlchemy Core, the same SQL on SQLite and PostgreSQL.
+
+Locks: SQLite's ``BEGIN IMMEDIATE`` (see ``sqlite.py``) holds the database's one write lock for
+the whole transaction, so every read here is already exclusive. On PostgreSQL ``lock_*`` take
+row locks (``SELECT ... FOR UPDATE``) in one order everywhere — administrators, then a user,
+then the licence row — so that two transactions never wait on each other in a circle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..errors import Conflict, LicenceLimitReached, NotFound
+from ..licence import Licence
+from ..models import AccessLevel, LicenseType
+from . import schema
+from .base import (
+    AuditRecord,
+    SeatRequest,
+    SessionDecision,
+    SessionFilter,
+    SessionRecord,
+    SignInAttempt,
+    Transaction,
+    UserRecord,
+)
+from .codec import (
+    LICENCE_COLUMNS,
+    PERSONAL_USER_COLUMNS,
+    SEAT_NAMES,
+    audit_values,
+    session_from_row,
+    session_values,
+    user_changes,
+    user_from_row,
+)
+
+u, s, a = schema.users, schema.sessions, schema.audit
+
+
+class SqlTransaction(Transaction):
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    # --- users ---------------------------------------------------------------------------
+
+    async def lock_user(self, user_id: UUID) -> UserRecord | None:
+        query = sa.select(u).where(u.c.id == user_id).with_for_update()
+        row = (await self.conn.execute(query)).first()
+        return user_from_row(row) if row else None
+
+    async def lock_administrators(self) -> list[UserRecord]:
+        query = (
+            sa.select(u)
+            .where(u.c.access_level == int(AccessLevel.ADMINISTRATOR))
+            .order_by(u.c.id)
+            .with_for_update()
+        )
+        return [user_from_row(row) for row in await self.conn.execute(query)]
+
+    async def update_user(self, user_id: UUID, **changes: Any) -> UserRecord:
+        values = user_changes(changes)
+        try:
+            async with self.conn.begin_nested():
+                row = (
+                    await self.conn.execute(
+                        u.update().where(u.c.id == user_id).values(**values).returning(*u.c)
+                    )
+                ).first()
+        except IntegrityError:
+            raise Conflict("that login or account belongs to another user") from None
+        if row is None:
+            raise NotFound(f"no user with id {user_id}")
+        return user_from_row(row)
+
+    async def add_password_history(self, user_id: UUID, password_hash: str, at: Any) -> None:
+        await self.conn.execute(
+            schema.password_history.insert().values(
+                user_id=user_id, password_hash=password_hash, changed=at
+            )
+        )
+
+    async def count_personal_licences(self, license_type: LicenseType, except_user: UUID) -> int:
+        column = u.c[PERSONAL_USER_COLUMNS[license_type]]
+        query = sa.select(sa.func.count()).where(column.is_(True), u.c.id != except_user)
+        return int(await self.conn.scalar(query) or 0)
+
+    # --- password checks in progress -----------------------------------------------------
+
+    async def sign_in_attempts(self, user_id: UUID, now: Any) -> int:
+        t = schema.sign_in_attempts
+        await self.conn.execute(t.delete().where(t.c.user_id == user_id, t.c.expires <= now))
+        query = sa.select(sa.func.count()).where(t.c.user_id == user_id)
+        return int(await self.conn.scalar(query) or 0)
+
+    async def add_sign_in_attempt(self, attempt: SignInAttempt) -> None:
+        await self.conn.execute(
+            schema.sign_in_attempts.insert().values(
+                id=attempt.id,
+                user_id=attempt.user_id,
+                started=attempt.started,
+                expires=attempt.expires,
+            )
+        )
+
+    async def remove_sign_in_attempt(self, attempt_id: UUID) -> None:
+        t = schema.sign_in_attempts
+        await self.conn.execute(t.delete().where(t.c.id == attempt_id))
+
+    # --- sessions ------------------------------------------------------------------------
+
+    async def add_session(
+        self, session: SessionRecord, seat: SeatRequest | None = None
+    ) -> list[SessionRecord]:
+        displaced = await self._take_seat(session, seat) if seat is not None else []
+        await self.conn.execute(s.insert().values(**session_values(session)))
+        return displaced
+
+    async def _take_seat(self, session: SessionRecord, seat: SeatRequest) -> list[SessionRecord]:
+        licence = await self.lock_licence()
+        if licence is None:
+            return []  # no licence installed: seats are not limited
+        limit = licence.seats_of(seat.license_type)
+        counted = [s.c.license_type == int(seat.license_type), s.c.expires > seat.now]
+        if seat.active_since is not None:
+            counted.append(s.c.last_activity >= seat.active_since)
+        in_use = int(await self.conn.scalar(sa.select(sa.func.count()).where(*counted)) or 0)
+        if in_use < limit:
+            return []
+        refusal = (
+            f"licence limit reached: {in_use} of {limit} {SEAT_NAMES[seat.license_type]} "
+            "sessions in use"
+        )
+        details = {"license_type": seat.license_type.wire, "in_use": in_use, "seats": limit}
+        if not seat.displace_oldest:
+            raise LicenceLimitReached(refusal, details=details)
+        # Decide first, then write: a refusal must leave nothing half done.
+        needed = in_use - limit + 1
+        oldest = [
+            session_from_row(row)
+            for row in await self.conn.execute(
+                sa.select(s)
+                .where(*counted, s.c.user_id == session.token.user_id)
+                .order_by(s.c.created, s.c.id)
+                .limit(needed)
+            )
+        ]
+        if len(oldest) < needed:
+            mine = "none of them is" if not oldest else "not enough of them are"
+            raise LicenceLimitReached(f"{refusal}, and {mine} yours to give up", details=details)
+        return await self.delete_sessions(
+            SessionFilter(session_ids=tuple(r.id for r in oldest)),
+            seat.displaced_audit,
+        )
+
+    async def delete_sessions(
+        self, which: SessionFilter, decide: SessionDecision
+    ) -> list[SessionRecord]:
+        candidates = [
+            session_from_row(row) for row in await self.conn.execute(_select_sessions(which))
+        ]
+        chosen = {r.id: audit for r in candidates if (audit := decide(r)) is not None}
+        if not chosen:
+            return []
+        rows = (await self.conn.execute(s.delete().where(s.c.id.in_(chosen)).returning(*s.c))).all()
+        deleted = [session_from_row(row) for row in rows]
+        for record in deleted:
+            await self.add_audit(chosen[record.id])
+        return deleted
+
+    # --- licence -------------------------------------------------------------------------
+
+    async def lock_licence(self) -> Licence | None:
+        query = sa.select(schema.licence).where(schema.licence.c.id == 1).with_for_update()
+        row = (await self.conn.execute(query)).first()
+        return licence_from_row(row) if row else None
+
+    # --- audit ---------------------------------------------------------------------------
+
+    async def add_audit(self, record: AuditRecord) -> None:
+        await self.conn.execute(a.insert().values(**audit_values(record)))
+
+
+def _select_sessions(which: SessionFilter) -> sa.Select[Any]:
+    query = sa.select(s)
+    if which.session_ids is not None:
+        query = query.where(s.c.id.in_(which.session_ids))
+    if which.signature is not None:
+        query = query.where(s.c.signature == which.signature)
+    if which.user_id is not None:
+        query = query.where(s.c.user_id == which.user_id)
+    if which.license_type is not None:
+        query = query.where(s.c.license_type == int(which.license_type))
+    if which.except_session_id is not None:
+        query = query.where(s.c.id != which.except_session_id)
+    if which.stale_at is not None:
+        stale = s.c.expires <= which.stale_at
+        if which.idle_before is not None:
+            stale = sa.or_(stale, s.c.last_activity < which.idle_before)
+        query = query.where(stale)
+    if which.limit is not None:
+        query = query.limit(which.limit)
+    return query
+
+
+def licence_from_row(row: sa.Row[Any]) -> Licence:
+    m = row._mapping
+    return Licence(
+        id=m["licence_id"],
+        licensee=m["licensee"],
+        valid_from=m["valid_from"],
+        valid_to=m["valid_to"],
+        seats={kind: int(m[column]) for kind, column in LICENCE_COLUMNS.items()},
+        signed=bool(m["signed"]),
+        text=m["content"],
+    )
