@@ -94,6 +94,40 @@ def test_a_regular_user_may_not_administer(
         assert admin.current_session()["UserLogin"] == "admin"
 
 
+def test_a_regular_user_sees_and_closes_only_their_own_sessions(
+    server: ServerProcess, admin: SessionClient, user_password: str
+) -> None:
+    with SessionClient(server.url) as first, SessionClient(server.url) as second:
+        mine = [c.open_session("ivanov", user_password) for c in (first, second)]
+        listed = first.list_sessions()
+        assert {s["SessionID"] for s in listed} >= {str(t.session_id) for t in mine}
+        assert {s["UserName"] for s in listed} == {"Ivanov I."}  # nobody else's
+        assert admin.session_token is not None
+        with pytest.raises(PermissionDenied):
+            first.list_sessions(admin.session_token.user_id)
+        assert first.close_session_as_admin(mine[1].session_id) is True  # log out elsewhere
+        with pytest.raises(SessionNotFound):
+            second.current_session()
+        assert str(mine[1].session_id) not in {s["SessionID"] for s in first.list_sessions()}
+
+
+def test_every_sign_in_gets_a_new_random_session_id(server: ServerProcess) -> None:
+    with SessionClient(server.url) as client:
+        ids = [client.open_session("admin", server.admin_password).session_id for _ in range(20)]
+        assert len(set(ids)) == 20
+        assert all(i.version == 4 for i in ids)  # 122 random bits each
+        client.close_session()
+
+
+def test_a_token_in_the_url_is_not_accepted(server: ServerProcess, admin: SessionClient) -> None:
+    assert admin.session_token is not None
+    auth = admin.session_token.to_auth_xml()
+    for name in ("Tessa-Session", "tessa-session", "token", "session"):
+        answer = httpx.get(f"{server.url}/api/v1/sessions/current", params={name: auth})
+        assert answer.status_code == 401
+        assert answer.json()["error"]["code"] == "session_required"
+
+
 def test_after_an_increment_every_next_response_carries_the_new_version(
     server: ServerProcess, admin: SessionClient, user_password: str
 ) -> None:
