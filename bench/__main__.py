@@ -12,9 +12,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
-from .common import BenchError, Config, machine_lines
+from .common import BenchError, Config, machine_lines, sessiond_source
 from .load import LoadGenerator, load_generator
 
 BENCHMARKS = (
@@ -24,6 +25,7 @@ BENCHMARKS = (
     "open",
     "unknown-login",
     "validate-under-signin",
+    "refusals",
 )
 MAX_SESSIONS = 50_000
 
@@ -66,6 +68,13 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
     parser.add_argument(
         "--writers", type=int, help="sign-in loops in validate-many's with-writes target (1)"
     )
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        metavar="PATH",
+        help="validate: also run the sessiond of this source tree (a copy of the repository, "
+        "or a folder holding the sessiond package) in the same rounds, e.g. an earlier commit",
+    )
     args = parser.parse_args(argv)
 
     config = Config()
@@ -77,6 +86,7 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
             warmup=0.5,
             opens_per_round=8,
             unknown_samples=3,
+            refusal_samples=3,
             sessions=200,
         )
     overrides: dict[str, object] = {"load": args.load}
@@ -94,6 +104,11 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
         parser.error(f"--sessions is at most {MAX_SESSIONS:,}")
     if "writers" in overrides and int(args.writers) > 16:
         parser.error("--writers is at most 16")
+    if args.compare_src is not None:
+        try:
+            overrides["compare_src"] = sessiond_source(args.compare_src)
+        except BenchError as exc:
+            parser.error(f"--compare-src: {exc}")
     config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
     return config, selected
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from . import many, pg, signin, validate
+    from . import many, pg, refusals, signin, validate
 
     runners: dict[str, Callable[[], None]] = {
         "validate": lambda: validate.run_validate(config, _need(load)),
@@ -131,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "open": lambda: signin.run_open(config),
         "unknown-login": lambda: signin.run_unknown_login(config),
         "validate-under-signin": lambda: validate.run_validate_under_signin(config, _need(load)),
+        "refusals": lambda: refusals.run_refusals(config),
     }
     print("sessiond benchmarks")
     for line in machine_lines(load.describe() if load else "not needed"):

@@ -2,8 +2,14 @@
 
 ``python -m bench.apps bare --port N`` serves a bare Starlette endpoint returning a small JSON;
 ``python -m bench.apps fastapi --port N`` a minimal FastAPI route with one header parameter.
-Both answer any path they route (``/`` and the sessiond path) and are run with the same
-uvicorn options as ``sessiond serve`` (default loop and HTTP parser, no access log).
+Both answer any path they route (``/`` and the sessiond path) and are run with the uvicorn
+options ``sessiond serve`` uses: uvicorn's default event loop (uvloop when installed), the
+httptools HTTP parser, no access log, lifespan on, and uvicorn's proxy-header handling off
+(``proxy_headers=False``: no ``ProxyHeadersMiddleware`` in front of the app). One difference:
+``sessiond serve`` gives uvicorn its own subclass of the httptools protocol
+(``sessiond.server.protocol``: limits on the size and arrival time of request heads), while the
+baselines use uvicorn's stock httptools protocol, so that they stay free of sessiond code; what
+that subclass costs counts against sessiond in the ratios.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level="info",
         access_log=False,
         lifespan="on",
+        proxy_headers=False,  # as sessiond serve: no ProxyHeadersMiddleware
+        http="httptools",  # uvicorn's stock httptools protocol (sessiond serve: a subclass)
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -49,10 +50,12 @@ class Config:
     openers: int = 4  # concurrent sign-ins in the open benchmark
     opens_per_round: int = 16
     unknown_samples: int = 6  # per round and kind in the unknown-login benchmark
+    refusal_samples: int = 20  # per round and case in the refusals benchmark
     signers: int = 1  # concurrent sign-in loops in validate-under-signin
     sessions: int = 1000  # distinct sessions whose tokens validate-many cycles through
     writers: int = 1  # sign-in loops beside the load in validate-many's with-writes target
     round_timeout: float = 180.0  # no round of any benchmark runs longer than this
+    compare_src: Path | None = None  # validate: a second sessiond from this source folder
 
 
 # --- statistics -----------------------------------------------------------------------------
@@ -126,6 +129,22 @@ def print_ratio(
     if goal is not None:
         verdict = ("meets" if value >= goal else "BELOW") if judge else "not judged"
         line += f"  goal >= {goal}x: {verdict}"
+    print(line)
+    return value
+
+
+def print_ratio_within(
+    label: str, top: Series, bottom: Series, low: float, high: float, extra: str = ""
+) -> float:
+    """Like :func:`print_ratio`, for a goal that is a band: the ratio of the medians must lie
+    within ``low``-``high`` (both bounds printed). ``extra`` is appended before the goal."""
+    value = ratio(top.median, bottom.median)
+    per_round = [ratio(a, b) for a, b in zip(top.values, bottom.values, strict=False)]
+    line = f"  {label}: {fmt(value, 2)}x"
+    if per_round:
+        line += f"  (per round {fmt(min(per_round), 2)}-{fmt(max(per_round), 2)}{extra})"
+    verdict = "meets" if low <= value <= high else "OUTSIDE"
+    line += f"  goal {low:g}-{high:g}x: {verdict}"
     print(line)
     return value
 
@@ -285,9 +304,15 @@ def start_sessiond(
     *,
     fast_argon2: bool,
     database_url: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    source: Path | None = None,
 ) -> Sessiond:
     """A real ``sessiond serve`` with its data (SQLite file, key ring) in ``root/name-data``,
-    as the tests start it; on the database at ``database_url`` instead of SQLite if given."""
+    as the tests start it; on the database at ``database_url`` instead of SQLite if given.
+
+    ``extra_env`` adds settings (``SESSIOND_*``) to the server's environment. ``source`` is a
+    folder holding a ``sessiond`` package (see :func:`sessiond_source`) that the server runs
+    instead of the installed one: it goes first on the server's ``PYTHONPATH``."""
     port = free_port()
     password = "bench-" + secrets.token_urlsafe(12)
     env = clean_env(
@@ -299,10 +324,46 @@ def start_sessiond(
         env.update(FAST_ARGON2_ENV)
     if database_url is not None:
         env["SESSIOND_DATABASE_URL"] = database_url
+    if extra_env:
+        env.update(extra_env)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+        imported = sessiond_imported_from(env, root)
+        if Path(imported).resolve() != (source / "sessiond").resolve():
+            raise BenchError(
+                f"{name}: with PYTHONPATH={env['PYTHONPATH']} sessiond is imported from "
+                f"{imported}, not from {source / 'sessiond'}"
+            )
     argv = [PYTHON, "-m", "sessiond", "serve", "--port", str(port)]
     server = Server(name, argv, port, root, env, ready_path="/api/v1/health")
     start_server(stack, server)
     return Sessiond(server, password)
+
+
+def sessiond_source(path: Path) -> Path:
+    """The folder to put on ``PYTHONPATH`` to run the ``sessiond`` of a source tree: ``path``
+    itself if it holds the package, else ``path/src`` (a copy of the repository)."""
+    for candidate in (path, path / "src"):
+        if (candidate / "sessiond" / "__init__.py").is_file():
+            return candidate.resolve()
+    raise BenchError(f"no sessiond package in {path} or {path / 'src'}")
+
+
+def sessiond_imported_from(env: Mapping[str, str], cwd: Path) -> str:
+    """The folder of the ``sessiond`` package a server started with ``env`` in ``cwd`` would
+    import (asked of the same interpreter)."""
+    result = subprocess.run(
+        [PYTHON, "-c", "import os, sessiond; print(os.path.dirname(sessiond.__file__))"],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"importing sessiond failed: {result.stderr.strip()[-500:]}")
+    return result.stdout.strip()
 
 
 def sign_in(url: str, login: str, password: str, timeout: float = 60.0) -> str:
@@ -349,4 +410,7 @@ def machine_lines(load_generator: str) -> Iterator[str]:
     yield f"python: {platform.python_version()} ({platform.python_implementation()}) {PYTHON}"
     names = ("sessiond", "uvicorn", "starlette", "fastapi", "uvloop", "httptools", "argon2-cffi")
     yield "packages: " + ", ".join(f"{n} {_version(n)}" for n in names)
+    spec = importlib.util.find_spec("sessiond")
+    origin = Path(spec.origin).parent if spec and spec.origin else "not found"
+    yield f"sessiond imported from: {origin}"
     yield f"load generator: {load_generator}"

@@ -10,6 +10,7 @@ sign-ins run in a loop beside it, in alternating rounds.
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import threading
 import time
@@ -27,6 +28,8 @@ from .common import (
     median,
     print_ratio,
     print_table,
+    process_tree_cpu,
+    sessiond_imported_from,
     sign_in,
     start_app,
     start_sessiond,
@@ -63,6 +66,21 @@ def _load(
     return result
 
 
+COMPARE = "sessiond-compare"
+
+
+def _round_order(names: list[str], round_no: int) -> list[str]:
+    """The targets of one round: in the order given, except that with a second sessiond
+    (``--compare-src``) the two sessiond targets swap places every other round, so that
+    neither always runs first."""
+    if COMPARE not in names or round_no % 2:
+        return names
+    order = list(names)
+    first, second = order.index("sessiond"), order.index(COMPARE)
+    order[first], order[second] = order[second], order[first]
+    return order
+
+
 def run_validate(config: Config, load: LoadGenerator) -> None:
     heading(
         "validate",
@@ -79,28 +97,52 @@ def run_validate(config: Config, load: LoadGenerator) -> None:
             "bare": bare,
             "fastapi": fastapi,
             "sessiond": sessiond.server,
-            "sessiond-health": sessiond.server,
         }
+        target_headers = {name: headers for name in servers}
+        if config.compare_src is not None:
+            # The same server from another source tree (e.g. an earlier commit), same settings,
+            # its own data folder and token.
+            other = start_sessiond(
+                stack, root, COMPARE, fast_argon2=True, source=config.compare_src
+            )
+            servers[COMPARE] = other.server
+            target_headers[COMPARE] = {
+                SESSION_HEADER: sign_in(other.url, "admin", other.admin_password)
+            }
+            print(
+                f"  sessiond: {sessiond_imported_from(sessiond.server.env, root)}; "
+                f"{COMPARE}: {config.compare_src / 'sessiond'} (first on its PYTHONPATH)"
+            )
+        servers["sessiond-health"] = sessiond.server
+        target_headers["sessiond-health"] = headers
         urls = {name: server.url + PATH for name, server in servers.items()}
         # Diagnostic: the same sessiond app and middleware on a route that reads no token and
         # (but once a second) no store: the ceiling of its framework path.
         urls["sessiond-health"] = sessiond.url + HEALTH_PATH
         for name, url in urls.items():
-            _check(name, url, headers)
+            _check(name, url, target_headers[name])
         for name, url in urls.items():  # warm up: imports, caches, first connections
-            _load(load, name, url, headers, config.warmup, config)
+            _load(load, name, url, target_headers[name], config.warmup, config)
         series = {name: Series(name, "req/s") for name in urls}
         latency = {name: Series(f"{name} p99", "ms") for name in urls}
+        cpu = {name: Series(f"{name} server CPU", "us/req") for name in urls}
         for round_no in range(1, config.rounds + 1):
             parts = []
-            for name, url in urls.items():
-                servers[name].check_alive()
-                result = _load(load, name, url, headers, config.duration, config)
+            for name in _round_order(list(urls), round_no):
+                server = servers[name]
+                server.check_alive()
+                pid = server.process.pid if server.process else None
+                cpu_before = process_tree_cpu(pid)
+                result = _load(
+                    load, name, urls[name], target_headers[name], config.duration, config
+                )
+                used = process_tree_cpu(pid) - cpu_before
                 series[name].add(result.rps)
                 latency[name].add(result.p99_ms)
+                cpu[name].add(used / result.requests * 1e6 if result.requests else math.nan)
                 parts.append(f"{name} {fmt(result.rps)}/s")
             print(f"  round {round_no}/{config.rounds}: " + "  ".join(parts), flush=True)
-        print_table([*series.values(), *latency.values()])
+        print_table([*series.values(), *latency.values(), *cpu.values()])
         trusted = load.name == "wrk"
         if not trusted:
             print(
@@ -108,12 +150,25 @@ def run_validate(config: Config, load: LoadGenerator) -> None:
                 "figures are bounded by the client and the ratios say little (install wrk)"
             )
         print_ratio("sessiond / bare", series["sessiond"], series["bare"], 0.5, trusted)
+        if COMPARE in series:
+            print_ratio(f"{COMPARE} / bare", series[COMPARE], series["bare"], 0.5, trusted)
+            print_ratio(f"sessiond / {COMPARE}", series["sessiond"], series[COMPARE], 1.0, trusted)
+            print_ratio(
+                f"server CPU per request, sessiond / {COMPARE}", cpu["sessiond"], cpu[COMPARE]
+            )
         print_ratio("sessiond / fastapi", series["sessiond"], series["fastapi"])
         print_ratio("fastapi / bare", series["fastapi"], series["bare"])
         print_ratio("sessiond-health / bare", series["sessiond-health"], series["bare"])
         print(
             f"  (sessiond-health is GET {HEALTH_PATH} on the same sessiond process: its app and "
-            "middleware without the token check and the session lookup)"
+            "middleware without the token check and the session lookup; server CPU is the "
+            "process's user and system time during the run, from /proc, per answered request"
+            + (
+                f"; {COMPARE} is the sessiond of {config.compare_src}, same settings, in the "
+                "same rounds, swapping places with sessiond every other round)"
+                if COMPARE in series
+                else ")"
+            )
         )
 
 
