@@ -145,8 +145,8 @@ def _check_lockout_sequence(records: list[dict[str, Any]]) -> Counter[str]:
             assert not blocked, "a second UserBlocked record for one block"
             assert checked == LIMIT
             blocked = True
-        elif action == "Login":
-            assert not blocked, "a session was opened after the block"
+        elif action in ("Login", "PasswordChanged"):  # the right password: counting restarts
+            assert not blocked, f"{action} after the block"
             checked = 0
     assert blocked
     return seen

@@ -1,7 +1,12 @@
-"""Operator commands: serve, users, sessions, config, audit, keys.
+"""Operator commands: serve, init, users, sessions, config, audit, keys, licences.
 
 Administrative commands work on the store directly, as the server itself ("System"), so they
-need the same settings (``--config`` or ``SESSIOND_*``) as the server they administer.
+need the same settings (``--config``, ``--data-dir`` or ``SESSIOND_*``) as the server they
+administer. Only ``serve`` and ``init`` create a store; the others refuse where there is none.
+
+Exit statuses: 0 done; 1 refused (a sessiond error such as an unknown user); 2 a bad setting or
+usage; 3 something cannot be reached (the database server); 4 no store where the settings point
+(or one at a schema revision the command will not use).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import asyncio
 import csv
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
@@ -22,14 +28,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import SessiondError, SettingsError
+from ._version import __version__
+from .errors import ServiceUnavailable, SessiondError, SettingsError, StoreMissing, StoreOutdated
 from .keys import KeyRing
 from .models import AccessLevel, AuditAction, LicenseType, LoginType
 from .service import Actor, SessionService
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, unknown_environment
 from .store import AuditRecord
 
 T = TypeVar("T")
+
+#: Exit statuses (docs/operator.md, "Exit statuses").
+EXIT_REFUSED = 1  # sessiond refused: an unknown user, a conflict, a rejected password...
+EXIT_SETTINGS = 2  # a bad setting or file, or bad usage of the command line
+EXIT_UNREACHABLE = 3  # something cannot be reached: the database server
+EXIT_NO_STORE = 4  # no store where the settings point, or one at another schema revision
 
 app = typer.Typer(no_args_is_help=True, help="sessiond: the platform's session server.")
 users_app = typer.Typer(no_args_is_help=True, help="Platform, Windows and LDAP users.")
@@ -55,29 +68,168 @@ ConfigOption = Annotated[
         "--config", "-c", help="TOML settings file (or SESSIOND_CONFIG)", show_default=False
     ),
 ]
+_data_dir: Path | None = None  # --data-dir of this run
+
+
+def _remember_data_dir(value: Path | None) -> Path | None:
+    global _data_dir
+    if value is not None:
+        _data_dir = value
+    return value
+
+
+# Every command that reads the settings takes --data-dir; the option hands its value to
+# _settings() itself, so a command body need not pass it on.
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="data folder: the SQLite database and the key ring (or SESSIOND_DATA_DIR)",
+        show_default=False,
+        callback=_remember_data_dir,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="print JSON (machine-readable) instead of a table")
+]
+
+_warned = False
+_loaded: Settings | None = None  # the settings of this run, for messages
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sessiond {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """sessiond: the platform's session server."""
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    """The settings of this command: explicit overrides and ``--data-dir``, then the
+    environment, then the file (``--config``)."""
+    global _loaded, _warned
+    if overrides.get("data_dir") is None:
+        overrides["data_dir"] = _data_dir
+    if not _warned:
+        _warned = True
+        unknown = unknown_environment()
+        if unknown:
+            err.print(
+                f"[yellow]warning[/yellow]: {escape(', '.join(unknown))} "
+                + ("names no sessiond setting" if len(unknown) == 1 else "name no sessiond setting")
+                + "; ignored",
+                highlight=False,
+            )
+    _loaded = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    return _loaded
+
+
+def _exit_status(exc: SessiondError) -> int:
+    if isinstance(exc, StoreMissing):
+        return EXIT_NO_STORE
+    if isinstance(exc, SettingsError):
+        return EXIT_SETTINGS
+    if isinstance(exc, ServiceUnavailable):
+        return EXIT_UNREACHABLE
+    return EXIT_REFUSED
 
 
 def _fail(exc: SessiondError) -> typer.Exit:
     err.print(f"[red]error[/red] {escape(f'[{exc.code}]: {exc.message}')}", highlight=False)
-    return typer.Exit(1)
+    return typer.Exit(_exit_status(exc))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's work on the store; its refusals end the command with one line."""
+    where = f"the database {_loaded.shown_database_url}" if _loaded else "the database"
     try:
         return asyncio.run(coro)
+    except ServiceUnavailable as exc:
+        if "session store" not in exc.message:  # a directory or a KDC: its own words
+            raise _fail(exc) from None
+        # The store's words are for API callers (the cause is in the log line before this);
+        # the operator learns which setting to check.
+        raise _fail(
+            ServiceUnavailable(
+                f"cannot reach {where} (database_url): start the database, or correct database_url"
+            )
+        ) from None
     except SessiondError as exc:
         raise _fail(exc) from None
+    except (ConnectionError, TimeoutError, socket.gaierror) as exc:
+        # A database server that does not answer, before the store could say so itself.
+        raise _fail(
+            ServiceUnavailable(
+                f"cannot reach {where} (database_url): {exc}; start the database, or correct "
+                "database_url"
+            )
+        ) from None
+    except Exception as exc:
+        if not type(exc).__module__.startswith("alembic"):
+            raise
+        # A migration that cannot run: above all a store made by a newer sessiond.
+        raise _fail(
+            StoreOutdated(
+                f"cannot bring the store in {where} to this sessiond's schema: {exc}; a store "
+                f"made by a newer sessiond than {__version__} needs that version"
+            )
+        ) from None
+
+
+async def _require_store(settings: Settings) -> None:
+    """Refuse unless the settings point at a store made by ``serve`` or ``init``, at this
+    sessiond's schema revision; look without creating or changing anything."""
+    from .store.existing import known_revision, newest_revision, store_revision
+
+    revision = await store_revision(settings.effective_database_url)
+    if settings.database_url is None:
+        where = (
+            f"the data folder {settings.data_dir.resolve()} "
+            f"(database {settings.shown_database_url})"
+        )
+    else:
+        where = f"the database {settings.shown_database_url} (database_url)"
+    if revision is None:
+        raise StoreMissing(
+            f"no sessiond store in {where}; point this command at the server's settings with "
+            "--config FILE (SESSIOND_CONFIG), --data-dir DIR (SESSIOND_DATA_DIR) or "
+            "SESSIOND_DATABASE_URL, or create a store with 'sessiond init'"
+        )
+    newest = newest_revision()
+    if revision == newest:
+        return
+    if known_revision(revision):
+        raise StoreOutdated(
+            f"the store in {where} is at schema revision {revision}, older than this "
+            f"sessiond's {newest}: run 'sessiond serve' or 'sessiond init' with the same "
+            "settings once to upgrade it (administrative commands do not migrate)"
+        )
+    raise StoreOutdated(
+        f"the store in {where} is at schema revision {revision}, which sessiond {__version__} "
+        "does not know: a newer sessiond made it; use that version"
+    )
 
 
 def _with_service(config: Path | None, action: Callable[[SessionService], Awaitable[T]]) -> T:
+    """Run ``action`` on the existing store (never created or migrated here)."""
+
     async def main() -> T:
         from .server.app import build_service
 
-        service = build_service(_settings(config))
+        settings = _settings(config)
+        await _require_store(settings)
+        service = build_service(settings, create=False)
         await service.start()
         try:
             return await action(service)
@@ -87,6 +239,26 @@ def _with_service(config: Path | None, action: Callable[[SessionService], Awaita
     return _run(main())
 
 
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def _announce_first_administrator(created: tuple[Any, str | None] | None) -> None:
+    if not created:
+        return
+    user, password = created
+    if password:
+        out.print(
+            f"First administrator created: login [bold]{user.login}[/bold], one-time "
+            f"password [bold]{password}[/bold]\nIt is shown only now and must be "
+            "changed at the first sign-in (POST /api/v1/sessions/change-password), or "
+            f"set with 'sessiond users set-password {user.login}'.",
+            highlight=False,
+        )
+    else:
+        out.print(f"First administrator created: login {user.login} (password from settings)")
+
+
 def _time(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else ""
 
@@ -94,19 +266,26 @@ def _time(value: datetime | None) -> str:
 @app.command()
 def serve(
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
 ) -> None:
     """Run the server. With no settings: SQLite in ./sessiond-data, first administrator created."""
-    import uvicorn
-
-    from .server.app import build_service, create_asgi
-    from .server.protocol import http_protocol
+    from . import logs
+    from .server.app import build_service
+    from .server.run import CANNOT_LISTEN, CannotListen, bind
+    from .server.run import serve as run_server
 
     try:
         settings = _settings(config, host=host, port=port)
     except SessiondError as exc:
         raise _fail(exc) from None
+    logs.configure(settings)
+    try:  # before the store is touched: a port in use ends the start here, in one line
+        listener = bind(settings.host, settings.port)
+    except CannotListen as exc:
+        err.print(f"[red]error[/red] {escape(f'[{exc.code}]: {exc.message}')}", highlight=False)
+        raise typer.Exit(CANNOT_LISTEN) from None
 
     async def bootstrap() -> None:
         service = build_service(settings)
@@ -131,34 +310,54 @@ def serve(
                 )
 
     _run(bootstrap())
+
+    def listening(url: str) -> None:  # only once the server accepts connections
+        out.print(
+            f"sessiond listening on {url} (store: {settings.shown_database_url})",
+            highlight=False,
+        )
+
+    run_server(settings, listener, listening)
+
+
+@app.command()
+def init(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Create the store (data folder, database, key ring) and the first administrator, as the
+    first 'sessiond serve' does, then exit. On an existing store: upgrade its schema."""
+    settings = _settings(config)
+
+    async def main() -> tuple[str | None, Any]:
+        from .server.app import build_service
+        from .store.existing import known_revision, store_revision
+
+        before = await store_revision(settings.effective_database_url)
+        if before is not None and not known_revision(before):
+            raise StoreOutdated(
+                f"the store at {settings.shown_database_url} is at schema revision {before}, "
+                f"which sessiond {__version__} does not know: a newer sessiond made it"
+            )
+        service = build_service(settings)
+        await service.start()
+        try:
+            return before, await service.ensure_first_administrator()
+        finally:
+            await service.close()
+
+    before, created = _run(main())
+    from .store.existing import newest_revision
+
+    newest = newest_revision()
+    if before is None:
+        done = f"created the store (schema revision {newest})"
+    elif before != newest:
+        done = f"upgraded the store from schema revision {before} to {newest}"
+    else:
+        done = f"the store is already there (schema revision {newest})"
+    _announce_first_administrator(created)
     out.print(
-        f"sessiond listening on http://{settings.host}:{settings.port} "
-        f"(store: {settings.effective_database_url})",
+        f"{done}: {settings.shown_database_url}; key ring {settings.effective_keys_file.resolve()}",
         highlight=False,
     )
-    uvicorn.run(
-        create_asgi(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=_log_config(),
-        access_log=False,
-        lifespan="on",
-        # The client address comes from sessiond's own trusted_proxies rule (server/addresses.py)
-        # alone: uvicorn's would rewrite it first, trusting X-Forwarded-For from loopback.
-        proxy_headers=False,
-        # httptools with limits on the size of a request head and the time it takes to arrive.
-        http=http_protocol(settings),
-    )
-
-
-def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, with sessiond's own records in the same form and a timestamp."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config: dict[str, Any] = json.loads(json.dumps(LOGGING_CONFIG))
-    config["formatters"]["default"]["fmt"] = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
-    config["loggers"]["sessiond"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return config
 
 
 @app.command()
@@ -185,6 +384,7 @@ def openapi() -> None:
 def users_add(
     login: str,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     name: Annotated[str | None, typer.Option(help="display name")] = None,
     password: Annotated[str | None, typer.Option(help="password (prompted if omitted)")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="make an administrator")] = False,
@@ -199,6 +399,7 @@ def users_add(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if kind == LoginType.PLATFORM and password is None:
+        _run(_require_store(_settings(config)))  # before asking for a password it cannot store
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     user = _with_service(
         config,
@@ -219,6 +420,7 @@ def users_add(
 def users_update(
     login: str,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     name: Annotated[str | None, typer.Option(help="display name")] = None,
     login_type: Annotated[str | None, typer.Option(help="Platform, Windows, Ldap or None")] = None,
     account: Annotated[
@@ -276,9 +478,16 @@ def users_update(
 
 
 @users_app.command("list")
-def users_list(config: ConfigOption = None) -> None:
+def users_list(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
     """List users."""
     users = _with_service(config, lambda s: s.list_users(Actor.system()))
+    if as_json:
+        from .server.routes import user_info
+
+        _print_json([user_info(u) for u in users])
+        return
     table = Table("login", "name", "id", "access", "login type", "account", "blocked")
     for u in users:
         blocked = (
@@ -302,10 +511,12 @@ def users_list(config: ConfigOption = None) -> None:
 def users_set_password(
     login: str,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     password: Annotated[str | None, typer.Option(help="new password (prompted if omitted)")] = None,
 ) -> None:
     """Set a platform user's password."""
     if password is None:
+        _run(_require_store(_settings(config)))  # before asking for a password it cannot store
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
     new = password
     _with_service(config, lambda s: s.set_password(Actor.system(), login, new))
@@ -316,6 +527,7 @@ def users_set_password(
 def users_block(
     login: str,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     until: Annotated[
         datetime | None, typer.Option(help="ISO time the block ends (default: until unblocked)")
     ] = None,
@@ -329,7 +541,7 @@ def users_block(
 
 
 @users_app.command("unblock")
-def users_unblock(login: str, config: ConfigOption = None) -> None:
+def users_unblock(login: str, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Lift a user's block."""
     _with_service(config, lambda s: s.set_blocked(Actor.system(), login, False))
     out.print(f"{login} unblocked", highlight=False)
@@ -341,7 +553,9 @@ def users_unblock(login: str, config: ConfigOption = None) -> None:
 @sessions_app.command("list")
 def sessions_list(
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     user: Annotated[str | None, typer.Option(help="only this user's sessions (login)")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List open sessions."""
 
@@ -350,6 +564,11 @@ def sessions_list(
         return await s.list_sessions(Actor.system(), user_id)
 
     records = _with_service(config, action)
+    if as_json:
+        from .server.routes import session_info
+
+        _print_json([session_info(r) for r in records])
+        return
     table = Table("session", "user", "login type", "service", "created", "last activity", "from")
     for r in records:
         t = r.token
@@ -369,6 +588,7 @@ def sessions_list(
 def sessions_close(
     session_id: Annotated[UUID | None, typer.Argument(help="the session to close")] = None,
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     user: Annotated[str | None, typer.Option(help="close every session of this login")] = None,
 ) -> None:
     """Close a session, or every session of a user, as administrator."""
@@ -393,13 +613,19 @@ def _print_configuration(info: Any) -> None:
 
 
 @config_app.command("show")
-def config_show(config: ConfigOption = None) -> None:
+def config_show(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
     """Show the configuration version and build information."""
-    _print_configuration(_with_service(config, lambda s: s.get_configuration()))
+    info = _with_service(config, lambda s: s.get_configuration())
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    _print_configuration(info)
 
 
 @config_app.command("increment-version")
-def config_increment(config: ConfigOption = None) -> None:
+def config_increment(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Increment the configuration version: every client drops its caches."""
     _print_configuration(
         _with_service(config, lambda s: s.increment_configuration_version(Actor.system()))
@@ -451,6 +677,7 @@ def _csv_cell(value: Any) -> Any:
 @audit_app.command("export")
 def audit_export(
     config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     format: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv")] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="file (default stdout)")
@@ -487,54 +714,72 @@ def audit_export(
             stream.close()
 
 
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Check the audit trail's hash chain: exits 1 naming the first edited, removed or
+    inserted record; prints the last record's id and hash to keep somewhere safe."""
+    report = _with_service(config, lambda s: s.verify_audit())
+    if not report.ok:
+        err.print(
+            f"[red]audit trail broken[/red] at record {report.record_id}: "
+            f"{escape(report.problem or '')} ({report.checked} records before it check out)",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    out.print(
+        f"audit trail intact: {report.checked} records; last record {report.last_id}, "
+        f"hash {report.last_hash}",
+        highlight=False,
+    )
+
+
 # --- keys ------------------------------------------------------------------------------------
 
 
-@keys_app.command("list")
-def keys_list(config: ConfigOption = None) -> None:
-    """List signature key ids (the current one marked)."""
+def _key_ring(config: Path | None) -> tuple[Path, KeyRing]:
+    """The existing key ring the settings name (never created here: init and serve do)."""
     settings = _settings(config)
     path = settings.effective_keys_file
-    if not path.exists():
-        out.print(f"no key ring at {path} yet: the first start of the server makes one")
+    if not path.is_file():
+        named = "signature_keys_file" if settings.signature_keys_file else "data_dir"
+        raise StoreMissing(
+            f"no signature key ring at {path.resolve()} ({named}); point this command at the "
+            "server's settings with --config FILE (SESSIOND_CONFIG), --data-dir DIR "
+            "(SESSIOND_DATA_DIR) or SESSIOND_SIGNATURE_KEYS_FILE, or create a store with "
+            "'sessiond init'"
+        )
+    return path, KeyRing.load(path)
+
+
+@keys_app.command("list")
+def keys_list(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
+    """List signature key ids (the current one marked)."""
+    _, ring = _key_ring(config)
+    if as_json:
+        _print_json({"Current": ring.current, "Keys": list(ring.keys)})
         return
-    try:
-        ring = KeyRing.load(path)
-    except SettingsError as exc:
-        raise _fail(exc) from None
     for key_id in ring.keys:
         out.print(("* " if key_id == ring.current else "  ") + key_id, highlight=False)
 
 
 @keys_app.command("rotate")
-def keys_rotate(config: ConfigOption = None) -> None:
+def keys_rotate(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Add a new signature key and sign new tokens with it; old tokens stay valid.
     Restart (or roll) the servers afterwards so they load it."""
-    settings = _settings(config)
-    path = settings.effective_keys_file
-    try:
-        if path.exists():
-            ring = KeyRing.load(path)
-            key_id = ring.rotate()
-        else:
-            ring = KeyRing.generate()
-            key_id = ring.current
-        ring.save(path)
-    except SettingsError as exc:
-        raise _fail(exc) from None
+    path, ring = _key_ring(config)
+    key_id = ring.rotate()
+    ring.save(path)
     out.print(f"new current key {key_id}", highlight=False)
 
 
 @keys_app.command("retire")
-def keys_retire(key_id: str, config: ConfigOption = None) -> None:
+def keys_retire(key_id: str, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Drop an old key: tokens it signed stop verifying (their holders sign in again)."""
-    settings = _settings(config)
-    try:
-        ring = KeyRing.load(settings.effective_keys_file)
-        ring.retire(key_id)
-        ring.save(settings.effective_keys_file)
-    except SettingsError as exc:
-        raise _fail(exc) from None
+    path, ring = _key_ring(config)
+    ring.retire(key_id)
+    ring.save(path)
     out.print(f"retired {key_id}", highlight=False)
 
 
@@ -542,9 +787,16 @@ def keys_retire(key_id: str, config: ConfigOption = None) -> None:
 
 
 @licences_app.command("show")
-def licences_show(config: ConfigOption = None) -> None:
+def licences_show(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
     """The installed licence and how many seats of each kind are in use."""
     usage = _with_service(config, lambda s: s.licence_usage(Actor.system()))
+    if as_json:
+        _print_json(usage)
+        for warning in usage["Warnings"]:
+            err.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False)
+        return
     licence = usage["Licence"]
     if licence is None:
         out.print("no licence installed: seats are not limited")
@@ -566,7 +818,9 @@ def licences_show(config: ConfigOption = None) -> None:
 
 
 @licences_app.command("install")
-def licences_install(file: Path, config: ConfigOption = None) -> None:
+def licences_install(
+    file: Path, config: ConfigOption = None, data_dir: DataDirOption = None
+) -> None:
     """Check a licence file and install it for every node (a bad one changes nothing)."""
 
     async def action(s: SessionService) -> tuple[Any, list[str]]:
@@ -580,7 +834,7 @@ def licences_install(file: Path, config: ConfigOption = None) -> None:
 
 
 @licences_app.command("reload")
-def licences_reload(config: ConfigOption = None) -> None:
+def licences_reload(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Install the licence file named by the licence_file setting again."""
     licence = _with_service(config, lambda s: s.install_licence_file())
     out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
@@ -655,4 +909,5 @@ def main() -> None:
     try:
         app()
     except SessiondError as exc:
+        # Raised outside _run (settings, the key ring): one line and the status of its kind.
         raise SystemExit(_fail(exc).exit_code) from None

@@ -28,7 +28,7 @@ from .errors import (
     TransportError,
     error_from_body,
 )
-from .models import ConfigurationInfo, DeviceType, ServiceType
+from .models import ConfigurationInfo, DeviceType, ServiceType, WireEnum
 from .token import SessionToken
 
 __all__ = ["AsyncSessionClient", "SessionClient"]
@@ -36,6 +36,7 @@ __all__ = ["AsyncSessionClient", "SessionClient"]
 SESSION_HEADER = "Tessa-Session"
 VERSION_HEADER = "Tessa-Configuration-Version"
 NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
+NEXT_PAGE_HEADER = "Tessa-Next-Page"
 MAX_NEGOTIATE_LEGS = 5
 DEFAULT_TIMEOUT = 30.0
 
@@ -55,8 +56,24 @@ def _negotiate_header_token(response: httpx.Response) -> bytes | None:
     return None
 
 
-def _sessions_path(user_id: UUID | str | None) -> str:
-    return "api/v1/sessions" + (f"?user_id={UUID(str(user_id))}" if user_id else "")
+def _query(params: dict[str, Any]) -> dict[str, Any]:
+    """Query parameters as the server reads them: no Nones, enums by wire name, booleans as
+    true/false, times in ISO 8601."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, WireEnum):
+            out[key] = value.wire
+        elif isinstance(value, datetime):
+            out[key] = value.isoformat()
+        elif isinstance(value, list | tuple):
+            out[key] = [v.wire if isinstance(v, WireEnum) else str(v) for v in value]
+        else:
+            out[key] = str(value)
+    return out
 
 
 def _offers_negotiate(response: httpx.Response) -> bool:
@@ -223,9 +240,19 @@ class _ClientCore:
         response = yield request
         return int(self._json(response)["Version"])
 
-    def _get_flow(self, path: str) -> Flow[Any]:
-        response = yield self._request("GET", path)
+    def _get_flow(self, path: str, params: dict[str, Any] | None = None) -> Flow[Any]:
+        response = yield self._request("GET", path, params=params)
         return self._json(response)
+
+    def _sessions_flow(self, params: dict[str, Any]) -> Flow[list[dict[str, Any]]]:
+        """Every page of the session list, following Tessa-Next-Page."""
+        sessions: list[dict[str, Any]] = []
+        while True:
+            response = yield self._request("GET", "api/v1/sessions", params=_query(params))
+            sessions.extend(self._json(response))
+            params["after"] = response.headers.get(NEXT_PAGE_HEADER)
+            if not params["after"]:
+                return sessions
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -254,14 +281,21 @@ class _ClientCore:
         return {k: v for k, v in params.items() if v is not None}
 
     def _request(
-        self, method: str, path: str, *, json: Any = None, auth: bool = True
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        auth: bool = True,
+        params: dict[str, Any] | None = None,
     ) -> httpx.Request:
         headers = {}
         if auth:
             if self.session_token is None:
                 raise SessionRequired("no session: call open_session() first")
             headers[SESSION_HEADER] = self.session_token.to_auth_xml()
-        return httpx.Request(method, self.base_url.join(path), json=json, headers=headers)
+        url = self.base_url.join(path)
+        return httpx.Request(method, url, json=json, headers=headers, params=params)
 
     def _json(self, response: httpx.Response) -> Any:
         self._note_version(response)
@@ -375,9 +409,19 @@ class SessionClient(_ClientCore):
         result: dict[str, Any] = self._run(self._get_flow("api/v1/sessions/current"))
         return result
 
-    def list_sessions(self, user_id: UUID | str | None = None) -> list[dict[str, Any]]:
-        """Open sessions (administrators), of one user if given."""
-        result: list[dict[str, Any]] = self._run(self._get_flow(_sessions_path(user_id)))
+    def list_sessions(
+        self, user_id: UUID | str | None = None, **filters: Any
+    ) -> list[dict[str, Any]]:
+        """Open sessions, oldest first, every page (a regular user gets their own); of one
+        user if given. ``filters``: user, license_type, application_id, service_type,
+        device_type, address, order, descending (see the HTTP API)."""
+        return self._run(self._sessions_flow({"user_id": user_id, **filters}))
+
+    def audit_records(self, **query: Any) -> dict[str, Any]:
+        """One page of the audit trail (administrators): ``{"Records": [...], "Next": id}``.
+        ``query``: action (one or a list), user_id, user, since, until, after, before,
+        newest_first, limit (see the HTTP API)."""
+        result: dict[str, Any] = self._run(self._get_flow("api/v1/audit", _query(query)))
         return result
 
     def close(self) -> None:
@@ -472,9 +516,16 @@ class AsyncSessionClient(_ClientCore):
         result: dict[str, Any] = await self._run(self._get_flow("api/v1/sessions/current"))
         return result
 
-    async def list_sessions(self, user_id: UUID | str | None = None) -> list[dict[str, Any]]:
-        """Open sessions (administrators), of one user if given."""
-        result: list[dict[str, Any]] = await self._run(self._get_flow(_sessions_path(user_id)))
+    async def list_sessions(
+        self, user_id: UUID | str | None = None, **filters: Any
+    ) -> list[dict[str, Any]]:
+        """Open sessions, oldest first, every page (a regular user gets their own); of one
+        user if given. ``filters``: as for :meth:`SessionClient.list_sessions`."""
+        return await self._run(self._sessions_flow({"user_id": user_id, **filters}))
+
+    async def audit_records(self, **query: Any) -> dict[str, Any]:
+        """One page of the audit trail (administrators); see :meth:`SessionClient.audit_records`."""
+        result: dict[str, Any] = await self._run(self._get_flow("api/v1/audit", _query(query)))
         return result
 
     async def aclose(self) -> None:

@@ -31,6 +31,8 @@ integrators catch one tree on both sides::
     ├── NotConfigured               501 not_configured           switched off in settings
     ├── ServiceUnavailable          503 service_unavailable      store or directory is down
     └── SettingsError               500 invalid_settings         server side: unusable settings
+        └── StoreMissing            -   no_store                 command line: no store there
+            └── StoreOutdated       -   store_outdated           command line: schema too old/new
 
 Client-side only: ``TransportError`` (the server could not be reached) and
 ``ProtocolError`` (the server answered something that is not sessiond).
@@ -221,6 +223,21 @@ class SettingsError(SessiondError):
 
     code = "invalid_settings"
     status = 500
+
+
+class StoreMissing(SettingsError):
+    """Command line only: an administrative command found no store where its settings point
+    (it never creates one; ``sessiond init`` and ``sessiond serve`` do)."""
+
+    code = "no_store"
+
+
+class StoreOutdated(StoreMissing):
+    """Command line only: the store is at a schema revision this sessiond will not use as it
+    is (older: ``sessiond serve`` or ``sessiond init`` upgrades it; newer: a newer sessiond
+    made it)."""
+
+    code = "store_outdated"
 
 
 class TransportError(SessiondError):

@@ -92,7 +92,8 @@ class DeviceType(WireEnum):
 
 
 class AuditAction(WireEnum):
-    """Audit trail action types about sessions."""
+    """Audit trail action types: the platform's, about sessions (1-8), then sessiond's own,
+    about what administrators and users change (9 on)."""
 
     LOGIN = 1
     LOGIN_FAILED = 2
@@ -102,6 +103,16 @@ class AuditAction(WireEnum):
     SESSION_DEACTIVATED = 6
     USER_BLOCKED = 7
     CONFIGURATION_VERSION_INCREMENTED = 8
+    USER_CREATED = 9
+    USER_CHANGED = 10
+    USER_REMOVED = 11
+    USER_UNBLOCKED = 12
+    PASSWORD_CHANGED = 13
+    PASSWORD_RESET = 14
+    LICENCE_INSTALLED = 15
+    SIGNATURE_KEY_ROTATED = 16
+    SIGNATURE_KEY_RETIRED = 17
+    SETTINGS_CHANGED = 18
 
 
 # Names that are not the plain PascalCase of the member name.

@@ -5,10 +5,14 @@ Validated at start; ``sessiond serve`` with nothing configured runs on SQLite in
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
@@ -17,14 +21,18 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from .errors import SettingsError
 
@@ -37,13 +45,25 @@ _SUFFIXED = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
 _CLOCK = re.compile(r"\s*(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)\s*\Z")
 
 
-def _duration(value: Any) -> Any:
+_DURATION_SPELLINGS = (
+    "seconds (900), a number with s, m, h or d (15m, 2h, 7d), [d.]hh:mm:ss (00:05:00) "
+    "or ISO 8601 (PT5M)"
+)
+
+
+def _duration(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """Accept seconds (number or numeric text), ``15m``/``2h``/``7d``, the platform's
     ``[d.]hh:mm:ss``, or anything pydantic takes for a timedelta (ISO 8601 ``PT5M``)."""
     try:
-        return _parse_duration(value)
+        parsed = _parse_duration(value)
     except OverflowError:
         raise ValueError("is too long a duration") from None
+    try:
+        return handler(parsed)
+    except ValidationError as exc:
+        if any(e["type"] == "time_delta_parsing" for e in exc.errors()):
+            raise ValueError(f"is not a duration: write {_DURATION_SPELLINGS}") from None
+        raise
 
 
 MAX_DURATION = timedelta(days=36_500)  # a century: anything longer overflows dates
@@ -76,7 +96,22 @@ def _parse_duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_not_negative)]
+Duration = Annotated[timedelta, WrapValidator(_duration), AfterValidator(_not_negative)]
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)(.*)@")
+
+
+def hide_password(url: str) -> str:
+    """The URL with the password inside it (``scheme://user:password@host``) shown as ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
+
+
+class DatabaseUrl(SecretStr):
+    """A database URL whose password never shows: ``repr``, ``str`` and error messages print
+    it as ``***``; :meth:`get_secret_value` gives the URL to connect with."""
+
+    def _display(self) -> str:
+        return hide_password(self.get_secret_value())
 
 
 class Argon2Settings(BaseModel):
@@ -134,13 +169,20 @@ class DirectorySettings(BaseModel):
     ca_file: Path | None = Field(None, description="CA bundle to verify the server certificate")
     verify_certificate: bool = True
     bind_dn: str | None = Field(None, description="service account for searches; none: anonymous")
-    bind_password: str | None = None
+    bind_password: SecretStr | None = Field(
+        None, description="password of bind_dn (never printed: read with get_secret_value())"
+    )
     search_base: str = ""
     search_filter: str = Field(
         "(uid={login})", description="{login} is replaced by the escaped account name"
     )
     name_attribute: str = Field("cn", description="display name for provisioned users")
     timeout: Duration = timedelta(seconds=10)
+
+    @property
+    def bind_password_value(self) -> str | None:
+        """The password of ``bind_dn`` (a secret: never print it)."""
+        return None if self.bind_password is None else self.bind_password.get_secret_value()
 
     @field_validator("timeout")
     @classmethod
@@ -244,8 +286,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("sessiond-data")
-    database_url: str | None = Field(
-        None, description="SQLAlchemy async URL; default: SQLite file in data_dir"
+    database_url: DatabaseUrl | None = Field(
+        None,
+        description="SQLAlchemy async URL; default: SQLite file in data_dir (its password is "
+        "never printed)",
     )
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=0, le=65535)
@@ -279,8 +323,10 @@ class Settings(BaseSettings):
     description: str = ""
 
     admin_login: str = "admin"
-    admin_password: str | None = Field(
-        None, description="first administrator's password; generated and printed once if unset"
+    admin_password: SecretStr | None = Field(
+        None,
+        description="first administrator's password; generated and printed once if unset "
+        "(never printed: read with get_secret_value())",
     )
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses whose X-Forwarded-For is believed"
@@ -303,6 +349,20 @@ class Settings(BaseSettings):
         description="under a lockout, how long a sign-in waits for one of its user's attempt "
         "slots while other checks of that user are in progress",
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="level of sessiond's and uvicorn's log records (any case)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or one JSON object per line"
+    )
+    access_log: bool = Field(
+        False, description="one log line per request: method, path, status, duration, client"
+    )
+    metrics: bool = Field(True, description="serve GET /metrics (Prometheus text format)")
+    metrics_allow: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks that may read /metrics; empty: every address",
+    )
 
     argon2: Argon2Settings = Argon2Settings()
     security: SecuritySettings = SecuritySettings()
@@ -316,7 +376,29 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: DatabaseUrl | None) -> DatabaseUrl | None:
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if not (scheme.startswith("sqlite") or scheme in ("postgresql", "postgresql+asyncpg")):
+            # The value itself is not repeated: it may hold a password.
+            raise ValueError(
+                "is not a database URL sessiond supports: write sqlite+aiosqlite:///<file> or "
+                "postgresql+asyncpg://user:password@host:port/database"
+            )
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
+
+    @field_validator("trusted_proxies", "metrics_allow")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for entry in value:
@@ -328,9 +410,21 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
+        """The URL to connect with, password included: never print it (see
+        :attr:`shown_database_url`)."""
         if self.database_url:
-            return self.database_url
+            return self.database_url.get_secret_value()
         return f"sqlite+aiosqlite:///{(self.data_dir / 'sessiond.db').resolve()}"
+
+    @property
+    def admin_password_value(self) -> str | None:
+        """The first administrator's password from the settings (a secret: never print it)."""
+        return None if self.admin_password is None else self.admin_password.get_secret_value()
+
+    @property
+    def shown_database_url(self) -> str:
+        """:attr:`effective_database_url` with its password hidden, for messages."""
+        return hide_password(self.effective_database_url)
 
     @property
     def effective_keys_file(self) -> Path:
@@ -361,24 +455,150 @@ class _TomlSource(PydanticBaseSettingsSource):
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except OSError as exc:
-            raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+            raise SettingsError(
+                f"cannot read settings file {path} (--config or {CONFIG_ENV}): {exc.strerror}; "
+                "name a readable TOML file"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+            raise SettingsError(
+                f"settings file {path} (--config or {CONFIG_ENV}) is not valid TOML: {exc}; "
+                "correct it there"
+            ) from None
+        except UnicodeDecodeError:
+            raise SettingsError(
+                f"settings file {path} (--config or {CONFIG_ENV}) is not UTF-8 text"
+            ) from None
         section = data.get("sessiond", data)
         if not isinstance(section, dict):
-            raise SettingsError(f"settings file {path}: [sessiond] must be a table")
+            raise SettingsError(
+                f"settings file {path}: [sessiond] must be a table, not a single value"
+            )
         return section
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build and validate the settings; a readable :class:`SettingsError` if they are wrong."""
+    """Build and validate the settings; a readable :class:`SettingsError` if they are wrong:
+    one line naming each wrong setting, where it was set, and what it should be (never its
+    value, which may be a secret)."""
     token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        file = _config_file.get() or os.environ.get(CONFIG_ENV)
+        problems = "; ".join(_problem(err, overrides, file) for err in exc.errors())
         raise SettingsError(f"invalid settings: {problems}") from None
+    except SourceError as exc:
+        # pydantic-settings could not decode a list or table given in the environment.
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else "?"
+        raise SettingsError(
+            f"invalid settings: {name} (set by {_env_name((name,))}): is not valid JSON; lists "
+            'and tables in the environment are JSON, e.g. \'["10.0.0.0/8", "127.0.0.1"]\' or '
+            "'{\"time_cost\": 3}'"
+        ) from None
     finally:
         _config_file.reset(token)
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return "SESSIOND_" + "__".join(str(p) for p in loc).upper()
+
+
+def _env_set(name: str) -> str | None:
+    """How the environment sets ``name``: ``name`` itself, or ``name__*`` (keys inside it)."""
+    wanted = name.upper()
+    keys = [key.upper() for key in os.environ]
+    if wanted in keys:
+        return name
+    return f"{name}__*" if any(key.startswith(wanted + "__") for key in keys) else None
+
+
+def _where(loc: tuple[Any, ...], overrides: Mapping[str, Any], file: str | None) -> str:
+    """Which source gave the setting at ``loc``: the command line, the environment or the file."""
+    if loc and loc[0] in overrides:
+        return "given on the command line"
+    for depth in range(len(loc), 0, -1):
+        if found := _env_set(_env_name(loc[:depth])):
+            return f"set by {found}"
+    if file:
+        return f"in {file}"
+    return ""
+
+
+def _problem(err: Any, overrides: Mapping[str, Any], file: str | None) -> str:
+    loc = tuple(p for p in err["loc"] if isinstance(p, str)) or ("?",)
+    name = ".".join(str(p) for p in err["loc"])
+    where = _where(loc, overrides, file)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = _field_names(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        message = "is not a sessiond setting: remove it or correct its spelling" + (
+            f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
+        )
+    return f"{name} ({where}): {message}" if where else f"{name}: {message}"
+
+
+# --- the environment -------------------------------------------------------------------------
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings group (a pydantic model) a field holds, if it holds one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if (model := _model_of(arg)) is not None:
+                return model
+    return None
+
+
+def _field_names(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] | None = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model else None
+        model = _model_of(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _env_known(model: type[BaseModel], parts: list[str]) -> bool:
+    if not parts:
+        return True
+    field = model.model_fields.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    if typing.get_origin(field.annotation) is dict:  # a table of free keys (windows.domains)
+        return len(parts) == 2
+    sub = _model_of(field.annotation)
+    return sub is not None and _env_known(sub, parts[1:])
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> list[str]:
+    names = []
+    for field_name, field in model.model_fields.items():
+        name = f"{prefix}{field_name.upper()}"
+        names.append(name)
+        if (sub := _model_of(field.annotation)) is not None:
+            names.extend(_env_names(sub, name + "__"))
+    return names
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``SESSIOND_*`` variables that name no setting (a misspelling such as ``SESSIOND_PROT``),
+    each with the closest known name when there is one: ``"SESSIOND_PROT (did you mean
+    SESSIOND_PORT?)"``. They are ignored; the command line warns about them."""
+    env = os.environ if environ is None else environ
+    known = [CONFIG_ENV, *_env_names(Settings, "SESSIOND_")]
+    found = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith("SESSIOND_") or upper == CONFIG_ENV:
+            continue
+        parts = upper.removeprefix("SESSIOND_").lower().split("__")
+        if _env_known(Settings, parts):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1)
+        found.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+    return found

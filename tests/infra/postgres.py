@@ -47,20 +47,30 @@ class PostgresServer:
                 "-D", self.data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                 "--no-instructions", "--no-sync",
             )  # fmt: skip
-            options = (
-                f"-p {self.port} -k {self.tmpdir} -c listen_addresses={LOOPBACK} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=300"
-            )
-            self._run(
-                _binary("pg_ctl"), "-D", self.data, "-l", self.log, "-o", options,
-                "-w", "-t", str(int(start_timeout)), "start",
-            )  # fmt: skip
-            if not port_answers(self.port):
-                raise RuntimeError(f"PostgreSQL did not answer on port {self.port}")
+            self._start_timeout = start_timeout
+            self.start()
         except BaseException:
             self.stop()
             raise
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`halt`), on the same port with the same data."""
+        options = (
+            f"-p {self.port} -k {self.tmpdir} -c listen_addresses={LOOPBACK} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=300"
+        )
+        self._run(
+            _binary("pg_ctl"), "-D", self.data, "-l", self.log, "-o", options,
+            "-w", "-t", str(int(self._start_timeout)), "start",
+        )  # fmt: skip
+        if not port_answers(self.port):
+            raise RuntimeError(f"PostgreSQL did not answer on port {self.port}")
+
+    def halt(self) -> None:
+        """Stop the server as an operator would (fast shutdown: clients are disconnected),
+        keeping its data for :meth:`start`."""
+        self._run(_binary("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop")
 
     def _run(self, *args: str) -> None:
         command = ["runuser", "-u", "postgres", "--", *args] if self._as_postgres else list(args)

@@ -86,7 +86,7 @@ class Directory:
     def find(self, login: str) -> Entry | None:
         """The one entry the search filter finds for ``login``, or None."""
         s = self.settings
-        conn = self._connection(s.bind_dn, s.bind_password)
+        conn = self._connection(s.bind_dn, s.bind_password_value)
         try:
             if s.bind_dn and not conn.bind():
                 raise ServiceUnavailable(

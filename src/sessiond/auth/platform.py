@@ -12,6 +12,7 @@ from typing import Self
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from .. import metrics
 from ..errors import InvalidCredentials
 from ..models import LoginType
 from ..settings import Argon2Settings, Settings
@@ -40,10 +41,12 @@ class PlatformAuthenticator(Authenticator):
         self._decoy = self.hasher.hash("sessiond decoy password")
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, password)
+        with metrics.hashing("hash").time():
+            return await asyncio.to_thread(self.hasher.hash, password)
 
     async def matches(self, password_hash: str, password: str) -> bool:
-        return await asyncio.to_thread(self._check, password_hash, password)
+        with metrics.hashing("verify").time():
+            return await asyncio.to_thread(self._check, password_hash, password)
 
     def _check(self, password_hash: str, password: str) -> bool:
         try:
@@ -63,4 +66,5 @@ class PlatformAuthenticator(Authenticator):
 
     async def burn(self, password: str) -> None:
         """Spend one verification's time on nothing (unknown login)."""
-        await self.matches(self._decoy, password)
+        with metrics.hashing("decoy").time():
+            await asyncio.to_thread(self._check, self._decoy, password)

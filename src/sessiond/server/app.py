@@ -16,23 +16,26 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import metrics
 from .._version import __version__
 from ..errors import (
     INTERNAL_ERROR_BODY,
     NegotiateRequired,
     RequestError,
     RequestTooLarge,
+    ServiceUnavailable,
     SessiondError,
 )
 from ..keys import KeyRing
 from ..service import SessionService
 from ..settings import Settings
 from ..store import create_store
-from . import routes
+from . import operations, routes
 from .addresses import ClientAddress, networks
 from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
-from .headers import SESSION_HEADER
+from .headers import SESSION_HEADER, configuration_version
+from .observe import Observe
 from .schemas import ErrorBody, SessionInfo
 
 log = logging.getLogger("sessiond.server")
@@ -42,9 +45,11 @@ SERVER_VERSION_HEADER = "Tessa-Server-Version"
 MAX_BODY_BYTES = 64 * 1024
 
 
-def build_service(settings: Settings) -> SessionService:
-    store = create_store(settings.effective_database_url)
-    keys = KeyRing.load_or_create(settings.effective_keys_file)
+def build_service(settings: Settings, *, create: bool = True) -> SessionService:
+    """``create=False`` (administrative commands): nothing is created on disk, neither a SQLite
+    folder or file nor a key ring (a missing ring is replaced by one that is never saved)."""
+    store = create_store(settings.effective_database_url, create=create)
+    keys = KeyRing.load_or_create(settings.effective_keys_file, create=create)
     return SessionService(settings, store, keys)
 
 
@@ -76,7 +81,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
         ),
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served by operations.install, with Swagger UI from the package
         redoc_url=None,
         # A redirect to the path without its trailing slash would be built from the Host header.
         redirect_slashes=False,
@@ -84,6 +89,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     app.state.service = svc
     app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.include_router(routes.router)
+    operations.install(app, settings)
     _install_error_handlers(app)
     _install_openapi_security(app)
     return app
@@ -96,7 +102,10 @@ def create_asgi(settings: Settings, service: SessionService | None = None) -> AS
     app = create_app(settings, service)
     # Outside the framework's own error handling, so that even a 500 carries the versions.
     with_headers = PlatformHeaders(app, service=app.state.service)
-    validation = FastValidation(with_headers, service=app.state.service, render=routes.session_info)
+    observed = Observe(with_headers, access=settings.access_log)
+    validation = FastValidation(observed, service=app.state.service, render=routes.session_info)
+    if not app.state.trusted_proxies:
+        return validation  # nobody's X-Forwarded-For is believed: the peer is the client
     return ClientAddress(validation, app.state.trusted_proxies)
 
 
@@ -109,8 +118,15 @@ async def _sweep_forever(service: SessionService) -> None:
             swept = await service.sweep()
             if swept:
                 log.info("removed %d expired sessions", swept)
+        except ServiceUnavailable as exc:
+            metrics.swept(None)
+            log.warning("sweeping expired sessions: %s", exc.message)
+            continue
         except Exception:
+            metrics.swept(None)
             log.exception("sweeping expired sessions failed; trying again later")
+            continue
+        metrics.swept(swept)
 
 
 class PlatformHeaders:
@@ -125,10 +141,12 @@ class PlatformHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        live = scope["path"] == operations.LIVE_PATH
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                version = await self.service.configuration_version()
+                # Liveness never waits for the store; a 503 still carries the last version.
+                version = await configuration_version(self.service, read=not live)
                 headers = list(message.get("headers", []))
                 headers.append((VERSION_HEADER.lower().encode(), str(version).encode()))
                 headers.append((SERVER_VERSION_HEADER.lower().encode(), self.server_version))

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .._version import __version__
 from ..errors import INTERNAL_ERROR_BODY, SessiondError, SessionRequired
 from ..service import SessionService
 from ..store import SessionRecord
-from .headers import session_header
+from .headers import configuration_version, session_header
+from .observe import Observe
 
 log = logging.getLogger("sessiond.server")
 
@@ -43,11 +45,11 @@ _SERVER_VERSION = (b"tessa-server-version", __version__.encode())
 class FastValidation:
     def __init__(
         self,
-        app: ASGIApp,
+        app: Observe,
         service: SessionService,
         render: Callable[[SessionRecord], dict[str, Any]],
     ) -> None:
-        self.app = app
+        self.app = app  # the application, observed; this handler reports to it
         self.service = service
         self.render = render  # SessionRecord -> dict, shared with the routes' session list
         self._bodies: dict[tuple[UUID, datetime], bytes] = {}
@@ -67,6 +69,7 @@ class FastValidation:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         client = scope.get("client")
         address = client[0] if client else None
         try:
@@ -80,7 +83,7 @@ class FastValidation:
         except Exception:
             log.exception("unexpected error validating a session")
             status, payload = 500, _json(INTERNAL_ERROR_BODY)
-        version = await self.service.configuration_version()
+        version = await configuration_version(self.service)
         await send(
             {
                 "type": "http.response.start",
@@ -94,3 +97,4 @@ class FastValidation:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        self.app.done(scope, PATH, status, time.perf_counter() - started)

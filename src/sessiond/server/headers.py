@@ -1,10 +1,18 @@
-"""Request headers that carry exactly one value, read the same way on every route."""
+"""Request headers that carry exactly one value, read the same way on every route; and the
+configuration version every response carries."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ..errors import HeaderRepeated
+from ..errors import HeaderRepeated, SessiondError
+
+if TYPE_CHECKING:
+    from ..service import SessionService
+
+log = logging.getLogger("sessiond.server")
 
 SESSION_HEADER = "Tessa-Session"
 AUTHORIZATION_HEADER = "Authorization"
@@ -29,3 +37,17 @@ def single_header(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | No
 def session_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The ``Tessa-Session`` header: the session token, once."""
     return single_header(headers, SESSION_HEADER)
+
+
+async def configuration_version(service: SessionService, *, read: bool = True) -> int:
+    """The version for ``Tessa-Configuration-Version``: as the service reads it (at most once
+    per poll interval), or the last one known when the store cannot be read (or ``read`` is
+    false), so that every answer, a 503 included, carries the header."""
+    if read:
+        try:
+            return await service.configuration_version()
+        except SessiondError:
+            pass  # the store is unavailable: the request's own answer says so
+        except Exception:
+            log.exception("reading the configuration version failed")
+    return service.configuration.last_known

@@ -77,6 +77,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal: read and drop
+        # The common case first, with no more work than the limit needs: a whole head (and
+        # maybe its body) in one read, within the limit.
+        if self._in_head and len(data) <= self.max_head_bytes - self._head_bytes:
+            self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_timer is None and not self._refused:
+                self._head_bytes_pending()
+            return
         while True:
             if not self._in_head:
                 if not self._feed(data):
@@ -108,6 +116,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_started is not None and self._head_timer is None:
             self._arm_head_timer()
 
+    def _head_bytes_pending(self) -> None:
+        """Part of a head arrived and the rest has not: its time runs (from its first byte,
+        or from now when that went unnoticed) unless the connection is done."""
+        if self._head_bytes == 0 or self.transport.is_closing():
+            return  # nothing of a next head yet: the keep-alive timeout governs
+        if self._head_started is None:
+            self._head_started = self.loop.time()
+        self._arm_head_timer()
+
     def _feed(self, data: bytes) -> bool:
         """Parse ``data`` as uvicorn does; ``False`` when the connection is done with it
         (a malformed request answered 400, a protocol upgrade)."""
@@ -115,11 +132,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return not self.transport.is_closing() and self.transport.get_protocol() is self
 
     # --- parser callbacks --------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._head_started is None:
-            self._head_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

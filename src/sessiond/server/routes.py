@@ -6,19 +6,27 @@ import base64
 import binascii
 import contextlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..auth import PasswordCredentials
 from ..auth.negotiate import CONNECTION_PREFIX
 from ..errors import AuthenticationError, NegotiateRequired, RequestError, SessionRequired
-from ..models import AccessLevel, LicenseType, LoginType
+from ..models import (
+    AccessLevel,
+    AuditAction,
+    DeviceType,
+    LicenseType,
+    LoginType,
+    ServiceType,
+    WireEnum,
+)
 from ..service import Actor, SessionService
-from ..store import SessionRecord, UserRecord
+from ..store import AuditQuery, AuditRecord, SessionOrder, SessionQuery, SessionRecord, UserRecord
 from ..token import SessionToken, format_datetime
 from .headers import AUTHORIZATION_HEADER, session_header, single_header
 from .schemas import (
@@ -37,6 +45,8 @@ from .schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", redirect_slashes=False)
+
+NEXT_PAGE_HEADER = "Tessa-Next-Page"
 
 NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
 
@@ -239,10 +249,35 @@ async def close_session_as_admin(request: Request, session_id: UUID) -> JSONResp
     description="Administrators see every open session (or one user's, by user_id); a "
     "regular user sees their own.",
 )
-async def list_sessions(request: Request, user_id: UUID | None = None) -> JSONResponse:
+async def list_sessions(
+    request: Request,
+    user_id: UUID | None = None,
+    user: Annotated[str | None, Query(max_length=256, description="name starts with")] = None,
+    license_type: str | None = None,
+    application_id: UUID | None = None,
+    service_type: str | None = None,
+    device_type: str | None = None,
+    address: Annotated[str | None, Query(max_length=64)] = None,
+    order: SessionOrder = "created",
+    descending: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    after: Annotated[str | None, Query(max_length=512, description="a Tessa-Next-Page")] = None,
+) -> JSONResponse:
     actor = await _actor(request)
-    records = await _service(request).list_sessions(actor, user_id)
-    return JSONResponse([session_info(r) for r in records])
+    query = SessionQuery(
+        user_id=user_id,
+        user_name=user,
+        license_type=_enum(LicenseType, license_type, "license_type"),
+        application_id=application_id,
+        service_type=_enum(ServiceType, service_type, "service_type"),
+        device_type=_enum(DeviceType, device_type, "device_type"),
+        client_address=address,
+        order=order,
+        descending=descending,
+    )
+    records, next_page = await _service(request).sessions_page(actor, query, after, limit)
+    headers = {NEXT_PAGE_HEADER: next_page} if next_page else None
+    return JSONResponse([session_info(r) for r in records], headers=headers)
 
 
 @router.get(
@@ -286,7 +321,13 @@ async def increment_configuration_version(request: Request) -> JSONResponse:
     return JSONResponse(info.to_dict())
 
 
-@router.get("/health", summary="Liveness: the process answers and its store is reachable")
+@router.get(
+    "/health",
+    summary="Combined health: the process answers and its store is reachable",
+    description="503 service_unavailable while the store cannot be read. For probes, see "
+    "/health/live (the process alone) and /health/ready (the store and its schema).",
+    responses={503: {"model": ErrorBody}},
+)
 async def health(request: Request) -> JSONResponse:
     version = await _service(request).configuration_version()
     return JSONResponse({"Status": "ok", "ConfigurationVersion": version})
@@ -312,7 +353,7 @@ def user_info(user: UserRecord) -> dict[str, Any]:
     }
 
 
-def _enum(cls: type[AccessLevel] | type[LoginType], value: str | int | None, field: str) -> Any:
+def _enum(cls: type[WireEnum], value: str | int | None, field: str) -> Any:
     if value is None:
         return None
     try:
@@ -433,6 +474,76 @@ async def unblock_user(request: Request, login: str) -> JSONResponse:
 async def close_user_sessions(request: Request, login: str) -> JSONResponse:
     closed = await _service(request).close_user_sessions(await _actor(request), login)
     return JSONResponse({"ClosedSessions": closed})
+
+
+@router.delete(
+    "/users/{login}",
+    response_model=UserBody,
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Remove a user (administrators)",
+    description="The user's sessions end and the user row goes; every audit record about the "
+    "user stays (it carries the user's id and name), with a UserRemoved record.",
+)
+async def remove_user(request: Request, login: str) -> JSONResponse:
+    user = await _service(request).remove_user(await _actor(request), login)
+    return JSONResponse(user_info(user))
+
+
+def audit_info(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "ID": record.id,
+        "At": format_datetime(record.at),
+        "Action": record.action.wire,
+        "SessionID": str(record.session_id) if record.session_id else None,
+        "UserID": str(record.user_id) if record.user_id else None,
+        "UserName": record.user_name,
+        "ActorID": str(record.actor_id) if record.actor_id else None,
+        "ActorName": record.actor_name,
+        "ClientAddress": record.client_address,
+        "Details": record.details,
+    }
+
+
+@router.get(
+    "/audit",
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="Read the audit trail (administrators)",
+    description="Filters: action (repeatable), user_id, user (the recorded name, ignoring "
+    "case), since and until (ISO 8601). Oldest first, after the id `after`; or newest first "
+    '(`newest_first=true`), before the id `before`. Answers `{"Records": [...], "Next": id}`; '
+    "Next is the id to pass as after (or before) for the next page, or null.",
+)
+async def audit_records(
+    request: Request,
+    action: Annotated[list[str] | None, Query()] = None,
+    user_id: UUID | None = None,
+    user: Annotated[str | None, Query(max_length=256)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: int | None = None,
+    before: int | None = None,
+    newest_first: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    actor = await _actor(request)
+    query = AuditQuery(
+        actions=tuple(_enum(AuditAction, a, "action") for a in action or ()),
+        user_id=user_id,
+        user_name=user,
+        since=_aware(since),
+        until=_aware(until),
+        after_id=after,
+        before_id=before,
+        newest_first=newest_first,
+    )
+    records, next_id = await _service(request).audit_page(actor, query, limit)
+    return JSONResponse({"Records": [audit_info(r) for r in records], "Next": next_id})
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=value.tzinfo or UTC) if value else None
 
 
 @router.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from ..errors import PermissionDenied
@@ -129,3 +130,35 @@ def user_blocked(
         client_address=actor.client_address if actor else None,
         details={"reason": reason, "until": until.isoformat() if until else None},
     )
+
+
+def change_audit(
+    action: AuditAction,
+    now: datetime,
+    actor: Actor,
+    user: UserRecord | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A record of a change an actor made (to ``user``, if it is about one)."""
+    return AuditRecord(
+        action,
+        now,
+        session_id=actor.session_id,
+        user_id=user.id if user else None,
+        user_name=user.name if user else None,
+        actor_id=actor.id,
+        actor_name=actor.name,
+        client_address=actor.client_address,
+        details=dict(details or {}),
+    )
+
+
+def user_fields(user: UserRecord) -> dict[str, Any]:
+    """What a UserCreated or UserRemoved record says about the user (never a secret)."""
+    return {
+        "login": user.login,
+        "name": user.name,
+        "access_level": user.access_level.wire,
+        "login_type": user.login_type.wire,
+        "account": user.account,
+    }

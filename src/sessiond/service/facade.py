@@ -5,12 +5,16 @@ rule it is; it decides nothing itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from .. import metrics
 from ..auth import Authenticator, PasswordCredentials, PlatformAuthenticator
 from ..auth.registry import load_authenticators, load_negotiate
 from ..errors import LicenceInvalid
@@ -18,7 +22,16 @@ from ..keys import KeyRing
 from ..licence import Licence
 from ..models import AccessLevel, AuditAction, ClientInfo, ConfigurationInfo, LicenseType, LoginType
 from ..settings import Settings
-from ..store import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from ..store import (
+    AuditQuery,
+    AuditRecord,
+    BuildInfo,
+    ChainReport,
+    SessionQuery,
+    SessionRecord,
+    Store,
+    UserRecord,
+)
 from ..token import SessionToken
 from .common import Actor, Clock, require_admin, utc_now
 from .configuration import Configuration
@@ -28,6 +41,7 @@ from .signin import SignIn
 from .users import Users
 
 log = logging.getLogger("sessiond.service")
+AUDIT_PAGE_LIMIT = 1000
 
 
 class SessionService:
@@ -76,10 +90,14 @@ class SessionService:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self, *, install_licence_file: bool = False) -> None:
-        """Open the store. A server (not a CLI command) also installs ``licence_file``."""
+        """Open the store. A server (not a CLI command) also records its settings when they
+        changed since its last start, and installs ``licence_file``."""
         await self.store.open(self.build, self.clock())
         await self.configuration.read()
         await self.licensing.refresh()
+        if install_licence_file:
+            node = self.settings.server_code or socket.gethostname()
+            await self.configuration.record_settings(node)
         if install_licence_file and self.settings.licence_file:
             try:
                 await self.licensing.install_file()
@@ -88,7 +106,11 @@ class SessionService:
                 log.error("licence not loaded: %s (%s)", exc.message, kept)
 
     async def close(self) -> None:
-        await self.sessions.flush_touches()
+        try:  # a store that is down must not hold the shutdown
+            async with asyncio.timeout(10):
+                await self.sessions.flush_touches()
+        except TimeoutError:
+            log.warning("shutting down with last-activity touches not written")
         for authenticator in self.authenticators.values():
             await authenticator.close()
         await self.store.close()
@@ -128,23 +150,35 @@ class SessionService:
     # --- sessions ------------------------------------------------------------------------
 
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
-        return await self.sessions.validate(auth_text, client_address)
+        with metrics.validating():
+            return await self.sessions.validate(auth_text, client_address)
 
     async def close_session(self, auth_text: str, client_address: str | None = None) -> bool:
-        return await self.sessions.close_session(auth_text, client_address)
+        closed = await self.sessions.close_session(auth_text, client_address)
+        metrics.sessions_closed("user", closed)
+        return closed
 
     async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
-        return await self.sessions.close_session_as_admin(actor, session_id)
+        closed = await self.sessions.close_session_as_admin(actor, session_id)
+        metrics.sessions_closed("admin" if actor.is_administrator else "user", closed)
+        return closed
 
     async def close_user_sessions(self, actor: Actor, login: str) -> int:
         require_admin(actor, "close a user's sessions")
         user = await self.users.get_user_by_login(login)
-        return await self.sessions.close_user_sessions(actor, user.id)
+        closed = await self.sessions.close_user_sessions(actor, user.id)
+        metrics.sessions_closed("admin", closed)
+        return closed
 
     async def list_sessions(
         self, actor: Actor, user_id: UUID | None = None
     ) -> Sequence[SessionRecord]:
         return await self.sessions.list_sessions(actor, user_id)
+
+    async def sessions_page(
+        self, actor: Actor, query: SessionQuery, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[SessionRecord], str | None]:
+        return await self.sessions.page(actor, query, cursor, limit)
 
     async def sweep(self) -> int:
         return await self.sessions.sweep()
@@ -209,6 +243,9 @@ class SessionService:
     ) -> UserRecord:
         return await self.users.set_personal_licence(actor, login, license_type, holds)
 
+    async def remove_user(self, actor: Actor, login: str) -> UserRecord:
+        return await self.users.remove_user(actor, login)
+
     async def get_user_by_login(self, login: str) -> UserRecord:
         return await self.users.get_user_by_login(login)
 
@@ -244,15 +281,23 @@ class SessionService:
     def licence(self) -> Licence | None:
         return self.licensing.licence
 
-    async def install_licence_file(self, path: str | None = None) -> Licence:
-        return await self.licensing.install_file(path)
+    async def install_licence_file(
+        self, path: str | None = None, actor: Actor | None = None
+    ) -> Licence:
+        if actor is not None:
+            require_admin(actor, "install a licence")
+        return await self.licensing.install_file(path, actor)
 
-    async def install_licence(self, data: bytes | str, *, source: str = "licence") -> Licence:
-        return await self.licensing.install(data, source=source)
+    async def install_licence(
+        self, data: bytes | str, *, source: str = "licence", actor: Actor | None = None
+    ) -> Licence:
+        if actor is not None:
+            require_admin(actor, "install a licence")
+        return await self.licensing.install(data, source=source, actor=actor)
 
     async def reload_licence(self, actor: Actor) -> Licence:
         require_admin(actor, "reload the licence")
-        return await self.licensing.install_file()
+        return await self.licensing.install_file(None, actor)
 
     async def licence_usage(self, actor: Actor) -> dict[str, Any]:
         require_admin(actor, "see licence usage")
@@ -268,6 +313,24 @@ class SessionService:
         after_id: int | None = None,
         limit: int | None = None,
     ) -> Sequence[AuditRecord]:
-        return await self.store.list_audit(
-            since=since, action=action, after_id=after_id, limit=limit
+        """Audit records, oldest first (in-process use: the CLI, tests)."""
+        query = AuditQuery(
+            actions=(action,) if action else (), since=since, after_id=after_id, limit=limit
         )
+        return await self.store.list_audit(query)
+
+    async def audit_page(
+        self, actor: Actor, query: AuditQuery, limit: int = 100
+    ) -> tuple[list[AuditRecord], int | None]:
+        """One page of the audit trail for an administrator, and the id to continue after (or
+        before, newest first); None when this was the last page."""
+        require_admin(actor, "read the audit trail")
+        limit = max(1, min(limit, AUDIT_PAGE_LIMIT))
+        records = list(await self.store.list_audit(replace(query, limit=limit + 1)))
+        more = len(records) > limit
+        records = records[:limit]
+        return records, (records[-1].id if more and records else None)
+
+    async def verify_audit(self) -> ChainReport:
+        """Walk the audit trail's hash chain (see ``sessiond.store.chain``)."""
+        return await self.store.verify_audit()

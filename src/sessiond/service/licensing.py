@@ -14,7 +14,7 @@ from ..licence import Licence
 from ..models import AuditAction, LicenseType, ServiceType
 from ..settings import Settings
 from ..store import AuditRecord, SeatRequest, SessionRecord, Store, UserRecord
-from .common import Clock, session_audit
+from .common import Actor, Clock, change_audit, session_audit
 
 log = logging.getLogger("sessiond.service")
 
@@ -84,7 +84,7 @@ class Licensing:
             displaced_audit=displaced,
         )
 
-    async def install_file(self, path: str | None = None) -> Licence:
+    async def install_file(self, path: str | None = None, actor: Actor | None = None) -> Licence:
         """Check a licence file and make it the installation's licence (every node reads it
         from the store). A bad, expired or wrongly signed file changes nothing."""
         source = path or self.settings.licence_file
@@ -94,14 +94,26 @@ class Licensing:
             data = await asyncio.to_thread(_read_head, source, licences.MAX_LICENCE_BYTES + 1)
         except OSError as exc:
             raise LicenceInvalid(f"cannot read licence file {source}: {exc.strerror}") from None
-        return await self.install(data, source=f"licence file {source}")
+        return await self.install(data, source=f"licence file {source}", actor=actor)
 
-    async def install(self, data: bytes | str, *, source: str = "licence") -> Licence:
+    async def install(
+        self, data: bytes | str, *, source: str = "licence", actor: Actor | None = None
+    ) -> Licence:
         now = self.clock()
         licence = licences.parse(data, public_key=self._public_key, now=now, source=source)
-        await self.store.install_licence(licence, now)
+        record = change_audit(
+            AuditAction.LICENCE_INSTALLED,
+            now,
+            actor or Actor.system(),
+            details={
+                **licence.to_dict(),
+                "source": source,
+            },
+        )
+        changed = await self.store.install_licence(licence, now, record)
         self.licence = licence
-        log.info("licence %s for %s installed", licence.id, licence.licensee)
+        if changed:
+            log.info("licence %s for %s installed", licence.id, licence.licensee)
         for warning in await self.warnings():
             log.warning("%s", warning)
         return licence

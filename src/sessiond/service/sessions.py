@@ -9,12 +9,23 @@ recorded as SessionExpired and reported as not open.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from ..errors import PermissionDenied, SessionExpired, SessionNotFound, TokenSignatureInvalid
+from ..errors import (
+    PermissionDenied,
+    RequestError,
+    ServiceUnavailable,
+    SessionExpired,
+    SessionNotFound,
+    TokenSignatureInvalid,
+)
 from ..keys import KeyRing
 from ..models import AuditAction, LicenseType
 from ..settings import Settings
@@ -22,6 +33,8 @@ from ..store import (
     AuditRecord,
     SessionDecision,
     SessionFilter,
+    SessionOrder,
+    SessionQuery,
     SessionRecord,
     Store,
     Transaction,
@@ -32,6 +45,7 @@ from .state import SessionState
 
 VERIFIED_TOKENS_KEPT = 10_000
 SWEEP_BATCH = 500
+PAGE_LIMIT = 1000  # sessions in one page of a list
 log = logging.getLogger("sessiond.service")
 
 
@@ -148,14 +162,23 @@ class Sessions:
             self._toucher = asyncio.create_task(self._write_touches(), name="sessiond-touches")
 
     async def _write_touches(self) -> None:
+        failing = 0
         while self._touches:
             batch, self._touches = self._touches, {}
             try:
                 await self.store.touch_sessions(batch)
-            except Exception:
-                log.exception("writing %d last-activity touches failed; retrying", len(batch))
+                failing = 0
+            except Exception as exc:
+                # Keep them (a later touch of the same session wins) and try again; while the
+                # store is down, say so every half minute rather than every second.
                 for session_id, at in batch.items():
                     self._touches.setdefault(session_id, at)
+                if failing % 30 == 0:
+                    if isinstance(exc, ServiceUnavailable):
+                        log.warning("%d last-activity touches wait: %s", len(batch), exc.message)
+                    else:
+                        log.exception("writing %d last-activity touches failed", len(batch))
+                failing += 1
                 await asyncio.sleep(1)
 
     async def flush_touches(self) -> None:
@@ -249,16 +272,68 @@ class Sessions:
             if len(found) < SWEEP_BATCH:
                 return total
 
+    async def page(
+        self,
+        actor: Actor,
+        query: SessionQuery,
+        cursor: str | None = None,
+        limit: int = PAGE_LIMIT,
+    ) -> tuple[list[SessionRecord], str | None]:
+        """One page of open sessions matching ``query`` (its filters and order), after
+        ``cursor``; and the cursor of the next page (None: this was the last). A regular user
+        sees only their own sessions."""
+        if not actor.is_administrator:
+            if query.user_id is not None and query.user_id != actor.id:
+                raise PermissionDenied("only an administrator may list another user's sessions")
+            query = replace(query, user_id=actor.id)
+        limit = max(1, min(limit, PAGE_LIMIT))
+        now = self.clock()
+        query = replace(
+            query,
+            open_at=now,
+            active_since=self.state.active_since(now),
+            after=_read_cursor(cursor, query.order) if cursor else None,
+            limit=limit + 1,
+        )
+        records = list(await self.store.list_sessions(query))
+        more = len(records) > limit
+        records = records[:limit]
+        next_cursor = _write_cursor(records[-1], query.order) if more and records else None
+        return [r for r in records if self.ended(r, now) is None], next_cursor
+
     async def list_sessions(
         self, actor: Actor, user_id: UUID | None = None
     ) -> Sequence[SessionRecord]:
-        """Open sessions (of one user); a regular user sees only their own."""
-        if not actor.is_administrator:
-            if user_id is not None and user_id != actor.id:
-                raise PermissionDenied("only an administrator may list another user's sessions")
-            user_id = actor.id
-        now = self.clock()
-        records = await self.store.list_sessions(
-            user_id, open_at=now, active_since=self.state.active_since(now)
-        )
-        return [r for r in records if self.ended(r, now) is None]
+        """Every open session (of one user), oldest first, read a page at a time."""
+        out: list[SessionRecord] = []
+        cursor = None
+        while True:
+            page, cursor = await self.page(actor, SessionQuery(user_id=user_id), cursor)
+            out.extend(page)
+            if cursor is None:
+                return out
+
+
+def _write_cursor(record: SessionRecord, order: SessionOrder) -> str:
+    key = _order_value(record, order)
+    text = key.isoformat() if isinstance(key, datetime) else key
+    raw = json.dumps([text, str(record.id)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str, order: SessionOrder) -> tuple[Any, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        text, session_id = json.loads(raw)
+        key: Any = str(text) if order == "user_name" else datetime.fromisoformat(text)
+        return key, UUID(session_id)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"the page cursor {cursor[:40]!r} is not one this server gave") from exc
+
+
+def _order_value(record: SessionRecord, order: SessionOrder) -> Any:
+    if order == "last_activity":
+        return record.last_activity
+    if order == "user_name":
+        return record.token.user_name
+    return record.token.created

@@ -12,9 +12,10 @@ it is at the step that acts on it:
    expiry, licence — and write the session with the rights the row has now, taking its seat.
 
 Before the right password is shown, every refusal is the same ``invalid_credentials`` answer,
-after the same work (a decoy hash where no real one is checked): an unknown login, a wrong
-password, a blocked user, a user whose login type is None or not configured here. Details
-(blocked until when, password expired, licence full) come only after the right password.
+after the same work (a decoy hash where no real one is checked) and no sooner than the same
+floor (:mod:`.pacing`): an unknown login, a wrong password, a blocked user, a user whose login
+type is None or not configured here. Details (blocked until when, password expired, licence
+full) come only after the right password.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from uuid import UUID, uuid4
 
-from .. import passwords
+from .. import metrics, passwords
 from ..auth import Authenticator, Identity, PasswordCredentials, PlatformAuthenticator
 from ..auth.negotiate import NegotiateAcceptor
 from ..errors import (
@@ -51,9 +52,10 @@ from ..models import AuditAction, ClientInfo, LoginType
 from ..settings import Settings
 from ..store import AuditRecord, SessionRecord, SignInAttempt, Store, Transaction, UserRecord
 from ..token import SessionToken
-from .common import Actor, Clock, login_failed, user_blocked
+from .common import Actor, Clock, change_audit, login_failed, user_blocked
 from .licensing import Licensing
 from .lockout import CLEARED, Lockout, Slot
+from .pacing import RefusalPace
 from .sessions import Sessions
 from .users import Users
 
@@ -107,20 +109,25 @@ class SignIn:
             weakref.WeakValueDictionary()
         )
         self._waiting: Counter[UUID] = Counter()
+        self.pace = RefusalPace()
 
     # --- the calls -----------------------------------------------------------------------
 
     async def open_session(
         self, credentials: PasswordCredentials, client: ClientInfo, client_address: str | None
     ) -> SessionToken:
-        user = await self.users.find(credentials)
-        if user is None:
-            identity, kind = await self._verify_unmapped(credentials, client_address)
-            user = await self._provision(identity, kind, client_address)
-            checked = Checked(user, identity)
-        else:
-            checked = await self._check(user, credentials, client_address)
-        return await self._admit(checked, checked.user.login_type, client, client_address)
+        self.pace.begin()
+        with metrics.sign_in() as counted:  # counts the outcome, by the user's login type
+            user = await self.users.find(credentials)
+            if user is None:
+                identity, kind = await self._verify_unmapped(credentials, client_address)
+                user = await self._provision(identity, kind, client_address)
+                checked = Checked(user, identity)
+            else:
+                counted.login_type = user.login_type
+                checked = await self._check(user, credentials, client_address)
+            counted.login_type = checked.user.login_type
+            return await self._admit(checked, checked.user.login_type, client, client_address)
 
     async def open_session_negotiate(
         self,
@@ -132,6 +139,16 @@ class SignIn:
         """Integrated Windows sign-in (SPNEGO: Kerberos, or NTLM as the fallback). Returns the
         session and the acceptor's last token (mutual authentication), or raises
         :class:`NegotiateRequired` with the challenge when the exchange needs another leg."""
+        with metrics.sign_in(LoginType.WINDOWS):  # a challenge is not an outcome
+            return await self._negotiate(token, handshake_id, client, client_address)
+
+    async def _negotiate(
+        self,
+        token: bytes | None,
+        handshake_id: str | None,
+        client: ClientInfo,
+        client_address: str | None,
+    ) -> tuple[SessionToken, bytes | None]:
         names = self.users.windows_names
         if self.negotiate is None or names is None:
             raise NotConfigured(
@@ -174,6 +191,7 @@ class SignIn:
         """A platform user changes their own password (also once it has expired). Their other
         sessions end (all of them without ``current_session``), unless the security options
         keep them."""
+        self.pace.begin()
         security = self.settings.security
         passwords.check_rules(new_password, security)  # the same for every login: tells nothing
         credentials = PasswordCredentials(login, old_password)
@@ -202,8 +220,9 @@ class SignIn:
                     row.id, password_hash=new_hash, password_changed=now, **CLEARED
                 )
                 await tx.add_password_history(row.id, new_hash, now)
+                actor = Actor(row.id, row.name, row.access_level, current_session, client_address)
+                await tx.add_audit(change_audit(AuditAction.PASSWORD_CHANGED, now, actor, row))
                 if not security.keep_other_sessions_on_password_change:
-                    actor = Actor(row.id, row.name, row.access_level, current_session)
                     await self.sessions.end_user_sessions(
                         tx, row.id, actor, AuditAction.LOGOUT, "password changed",
                         except_session=current_session,
@@ -239,6 +258,8 @@ class SignIn:
             await asyncio.shield(
                 self._count_failure(user, attempt, client_address, exc.reason or exc.message)
             )
+            self.pace.checked()
+            await self.pace.hold()
             raise InvalidCredentials(WRONG) from None
         except BaseException:  # the domain is down, the request went away: nothing was shown
             await asyncio.shield(self._release(attempt, user.id, right=False))
@@ -304,6 +325,7 @@ class SignIn:
         work: a hash verified, a LoginFailed record written."""
         await self.platform.burn(credentials.password)
         await self._audit(user, credentials.display, client_address, reason)
+        await self.pace.hold()
         raise InvalidCredentials(WRONG, reason=reason)
 
     # --- 3. settle -----------------------------------------------------------------------
@@ -530,6 +552,7 @@ class SignIn:
         except InvalidCredentials as exc:
             reason = f"unknown login; {kind.wire}: {exc.reason or exc.message}"
             await self._audit(None, credentials.display, client_address, reason)
+            await self.pace.hold()
             raise InvalidCredentials(WRONG) from None
         return identity, kind
 

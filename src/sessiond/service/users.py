@@ -22,7 +22,7 @@ from ..models import AccessLevel, AuditAction, LicenseType, LoginType
 from ..settings import Settings
 from ..store import Store, Transaction, UserRecord
 from ..store.codec import SEAT_NAMES
-from .common import Actor, Clock, require_admin, user_blocked
+from .common import Actor, Clock, change_audit, require_admin, user_blocked, user_fields
 from .lockout import CLEARED, Lockout
 from .sessions import Sessions
 
@@ -121,7 +121,10 @@ class Users:
         access_level: AccessLevel = AccessLevel.REGULAR,
         login_type: LoginType = LoginType.PLATFORM,
         account: str | None = None,
+        one_time_password: bool = False,
     ) -> UserRecord:
+        """Add a user (a password only for platform users; ``one_time_password``: it must be
+        changed before it signs anyone in)."""
         require_admin(actor, "add users")
         login = login.strip()
         if not login:
@@ -143,13 +146,38 @@ class Users:
             login_type=login_type,
             account=account,
             password_hash=password_hash,
-            password_changed=now if password_hash else None,
+            password_changed=now if password_hash and not one_time_password else None,
         )
-        await self.store.add_user(user)
-        if password_hash:
-            async with self.store.write() as tx:
+        async with self.store.write() as tx:
+            await tx.add_user(user)
+            if password_hash:
                 await tx.add_password_history(user.id, password_hash, now)
+            await tx.add_audit(
+                change_audit(AuditAction.USER_CREATED, now, actor, user, user_fields(user))
+            )
         return user
+
+    async def remove_user(self, actor: Actor, login: str) -> UserRecord:
+        """Remove a user: their sessions end, their row and password history go. The audit
+        trail keeps every record about them (each carries their id and name), and a
+        UserRemoved record says who removed whom; the login is free again for a new user, who
+        gets a new id."""
+        require_admin(actor, "remove users")
+        user = await self.get_user_by_login(login)
+        now = self.clock()
+        async with self.store.write() as tx:
+            row = await self._lock(tx, user.id, demoting=True)
+            if actor.id == row.id:
+                raise Conflict("an administrator cannot remove their own user")
+            await self._keep_an_administrator(tx, row, None)
+            await self.sessions.end_user_sessions(
+                tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN, "user removed"
+            )
+            await tx.delete_user(row.id)
+            await tx.add_audit(
+                change_audit(AuditAction.USER_REMOVED, now, actor, row, user_fields(row))
+            )
+        return row
 
     async def update_user(
         self,
@@ -182,6 +210,7 @@ class Users:
             changes["time_zone_utc_offset"] = time_zone_utc_offset
         if not changes:
             return user
+        now = self.clock()
         async with self.store.write() as tx:
             row = await self._lock(tx, user.id, demoting="access_level" in changes or login_type)
             rights = any(
@@ -190,6 +219,7 @@ class Users:
             )
             updated = await tx.update_user(row.id, **changes)
             await self._keep_an_administrator(tx, row, updated)
+            await self._record_change(tx, now, actor, row, updated)
             if rights:
                 # A session carries the rights it was opened with: end them with the change.
                 await self.sessions.end_user_sessions(
@@ -209,6 +239,7 @@ class Users:
         async with self.store.write() as tx:
             row = await self._lock(tx, user.id, demoting=blocked)
             if not blocked:
+                await tx.add_audit(change_audit(AuditAction.USER_UNBLOCKED, now, actor, row))
                 return await tx.update_user(row.id, blocked=False, blocked_due_date=None, **CLEARED)
             updated = await tx.update_user(row.id, blocked=True, blocked_due_date=until)
             await self._keep_an_administrator(tx, row, updated)
@@ -235,6 +266,7 @@ class Users:
                 row.id, password_hash=password_hash, password_changed=now, **CLEARED
             )
             await tx.add_password_history(row.id, password_hash, now)
+            await tx.add_audit(change_audit(AuditAction.PASSWORD_RESET, now, actor, row))
             await self.sessions.end_user_sessions(
                 tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN, "password reset"
             )
@@ -259,6 +291,7 @@ class Users:
                         f"{SEAT_NAMES[license_type]} licences are given out"
                     )
             updated = await tx.update_user(row.id, **{_PERSONAL_FIELDS[license_type]: holds})
+            await self._record_change(tx, self.clock(), actor, row, updated)
             if not holds:
                 await self.sessions.end_user_sessions(
                     tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
@@ -274,25 +307,23 @@ class Users:
         """
         if await self.store.count_users():
             return None
-        password = self.settings.admin_password
+        password = self.settings.admin_password_value
         generated = password is None
         if password is None:
             password = secrets.token_urlsafe(15)
         try:
+            # A generated password has been printed on a console: it must be changed at the
+            # first sign-in.
             user = await self.add_user(
                 Actor.system(),
                 self.settings.admin_login,
                 name="Administrator",
                 password=password,
                 access_level=AccessLevel.ADMINISTRATOR,
+                one_time_password=generated,
             )
         except Conflict:  # another node created it meanwhile
             return None
-        if generated:
-            # A generated password has been printed on a console: it must be changed at the
-            # first sign-in (a password never "changed" is a one-time password).
-            async with self.store.write() as tx:
-                user = await tx.update_user(user.id, password_changed=None)
         return user, (password if generated else None)
 
     # --- the rules -----------------------------------------------------------------------
@@ -308,11 +339,28 @@ class Users:
             raise NotFound(f"no user with id {user_id}")
         return row
 
+    @staticmethod
+    async def _record_change(
+        tx: Transaction, now: datetime, actor: Actor, before: UserRecord, after: UserRecord
+    ) -> None:
+        """A UserChanged record listing each changed field as [before, after]."""
+        changes = {
+            name: [_plain(getattr(before, name)), _plain(getattr(after, name))]
+            for name in _RECORDED_FIELDS
+            if getattr(before, name) != getattr(after, name)
+        }
+        if changes:
+            await tx.add_audit(
+                change_audit(AuditAction.USER_CHANGED, now, actor, after, {"changes": changes})
+            )
+
     async def _keep_an_administrator(
-        self, tx: Transaction, before: UserRecord, after: UserRecord
+        self, tx: Transaction, before: UserRecord, after: UserRecord | None
     ) -> None:
         now = self.clock()
-        if not self._can_administer(before, now) or self._can_administer(after, now):
+        if not self._can_administer(before, now):
+            return
+        if after is not None and self._can_administer(after, now):
             return
         others = [
             u
@@ -332,3 +380,19 @@ class Users:
             and user.login_type != LoginType.NONE
             and not Lockout.blocked(user, now)
         )
+
+
+_RECORDED_FIELDS = (
+    "login",
+    "name",
+    "access_level",
+    "login_type",
+    "account",
+    "time_zone_utc_offset",
+    "personal_client",
+    "personal_web",
+)
+
+
+def _plain(value: Any) -> Any:
+    return value.wire if isinstance(value, AccessLevel | LoginType) else value

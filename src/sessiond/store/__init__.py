@@ -4,24 +4,32 @@ from __future__ import annotations
 
 from ..errors import SettingsError
 from .base import (
+    AuditQuery,
     AuditRecord,
     BuildInfo,
     SeatRequest,
     SessionDecision,
     SessionFilter,
+    SessionOrder,
+    SessionQuery,
     SessionRecord,
     SignInAttempt,
     Store,
     Transaction,
     UserRecord,
 )
+from .chain import ChainReport
 
 __all__ = [
+    "AuditQuery",
     "AuditRecord",
     "BuildInfo",
+    "ChainReport",
     "SeatRequest",
     "SessionDecision",
     "SessionFilter",
+    "SessionOrder",
+    "SessionQuery",
     "SessionRecord",
     "SignInAttempt",
     "Store",
@@ -31,13 +39,16 @@ __all__ = [
 ]
 
 
-def create_store(url: str) -> Store:
-    """``sqlite+aiosqlite:///path`` (embedded default) or ``postgresql+asyncpg://...``."""
+def create_store(url: str, *, create: bool = True) -> Store:
+    """``sqlite+aiosqlite:///path`` (embedded default) or ``postgresql+asyncpg://...``.
+
+    ``create=False``: make nothing on disk (no SQLite folder or file); for commands that work
+    on an existing store, which check it first (:func:`.existing.require_store`)."""
     scheme = url.split(":", 1)[0]
     if scheme.startswith("sqlite"):
         from .sqlite import create_sqlite_store
 
-        return create_sqlite_store(url)
+        return create_sqlite_store(url, create=create)
     if scheme in ("postgresql+asyncpg", "postgresql"):
         from .postgres import create_postgres_store
 

@@ -15,12 +15,21 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from ..licence import Licence
-from ..models import AccessLevel, AuditAction, ConfigurationInfo, LicenseType, LoginType
+from ..models import (
+    AccessLevel,
+    AuditAction,
+    ConfigurationInfo,
+    DeviceType,
+    LicenseType,
+    LoginType,
+    ServiceType,
+)
 from ..token import SessionToken
+from .chain import ChainReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,45 @@ class SessionFilter:
 SessionDecision = Callable[[SessionRecord], AuditRecord | None]
 
 
+SessionOrder = Literal["created", "last_activity", "user_name"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    """A page of a session list: filters, an order, and a keyset cursor (the sort value and
+    id of the last session of the previous page), so that paging through a million sessions
+    never reads more than a page."""
+
+    user_id: UUID | None = None
+    user_name: str | None = None  # starts with, ignoring case
+    license_type: LicenseType | None = None
+    application_id: UUID | None = None
+    service_type: ServiceType | None = None
+    device_type: DeviceType | None = None
+    client_address: str | None = None
+    open_at: datetime | None = None  # only sessions not expired then...
+    active_since: datetime | None = None  # ...and active since then
+    order: SessionOrder = "created"
+    descending: bool = False
+    after: tuple[Any, UUID] | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """A page of the audit trail, oldest first (or newest first), after (or before) an id."""
+
+    actions: tuple[AuditAction, ...] = ()
+    user_id: UUID | None = None
+    user_name: str | None = None  # the user's name as recorded, ignoring case
+    since: datetime | None = None
+    until: datetime | None = None
+    after_id: int | None = None
+    before_id: int | None = None
+    newest_first: bool = False
+    limit: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class SignInAttempt:
     """A password check in progress. It holds one of the user's attempt slots until it is
@@ -134,6 +182,15 @@ class Transaction(ABC):
     they are now; everything written through it commits together or not at all."""
 
     # users
+    @abstractmethod
+    async def add_user(self, user: UserRecord) -> None:
+        """Raises :class:`~sessiond.errors.Conflict` if the login or account is taken."""
+
+    @abstractmethod
+    async def delete_user(self, user_id: UUID) -> None:
+        """Remove the user, their password history and their checks in progress (audit
+        records about them stay: they carry the user's id and name)."""
+
     @abstractmethod
     async def lock_user(self, user_id: UUID) -> UserRecord | None:
         """The user as it is now, locked until the transaction ends."""
@@ -207,10 +264,6 @@ class Store(ABC):
 
     # users
     @abstractmethod
-    async def add_user(self, user: UserRecord) -> None:
-        """Raises :class:`~sessiond.errors.Conflict` if the login or account is taken."""
-
-    @abstractmethod
     async def get_user(self, user_id: UUID) -> UserRecord | None: ...
 
     @abstractmethod
@@ -240,22 +293,17 @@ class Store(ABC):
         """Move the last activity of these sessions forward (never back), in one transaction."""
 
     @abstractmethod
-    async def list_sessions(
-        self,
-        user_id: UUID | None = None,
-        *,
-        open_at: datetime | None = None,
-        active_since: datetime | None = None,
-    ) -> Sequence[SessionRecord]:
-        """Sessions (of one user), oldest first; with ``open_at``, only those not expired
-        then, and with ``active_since`` only those active since then."""
+    async def list_sessions(self, query: SessionQuery | None = None) -> Sequence[SessionRecord]:
+        """One page of sessions, as the query says (every session, oldest first, without)."""
 
     # licences
     @abstractmethod
     async def get_licence(self) -> Licence | None: ...
 
     @abstractmethod
-    async def install_licence(self, licence: Licence, at: datetime) -> None: ...
+    async def install_licence(self, licence: Licence, at: datetime, audit: AuditRecord) -> bool:
+        """Make ``licence`` the installed one, with its audit record; False (nothing written)
+        when that very licence is installed already."""
 
     @abstractmethod
     async def licence_usage(
@@ -268,14 +316,11 @@ class Store(ABC):
     async def add_audit(self, record: AuditRecord) -> None: ...
 
     @abstractmethod
-    async def list_audit(
-        self,
-        *,
-        since: datetime | None = None,
-        action: AuditAction | None = None,
-        after_id: int | None = None,
-        limit: int | None = None,
-    ) -> Sequence[AuditRecord]: ...
+    async def list_audit(self, query: AuditQuery) -> Sequence[AuditRecord]: ...
+
+    @abstractmethod
+    async def verify_audit(self) -> ChainReport:
+        """Walk the whole hash chain; the report names the first bad record."""
 
     # configuration
     @abstractmethod

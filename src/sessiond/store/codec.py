@@ -105,6 +105,8 @@ def audit_values(record: AuditRecord) -> dict[str, Any]:
 
 def audit_from_row(row: sa.Row[Any]) -> AuditRecord:
     data = dict(row._mapping)
+    data.pop("prev_hash", None)
+    data.pop("hash", None)
     data["action"] = AuditAction(data["action"])
     data["details"] = json.loads(data["details"])
     return AuditRecord(**data)

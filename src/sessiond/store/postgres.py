@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from ..errors import ServiceUnavailable
 from .base import BuildInfo, SessionRecord
 from .codec import session_from_mapping
+from .health import unavailable, unreachable
 from .schema import sessions
 from .sql import SqlStore
 
@@ -94,9 +95,13 @@ class PostgresStore(SqlStore):
                 rows = await self._pool.fetch(_SELECT, ids)
                 found = {record.id: record for record in map(_record, rows)}
                 outcome: BaseException | None = None
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("reading sessions failed: %s", exc)
-                found, outcome = {}, ServiceUnavailable(f"the session store failed: {exc}")
+            except Exception as exc:  # every waiting validation gets an answer
+                found = {}
+                if unreachable(exc):
+                    outcome = unavailable(exc)
+                else:
+                    log.warning("reading sessions failed: %s", exc)
+                    outcome = ServiceUnavailable(f"the session store failed: {exc}")
             for session_id, futures in batch.items():
                 for future in futures:
                     if future.done():  # its request went away meanwhile

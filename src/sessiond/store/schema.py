@@ -105,6 +105,10 @@ sessions = sa.Table(
     sa.Index("ix_sessions_user", "user_id"),
     sa.Index("ix_sessions_expires", "expires"),
     sa.Index("ix_sessions_license", "license_type", "expires"),
+    # 0004: the orders the session lists page in
+    sa.Index("ix_sessions_created", "created", "id"),
+    sa.Index("ix_sessions_last_activity", "last_activity", "id"),
+    sa.Index("ix_sessions_user_name", "user_name", "id"),
 )
 
 # 0003: password checks in progress, each holding one of its user's attempt slots
@@ -131,8 +135,22 @@ audit = sa.Table(
     sa.Column("actor_name", sa.String(256)),
     sa.Column("client_address", sa.String(64)),
     sa.Column("details", sa.Text(), nullable=False),
+    # 0004: the hash chain (store/chain.py)
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
     sa.Index("ix_audit_at", "at"),
     sa.Index("ix_audit_session", "session_id"),
+    sa.Index("ix_audit_user", "user_id", "id"),
+    sa.Index("ix_audit_action", "action", "id"),
+)
+
+# 0004: the head of the audit hash chain; its row is locked to append a record
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.SmallInteger(), primary_key=True),
+    sa.Column("last_id", sa.Integer(), nullable=False),
+    sa.Column("last_hash", sa.String(64), nullable=False),
 )
 
 configuration = sa.Table(

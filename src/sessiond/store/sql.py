@@ -18,24 +18,30 @@ from uuid import UUID
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..errors import Conflict, ServiceUnavailable
 from ..licence import Licence
-from ..models import AuditAction, ConfigurationInfo, LicenseType
+from ..models import ConfigurationInfo, LicenseType
 from . import schema
-from .base import AuditRecord, BuildInfo, SessionRecord, Store, UserRecord
+from .base import (
+    AuditQuery,
+    AuditRecord,
+    BuildInfo,
+    SessionQuery,
+    SessionRecord,
+    Store,
+    UserRecord,
+)
+from .chain import ChainReport, walk
 from .codec import (
     LICENCE_COLUMNS,
     PERSONAL_USER_COLUMNS,
     audit_from_row,
-    audit_values,
     key,
     session_from_row,
     user_from_row,
-    user_values,
 )
+from .health import unavailable, unreachable
 from .transaction import SqlTransaction, licence_from_row
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -67,8 +73,10 @@ class SqlStore(Store):
                 conn = await conn.execution_options(sessiond_write=True)
                 async with conn.begin():
                     yield conn
-        except OperationalError as exc:
-            raise ServiceUnavailable(f"the session store is unavailable: {exc.orig}") from None
+        except Exception as exc:
+            if not unreachable(exc):  # OperationalError, a lost connection, a refused one
+                raise
+            raise unavailable(exc) from None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlTransaction]:
@@ -105,17 +113,6 @@ class SqlStore(Store):
         await self.engine.dispose()
 
     # --- users ---------------------------------------------------------------------------
-
-    async def add_user(self, user: UserRecord) -> None:
-        try:
-            async with self._connection(write=True) as conn:
-                await conn.execute(schema.users.insert().values(**user_values(user)))
-        except IntegrityError:
-            raise Conflict(
-                f"a user with login {user.login!r}"
-                + (f" or account {user.account!r}" if user.account else "")
-                + " already exists"
-            ) from None
 
     async def _one_user(self, where: sa.ColumnElement[bool]) -> UserRecord | None:
         async with self._read() as conn:
@@ -172,23 +169,9 @@ class SqlStore(Store):
         async with self._connection(write=True) as conn:
             await conn.execute(statement, [{"sid": k, "at": v} for k, v in touches.items()])
 
-    async def list_sessions(
-        self,
-        user_id: UUID | None = None,
-        *,
-        open_at: datetime | None = None,
-        active_since: datetime | None = None,
-    ) -> Sequence[SessionRecord]:
-        s = schema.sessions
-        query = sa.select(s).order_by(s.c.created, s.c.id)
-        if user_id is not None:
-            query = query.where(s.c.user_id == user_id)
-        if open_at is not None:
-            query = query.where(s.c.expires > open_at)
-        if active_since is not None:
-            query = query.where(s.c.last_activity >= active_since)
+    async def list_sessions(self, query: SessionQuery | None = None) -> Sequence[SessionRecord]:
         async with self._read() as conn:
-            rows = await conn.execute(query)
+            rows = await conn.execute(_session_page(query or SessionQuery()))
         return [session_from_row(r) for r in rows]
 
     # --- licences ------------------------------------------------------------------------
@@ -200,7 +183,7 @@ class SqlStore(Store):
             ).first()
         return licence_from_row(row) if row else None
 
-    async def install_licence(self, licence: Licence, at: datetime) -> None:
+    async def install_licence(self, licence: Licence, at: datetime, audit: AuditRecord) -> bool:
         values: dict[str, Any] = {
             "licence_id": licence.id,
             "licensee": licence.licensee,
@@ -212,12 +195,17 @@ class SqlStore(Store):
             **{column: licence.seats_of(kind) for kind, column in LICENCE_COLUMNS.items()},
         }
         async with self.write() as tx:
-            if await tx.lock_licence() is None:
+            installed = await tx.lock_licence()
+            if installed is None:
                 await tx.conn.execute(schema.licence.insert().values(id=1, **values))
+            elif installed.text == licence.text:
+                return False
             else:
                 await tx.conn.execute(
                     schema.licence.update().where(schema.licence.c.id == 1).values(**values)
                 )
+            await tx.add_audit(audit)
+        return True
 
     async def licence_usage(
         self, now: datetime, active_since: datetime | None
@@ -246,27 +234,36 @@ class SqlStore(Store):
         async with self.write() as tx:
             await tx.add_audit(record)
 
-    async def list_audit(
-        self,
-        *,
-        since: datetime | None = None,
-        action: AuditAction | None = None,
-        after_id: int | None = None,
-        limit: int | None = None,
-    ) -> Sequence[AuditRecord]:
-        a = schema.audit
-        query = sa.select(a).order_by(a.c.id)
-        if since is not None:
-            query = query.where(a.c.at >= since)
-        if action is not None:
-            query = query.where(a.c.action == int(action))
-        if after_id is not None:
-            query = query.where(a.c.id > after_id)
-        if limit is not None:
-            query = query.limit(limit)
+    async def list_audit(self, query: AuditQuery) -> Sequence[AuditRecord]:
         async with self._read() as conn:
-            rows = await conn.execute(query)
+            rows = await conn.execute(_audit_page(query))
         return [audit_from_row(row) for row in rows]
+
+    async def verify_audit(self) -> ChainReport:
+        a, h = schema.audit, schema.audit_head
+
+        async def rows() -> AsyncIterator[Mapping[str, Any]]:
+            after = 0
+            while True:
+                async with self._read() as conn:
+                    page = (
+                        (
+                            await conn.execute(
+                                sa.select(a).where(a.c.id > after).order_by(a.c.id).limit(1000)
+                            )
+                        )
+                        .mappings()
+                        .all()
+                    )
+                for row in page:
+                    yield row
+                if len(page) < 1000:
+                    return
+                after = int(page[-1]["id"])
+
+        async with self._read() as conn:
+            head = (await conn.execute(sa.select(h).where(h.c.id == 1))).one()
+        return await walk(rows(), int(head.last_id), str(head.last_hash))
 
     # --- configuration -------------------------------------------------------------------
 
@@ -291,9 +288,9 @@ class SqlStore(Store):
         audit: AuditRecord,
     ) -> ConfigurationInfo:
         c = schema.configuration
-        async with self._connection(write=True) as conn:
+        async with self.write() as tx:
             row = (
-                await conn.execute(
+                await tx.conn.execute(
                     c.update()
                     .where(c.c.id == 1)
                     .values(
@@ -310,6 +307,69 @@ class SqlStore(Store):
                 )
             ).one()
             info = self._configuration(row)
-            stamped = replace(audit, details={**audit.details, "version": info.version})
-            await conn.execute(schema.audit.insert().values(**audit_values(stamped)))
+            await tx.add_audit(replace(audit, details={**audit.details, "version": info.version}))
         return info
+
+
+_SESSION_ORDERS = {
+    "created": schema.sessions.c.created,
+    "last_activity": schema.sessions.c.last_activity,
+    "user_name": schema.sessions.c.user_name,
+}
+
+
+def _session_page(q: SessionQuery) -> sa.Select[Any]:
+    s = schema.sessions
+    query = sa.select(s)
+    exact = {
+        s.c.user_id: q.user_id,
+        s.c.license_type: int(q.license_type) if q.license_type is not None else None,
+        s.c.application_id: q.application_id,
+        s.c.service_type: int(q.service_type) if q.service_type is not None else None,
+        s.c.device_type: int(q.device_type) if q.device_type is not None else None,
+        s.c.client_address: q.client_address,
+    }
+    for column, value in exact.items():
+        if value is not None:
+            query = query.where(column == value)
+    if q.user_name:
+        query = query.where(sa.func.lower(s.c.user_name).like(_prefix(q.user_name), escape="\\"))
+    if q.open_at is not None:
+        query = query.where(s.c.expires > q.open_at)
+    if q.active_since is not None:
+        query = query.where(s.c.last_activity >= q.active_since)
+    key = _SESSION_ORDERS[q.order]
+    if q.after is not None:
+        cursor = sa.tuple_(key, s.c.id)
+        query = query.where(cursor < q.after if q.descending else cursor > q.after)
+    if q.descending:
+        query = query.order_by(key.desc(), s.c.id.desc())
+    else:
+        query = query.order_by(key, s.c.id)
+    return query.limit(q.limit) if q.limit is not None else query
+
+
+def _prefix(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _audit_page(q: AuditQuery) -> sa.Select[Any]:
+    a = schema.audit
+    query = sa.select(a)
+    if q.actions:
+        query = query.where(a.c.action.in_([int(action) for action in q.actions]))
+    if q.user_id is not None:
+        query = query.where(a.c.user_id == q.user_id)
+    if q.user_name:
+        query = query.where(sa.func.lower(a.c.user_name) == q.user_name.lower())
+    if q.since is not None:
+        query = query.where(a.c.at >= q.since)
+    if q.until is not None:
+        query = query.where(a.c.at < q.until)
+    if q.after_id is not None:
+        query = query.where(a.c.id > q.after_id)
+    if q.before_id is not None:
+        query = query.where(a.c.id < q.before_id)
+    query = query.order_by(a.c.id.desc() if q.newest_first else a.c.id)
+    return query.limit(q.limit) if q.limit is not None else query

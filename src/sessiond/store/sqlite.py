@@ -12,6 +12,7 @@ data_version``, which any commit by any other connection or process moves): exac
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from ..errors import SettingsError, StoreMissing
+from ..settings import hide_password
 from .base import SessionRecord
 from .codec import session_from_mapping
 from .schema import sessions
@@ -35,10 +38,27 @@ SESSIONS_KEPT = 10_000
 READER_BUSY_TIMEOUT_MS = 50  # the event loop waits at most this long on a locked database
 
 
-def create_sqlite_store(url: str) -> SqlStore:
+#: How a message about the database file says where to point sessiond instead.
+_POINT = "point data_dir (--data-dir, SESSIOND_DATA_DIR) or database_url"
+
+
+def create_sqlite_store(url: str, *, create: bool = True) -> SqlStore:
+    """The store in the SQLite file ``url`` names.
+
+    ``create``: make its folder (0700) and the file (0600) when they are missing, and check
+    that both can be written, so that an unusable place is one clear :class:`SettingsError`.
+    Without ``create`` (administrative commands) nothing is made: a missing file is
+    :class:`StoreMissing`."""
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        database = Path(parsed.database)
+        if create:
+            _prepare(database)
+        elif not database.is_file():
+            raise StoreMissing(
+                f"no sessiond database at {database} ({hide_password(url)}): {_POINT} at the "
+                "server's store, or create one with 'sessiond init'"
+            )
     engine = create_async_engine(url, pool_size=8, max_overflow=8)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -58,6 +78,43 @@ def create_sqlite_store(url: str) -> SqlStore:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return SqliteStore(engine, parsed.database)
+
+
+def _prepare(database: Path) -> None:
+    """Make the database's folder and file, or say in one line why they cannot be made."""
+    folder = database.parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SettingsError(
+            f"cannot use {folder} as the data folder: it exists and is not a folder; {_POINT} "
+            "at a folder"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"cannot create the data folder {folder}: {exc.strerror}; {_POINT} at a folder this "
+            "account can write"
+        ) from None
+    if not folder.is_dir():
+        raise SettingsError(
+            f"cannot use {folder} as the data folder: it is not a folder; {_POINT} at a folder"
+        )
+    try:
+        # The file SQLite would create, made here so that a folder it cannot write (a read-only
+        # file system, another account's folder) shows now, as one line, not at the first write.
+        fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise SettingsError(
+            f"cannot create or write the database {database}: {exc.strerror}; {_POINT} at a "
+            "folder this account can write"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        # SQLite writes its -wal and -shm files beside the database.
+        raise SettingsError(
+            f"cannot write in the data folder {folder} (SQLite keeps its -wal and -shm files "
+            f"there); {_POINT} at a folder this account can write"
+        )
 
 
 _COLUMNS = [c.name for c in sessions.columns]
@@ -115,9 +172,9 @@ class SqliteStore(SqlStore):
             return await super().get_session(session_id)
         try:
             return self._read_session(session_id)
-        except sqlite3.OperationalError:
+        except sqlite3.DatabaseError:
             # Busy (a checkpoint or recovery holds a lock): wait in a worker thread instead
-            # of on the event loop.
+            # of on the event loop; any other failure is answered there as every read's is.
             return await super().get_session(session_id)
 
     def _read_session(self, session_id: UUID) -> SessionRecord | None:

@@ -29,6 +29,7 @@ from .base import (
     Transaction,
     UserRecord,
 )
+from .chain import record_hash
 from .codec import (
     LICENCE_COLUMNS,
     PERSONAL_USER_COLUMNS,
@@ -38,6 +39,7 @@ from .codec import (
     session_values,
     user_changes,
     user_from_row,
+    user_values,
 )
 
 u, s, a = schema.users, schema.sessions, schema.audit
@@ -48,6 +50,21 @@ class SqlTransaction(Transaction):
         self.conn = conn
 
     # --- users ---------------------------------------------------------------------------
+
+    async def add_user(self, user: UserRecord) -> None:
+        try:
+            async with self.conn.begin_nested():
+                await self.conn.execute(u.insert().values(**user_values(user)))
+        except IntegrityError:
+            raise Conflict(
+                f"a user with login {user.login!r}"
+                + (f" or account {user.account!r}" if user.account else "")
+                + " already exists"
+            ) from None
+
+    async def delete_user(self, user_id: UUID) -> None:
+        # Password history and checks in progress go with the user (ON DELETE CASCADE).
+        await self.conn.execute(u.delete().where(u.c.id == user_id))
 
     async def lock_user(self, user_id: UUID) -> UserRecord | None:
         query = sa.select(u).where(u.c.id == user_id).with_for_update()
@@ -183,7 +200,19 @@ class SqlTransaction(Transaction):
     # --- audit ---------------------------------------------------------------------------
 
     async def add_audit(self, record: AuditRecord) -> None:
-        await self.conn.execute(a.insert().values(**audit_values(record)))
+        """Append to the hash chain: lock its head, take the next id, hash, insert, move the
+        head. The head stays locked until the transaction ends, so records are chained in
+        the order their transactions commit, on every node."""
+        h = schema.audit_head
+        head = (await self.conn.execute(sa.select(h).where(h.c.id == 1).with_for_update())).one()
+        values = audit_values(record)
+        values["id"] = head.last_id + 1
+        values["prev_hash"] = head.last_hash
+        values["hash"] = record_hash(head.last_hash, values)
+        await self.conn.execute(a.insert().values(**values))
+        await self.conn.execute(
+            h.update().where(h.c.id == 1).values(last_id=values["id"], last_hash=values["hash"])
+        )
 
 
 def _select_sessions(which: SessionFilter) -> sa.Select[Any]:

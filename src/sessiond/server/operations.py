@@ -1,0 +1,147 @@
+"""Routes for operators and their tools: liveness, readiness, metrics, and the API page.
+
+- ``GET /api/v1/health/live``: the process answers; nothing else is asked (not the store).
+- ``GET /api/v1/health/ready``: the store answers and its schema is this sessiond's
+  (:func:`~sessiond.store.health.readiness`); ``503 service_unavailable`` otherwise.
+- ``GET /metrics``: Prometheus text format (:mod:`sessiond.metrics`), unless the ``metrics``
+  setting is off (then there is no such route); only from ``metrics_allow`` when that is set.
+- ``GET /api/v1/docs``: Swagger UI, with its script and style served from the package
+  (``static/swagger-ui``), so the page needs no other server.
+
+The combined ``GET /api/v1/health`` (the process answers and can read its store) stays in
+:mod:`.routes`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import metrics
+from ..errors import ServiceUnavailable
+from ..service import SessionService
+from ..settings import Settings
+from ..store.health import readiness
+from .addresses import Network, networks
+from .schemas import ErrorBody
+
+LIVE_PATH = "/api/v1/health/live"
+READY_PATH = "/api/v1/health/ready"
+METRICS_PATH = "/metrics"
+DOCS_PATH = "/api/v1/docs"
+STATIC_PATH = "/api/v1/docs/static"
+STATIC_DIR = Path(__file__).parent / "static" / "swagger-ui"
+#: The files of STATIC_DIR the API page uses; nothing else there is served.
+STATIC_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+
+router = APIRouter(redirect_slashes=False)
+
+
+def _service(request: Request) -> SessionService:
+    service: SessionService = request.app.state.service
+    return service
+
+
+@router.get(
+    LIVE_PATH,
+    summary="Liveness: the process answers (the store is not asked)",
+    description='Always `200 {"Status":"ok"}` while the process can answer at all. Restart the '
+    "process when it does not; an unreachable store is not a reason (see /health/ready).",
+)
+async def live() -> JSONResponse:
+    return JSONResponse({"Status": "ok"})
+
+
+@router.get(
+    READY_PATH,
+    summary="Readiness: the store answers and its schema is current",
+    description="`200` when the store can be read and its schema is at the revision this "
+    "sessiond needs; otherwise `503 service_unavailable` with `details.reason` "
+    "(`store_unreachable`, `schema_not_current`). Send traffic to a node only while it is ready.",
+    responses={503: {"model": ErrorBody}},
+)
+async def ready(request: Request) -> JSONResponse:
+    service = _service(request)
+    engine = getattr(service.store, "engine", None)
+    if engine is None:  # a store without a database behind it
+        return JSONResponse({"Status": "ready", "SchemaRevision": None})
+    result = await readiness(engine)
+    if not result.ready:
+        details: dict[str, Any] = {"reason": result.reason}
+        if result.reason == "schema_not_current":
+            details["SchemaRevision"] = ", ".join(result.revisions) or None
+            details["ExpectedRevision"] = ", ".join(result.expected)
+        error = ServiceUnavailable(result.message, details=details)
+        return JSONResponse(error.to_dict(), status_code=error.status)
+    return JSONResponse({"Status": "ready", "SchemaRevision": ", ".join(result.revisions)})
+
+
+def _allowed(host: str, allowed: list[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in allowed)
+
+
+def _metrics_route(settings: Settings) -> Any:
+    allowed = networks(settings.metrics_allow)
+
+    async def scrape(request: Request) -> Response:
+        # The client address is the settled one (trusted_proxies applied), as everywhere.
+        if allowed and not _allowed(request.client.host if request.client else "", allowed):
+            body = {
+                "error": {
+                    "code": "address_not_allowed",
+                    "message": "this address may not read the metrics (metrics_allow)",
+                }
+            }
+            return JSONResponse(body, status_code=403)
+        await metrics.refresh(_service(request))
+        content, media_type = metrics.exposition()
+        return Response(content, media_type=media_type)
+
+    return scrape
+
+
+def _docs_page(openapi_url: str) -> Any:
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title="sessiond - API",
+            swagger_js_url=f"{STATIC_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{STATIC_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{STATIC_PATH}/favicon-32x32.png",
+            # No validator badge: it would send the document to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    return docs
+
+
+async def _static(name: str) -> FileResponse:
+    if name not in STATIC_FILES:
+        raise StarletteHTTPException(404, detail="no such route")
+    return FileResponse(STATIC_DIR / name)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Add the operators' routes to ``app`` (which must have its ``openapi_url``)."""
+    app.include_router(router)
+    if settings.metrics:
+        app.add_api_route(
+            METRICS_PATH, _metrics_route(settings), methods=["GET"], include_in_schema=False
+        )
+    assert app.openapi_url is not None
+    app.add_api_route(
+        DOCS_PATH, _docs_page(app.openapi_url), methods=["GET"], include_in_schema=False
+    )
+    app.add_api_route(f"{STATIC_PATH}/{{name}}", _static, methods=["GET"], include_in_schema=False)

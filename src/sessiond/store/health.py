@@ -1,0 +1,163 @@
+"""What operators ask of the database: can it be reached, is its schema this sessiond's, and
+how many sessions are open.
+
+:func:`unreachable` is the one rule for "the database cannot be reached": the store maps every
+such failure to :class:`~sessiond.errors.ServiceUnavailable` (``503 service_unavailable``)
+with it, whichever driver or layer raised it. :func:`readiness` backs
+``GET /api/v1/health/ready``; :func:`open_sessions` backs the ``sessiond_open_sessions`` gauge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import ServiceUnavailable
+from ..models import LicenseType
+from . import schema
+
+log = logging.getLogger("sessiond.store")
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+#: How long the readiness check waits for the database before it answers "not ready".
+READY_TIMEOUT = 5.0
+#: While the store stays unreachable, the log says so at most once per this many seconds.
+LOG_EVERY = 10.0
+_last_logged = -LOG_EVERY
+
+
+def _driver_unreachable(exc: BaseException) -> bool:
+    """An error of a database driver that means the server is gone, not that a statement
+    failed. asyncpg is looked up only if something already imported it (SQLite needs none)."""
+    if isinstance(exc, OSError):  # refused, reset, unknown host, connect timeout
+        return True
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return False
+    errors = asyncpg.exceptions
+    return isinstance(
+        exc,
+        (
+            errors.PostgresConnectionError,  # class 08, ConnectionDoesNotExistError included
+            errors.InterfaceError,  # "connection is closed" and the like, on the client side
+            errors.CannotConnectNowError,  # starting up, shutting down
+            errors.AdminShutdownError,
+            errors.CrashShutdownError,
+            errors.TooManyConnectionsError,
+        ),
+    )
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached (or is refusing connections),
+    whether SQLAlchemy wrapped it or the driver raised it as it is."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError):
+        return True  # SQLite's "unable to open", "locked"; a pool with no connection to give
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        return orig is not None and (
+            _driver_unreachable(orig)
+            or (orig.__cause__ is not None and _driver_unreachable(orig.__cause__))
+        )
+    return _driver_unreachable(exc)
+
+
+def unavailable(exc: BaseException) -> ServiceUnavailable:
+    """The answer to a request the store could not serve because it cannot be reached. The
+    caller learns only that; the log gets the cause (at most once per :data:`LOG_EVERY`)."""
+    global _last_logged
+    now = time.monotonic()
+    if now - _last_logged >= LOG_EVERY:
+        _last_logged = now
+        cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
+        log.warning("the store cannot be reached: %s: %s", type(cause).__name__, cause)
+    return ServiceUnavailable("the session store is unavailable; try again shortly")
+
+
+@functools.cache
+def expected_revisions() -> tuple[str, ...]:
+    """The head revision(s) of the migrations shipped with this sessiond."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return tuple(sorted(ScriptDirectory.from_config(config).get_heads()))
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    #: ``ready``, ``store_unreachable``, ``schema_not_current``
+    reason: str
+    message: str
+    revisions: tuple[str, ...] = ()
+    expected: tuple[str, ...] = ()
+
+
+async def readiness(engine: AsyncEngine, within: float = READY_TIMEOUT) -> Readiness:
+    """Can the store be reached within ``within`` seconds, and is its schema at this
+    sessiond's head revision? A database migrated by a newer sessiond is not ready either."""
+    expected = expected_revisions()
+
+    def current(conn: sa.Connection) -> tuple[str, ...]:
+        return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
+
+    try:
+        async with asyncio.timeout(within):
+            async with engine.connect() as conn:
+                revisions = await conn.run_sync(current)
+    except TimeoutError:
+        return Readiness(
+            False, "store_unreachable", f"the store did not answer within {within:g} s"
+        )
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        return Readiness(False, "store_unreachable", "the store cannot be reached")
+    if revisions != expected:
+        found = ", ".join(revisions) or "none"
+        return Readiness(
+            False,
+            "schema_not_current",
+            f"the database schema is at revision {found}; this sessiond needs "
+            f"{', '.join(expected)}",
+            revisions,
+            expected,
+        )
+    return Readiness(
+        True, "ready", "the store answers and its schema is current", revisions, expected
+    )
+
+
+async def open_sessions(
+    engine: AsyncEngine, now: datetime, active_since: datetime | None
+) -> dict[LicenseType, int]:
+    """Sessions open now (not past their lifetime nor, with an inactivity limit, idle past it),
+    by the licence type they hold; every seat type is present."""
+    s = schema.sessions
+    where = [s.c.expires > now]
+    if active_since is not None:
+        where.append(s.c.last_activity >= active_since)
+    counts: dict[LicenseType, int] = {
+        kind: 0 for kind in LicenseType if kind is not LicenseType.UNSPECIFIED
+    }
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(s.c.license_type, sa.func.count()).where(*where).group_by(s.c.license_type)
+        )
+        for kind, count in rows:
+            counts[LicenseType(kind)] = int(count)
+    return counts
