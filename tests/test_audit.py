@@ -281,3 +281,21 @@ def test_the_session_list_pages_with_filters(server: ServerProcess) -> None:
         assert [s["SessionID"] for s in newest] == seen[::-1]
         bad = http.get(f"{server.url}/api/v1/sessions", params={"after": "junk"}, headers=headers)
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_key_changes_and_user_removal_from_the_command_line_are_recorded(
+    quiet_server: ServerProcess,
+) -> None:
+    rotated = quiet_server.cli("keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = rotated.stdout.split()[-1]
+    added = quiet_server.cli("users", "add", "leaver", "--password", "pw-1234")
+    assert added.returncode == 0, added.stderr
+    removed = quiet_server.cli("users", "remove", "leaver", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    records = [json.loads(line) for line in _cli(quiet_server, "export").stdout.splitlines()]
+    [key] = [r for r in records if r["action"] == "SignatureKeyRotated"]
+    assert key["details"] == {"key_id": new_key} and key["actor_name"] == "System"
+    [gone] = [r for r in records if r["action"] == "UserRemoved"]
+    assert gone["details"]["login"] == "leaver" and gone["actor_name"] == "System"
+    assert _cli(quiet_server, "verify").returncode == 0

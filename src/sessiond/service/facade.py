@@ -33,7 +33,7 @@ from ..store import (
     UserRecord,
 )
 from ..token import SessionToken
-from .common import Actor, Clock, require_admin, utc_now
+from .common import Actor, Clock, change_audit, require_admin, utc_now
 from .configuration import Configuration
 from .licensing import Licensing
 from .sessions import Sessions
@@ -330,6 +330,13 @@ class SessionService:
         more = len(records) > limit
         records = records[:limit]
         return records, (records[-1].id if more and records else None)
+
+    async def record_key_change(self, actor: Actor, action: AuditAction, key_id: str) -> None:
+        """A SignatureKeyRotated or SignatureKeyRetired record (the key ring is a file the
+        command line changes; the record goes where every node's records go)."""
+        require_admin(actor, "change the signature keys")
+        record = change_audit(action, self.clock(), actor, details={"key_id": key_id})
+        await self.store.add_audit(record)
 
     async def verify_audit(self) -> ChainReport:
         """Walk the audit trail's hash chain (see ``sessiond.store.chain``)."""
