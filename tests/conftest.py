@@ -27,6 +27,7 @@ from tests.infra.conftest_fixtures import (
     ldap_server,
     ntlm_users,
     postgres_server,
+    samba_domain,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ldap_server",
     "ntlm_users",
     "postgres_server",
+    "samba_domain",
 ]  # fixtures for every test module
 
 # Argon2 parameters small enough for a test suite, still Argon2id.

@@ -21,8 +21,9 @@ from tests.infra.kerberos import KerberosRealm
 from tests.infra.ldap import LdapServer
 from tests.infra.ntlm import NtlmUsers
 from tests.infra.postgres import PostgresServer
+from tests.infra.samba import SambaDomain
 
-__all__ = ["kerberos_realm", "ldap_server", "ntlm_users", "postgres_server"]
+__all__ = ["kerberos_realm", "ldap_server", "ntlm_users", "postgres_server", "samba_domain"]
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +68,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def samba_domain() -> Iterator[SambaDomain]:
+    """A running Samba AD DC for realm ``SAMBA.TEST`` / domain ``SAMBA`` on a loopback address
+    of its own (``samba_domain.host``; needs root). 5-10 s to provision and start; see
+    :mod:`tests.infra.samba`."""
+    domain = SambaDomain()
+    try:
+        yield domain
+    finally:
+        domain.stop()
