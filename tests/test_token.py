@@ -264,3 +264,37 @@ def test_mutated_tokens_never_verify_unless_unchanged(data: st.DataObject) -> No
         return
     # It verified: then it must be the same token (e.g. only insignificant whitespace changed).
     assert token == AuthToken.from_xml(original)
+
+
+def _either(text: str | bytes) -> AuthToken | str:
+    try:
+        return AuthToken.from_xml(text)
+    except TokenInvalid:
+        return "invalid"
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(st.data())
+def test_the_fast_reading_of_the_auth_form_agrees_with_the_hardened_parser(
+    data: st.DataObject,
+) -> None:
+    # Text takes the pattern for the auth form as sessiond writes it; bytes always take the
+    # hardened XML parser. Whatever the text, both must read the same token, or both refuse.
+    original = full_token().to_auth_xml()
+    position = data.draw(st.integers(0, len(original) - 1))
+    insert = data.draw(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=4))
+    cut = data.draw(st.integers(0, 3))
+    mutated = original[:position] + insert + original[position + cut :]
+    assert _either(mutated) == _either(mutated.encode())
+    assert _either(original) == _either(original.encode()) != "invalid"
+
+
+def test_a_fast_uuid_is_a_uuid_like_any_other() -> None:
+    from sessiond.token import fast_uuid
+
+    for _ in range(100):
+        original = uuid4()
+        made = fast_uuid(original.int)
+        assert made == original and hash(made) == hash(original)
+        assert str(made) == str(original) and made.hex == original.hex
+        assert {original: 1}[made] == 1 and made.version == original.version

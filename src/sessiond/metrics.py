@@ -136,6 +136,22 @@ STORE_UP = Gauge(
     registry=REGISTRY,
 )
 
+STORE_LISTENING = Gauge(
+    "sessiond_store_listening",
+    "1 while this server listens for changes committed on other nodes (PostgreSQL "
+    "notifications); 0 while that connection is down (changes then show by polling, within "
+    "configuration_poll_interval), and on SQLite, which has no other nodes.",
+    registry=REGISTRY,
+)
+NOTIFICATIONS = Counter(
+    "sessiond_store_notifications",
+    "Notifications of committed changes this server received (its own included), by kind: "
+    "version, revoked (sessions closed, displaced or swept), licence; resumed: the listening "
+    "connection came back after a loss.",
+    ["kind"],
+    registry=REGISTRY,
+)
+
 # Series that exist from the start, so that a rate over them is defined before the first event.
 for _kind in (LoginType.PLATFORM, LoginType.WINDOWS, LoginType.LDAP):
     SIGN_INS.labels(_kind.wire, "opened")
@@ -146,6 +162,8 @@ for _outcome in ("ok", "failed"):
     SWEEPS.labels(_outcome)
 for _operation in ("verify", "hash", "decoy"):
     PASSWORD_HASHING.labels(_operation)
+for _notice in ("version", "revoked", "licence", "resumed"):
+    NOTIFICATIONS.labels(_notice)
 
 
 # --- sign-ins and validations ----------------------------------------------------------------
@@ -246,10 +264,15 @@ def request_done(method: str, route: str | None, seconds: float) -> None:
     timer.observe(seconds)
 
 
+def notified(kind: str) -> None:
+    NOTIFICATIONS.labels(kind).inc()
+
+
 async def refresh(service: SessionService) -> None:
     """Read the gauges that describe the installation from the store (at each scrape)."""
     from .store.health import open_sessions, unreachable
 
+    STORE_LISTENING.set(1 if service.store.listening else 0)
     CONFIGURATION_VERSION.set(service.configuration.last_known)
     try:
         CONFIGURATION_VERSION.set(await service.configuration_version())

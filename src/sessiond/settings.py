@@ -9,11 +9,13 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -114,14 +116,51 @@ class DatabaseUrl(SecretStr):
         return hide_password(self.get_secret_value())
 
 
+#: Named Argon2id costs: (time_cost, memory_cost in KiB, parallelism).
+ARGON2_PRESETS: dict[str, tuple[int, int, int]] = {
+    # argon2-cffi's PasswordHasher default since 21.2.0: RFC 9106's second recommended option
+    # (argon2.profiles.RFC_9106_LOW_MEMORY).
+    "argon2-cffi-default": (3, 65536, 4),
+    # OWASP Password Storage Cheat Sheet: the first (cheapest in time) of its equivalent
+    # minimum Argon2id configurations, 19 MiB, 2 iterations, 1 degree of parallelism.
+    "owasp": (2, 19456, 1),
+    # Keycloak's Argon2 password hash provider defaults (org.keycloak.crypto.hash.
+    # Argon2Parameters: DEFAULT_MEMORY 7168, DEFAULT_ITERATIONS 5, DEFAULT_PARALLELISM 1).
+    "keycloak": (5, 7168, 1),
+}
+Argon2Preset = Literal["argon2-cffi-default", "owasp", "keycloak"]
+
+
 class Argon2Settings(BaseModel):
-    """Argon2id cost. Raising any of them rehashes each password at its owner's next sign-in."""
+    """Argon2id cost: a named ``preset``, and any of its three numbers set explicitly over it.
+    A change of any of them rehashes each password at its owner's next sign-in."""
 
     model_config = ConfigDict(extra="forbid")
 
+    preset: Argon2Preset = Field(
+        "argon2-cffi-default", description="argon2-cffi-default, owasp or keycloak"
+    )
     time_cost: int = Field(3, ge=1, le=100)
     memory_cost: int = Field(65536, ge=1024, le=4 * 1024 * 1024, description="KiB")
     parallelism: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        """The preset's numbers for whatever is not set explicitly."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "argon2-cffi-default")
+        if isinstance(preset, str):
+            preset = preset.strip().lower()
+        numbers = ARGON2_PRESETS.get(preset) if isinstance(preset, str) else None
+        if numbers is None:
+            return data  # the field's own validation names the presets
+        filled = {**data, "preset": preset}
+        for name, value in zip(("time_cost", "memory_cost", "parallelism"), numbers, strict=True):
+            if filled.get(name) is None:
+                filled[name] = value
+        return filled
 
 
 class SecuritySettings(BaseModel):
@@ -278,6 +317,65 @@ class WindowsSettings(BaseModel):
         return self
 
 
+class ConsoleSettings(BaseModel):
+    """The administrators' console in the browser, under /console (docs/console.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="serve the console under /console")
+    secure_cookie: bool = Field(
+        False,
+        description="always mark the console's cookie Secure (named __Host-...); otherwise only "
+        "when the request came over TLS or X-Forwarded-Proto says https",
+    )
+    refresh_interval: Duration = Field(
+        timedelta(seconds=15),
+        description="how often the sessions page refreshes its seat counts; 0: on load only",
+    )
+
+
+DEFAULT_DATABASE_CONNECTIONS = 10
+MIN_DATABASE_CONNECTIONS = 3  # one for writes, one for validation's reads, one to listen
+DEFAULT_DATABASE_POOL_TIMEOUT = 10.0
+#: PostgreSQL keeps the first 63 bytes of an application_name.
+_APPLICATION_NAME_BYTES = 63
+
+
+@dataclass(frozen=True, slots=True)
+class DatabasePools:
+    """One node's connections to PostgreSQL, ``database_connections`` shared out: ``write``
+    for SQLAlchemy's pool (every transaction, and every read but validation's), ``read`` for
+    the asyncpg pool of validation's session reads, ``listen`` for the connection that receives
+    other nodes' notifications. Together never more than the total."""
+
+    write: int
+    read: int
+    listen: int
+    timeout: float  # seconds a request waits for a connection of a pool that is all in use
+    application_name: str  # what pg_stat_activity shows for each of them
+
+    @property
+    def total(self) -> int:
+        return self.write + self.read + self.listen
+
+
+def share_connections(total: int, timeout: float, name: str) -> DatabasePools:
+    """The rule: 1 to listen; a quarter of the rest (at least 1) for validation's reads, whose
+    merged reads need few connections; everything else for the write pool. 10 gives 7 + 2 + 1."""
+    if total < MIN_DATABASE_CONNECTIONS:
+        raise ValueError(f"database_connections must be at least {MIN_DATABASE_CONNECTIONS}")
+    read = max(1, (total - 1) // 4)
+    return DatabasePools(
+        write=total - 1 - read, read=read, listen=1, timeout=timeout, application_name=name
+    )
+
+
+def application_name(node: str | None = None) -> str:
+    """``sessiond/<node>`` (the host name when no node is named), cut to what PostgreSQL keeps."""
+    name = f"sessiond/{node or socket.gethostname()}"
+    return name.encode()[:_APPLICATION_NAME_BYTES].decode(errors="ignore")
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Environment: ``SESSIOND_<NAME>``, nested with ``__``."""
 
@@ -309,11 +407,29 @@ class Settings(BaseSettings):
         None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
     )
     session_expiration_time_span: Duration = timedelta(days=7)
+    validation_cache_entries: int = Field(
+        100_000,
+        ge=0,
+        description="sessions whose validation answer a node remembers (about 1 KB each; "
+        "the least recently used goes first; 0: none)",
+    )
     touch_interval: Duration = Field(
         timedelta(seconds=60), description="at most one last-activity write per session per this"
     )
     configuration_poll_interval: Duration = Field(
         timedelta(seconds=1), description="how often a node re-reads the configuration version"
+    )
+    database_connections: int = Field(
+        DEFAULT_DATABASE_CONNECTIONS,
+        ge=MIN_DATABASE_CONNECTIONS,
+        le=1000,
+        description="PostgreSQL: the most connections this node opens to the database, all "
+        "pools and the notification listener together (see database_pools)",
+    )
+    database_pool_timeout: Duration = Field(
+        timedelta(seconds=DEFAULT_DATABASE_POOL_TIMEOUT),
+        description="PostgreSQL: how long a request waits for a free connection when all "
+        "database_connections are busy; then 503 service_unavailable",
     )
     server_code: str | None = None
     instance_name: str | None = None
@@ -368,8 +484,14 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     windows: WindowsSettings | None = None
     ldap: LdapSettings | None = None
+    console: ConsoleSettings = ConsoleSettings()
 
-    @field_validator("session_expiration_time_span", "sweep_interval", "request_head_timeout")
+    @field_validator(
+        "session_expiration_time_span",
+        "sweep_interval",
+        "request_head_timeout",
+        "database_pool_timeout",
+    )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -425,6 +547,20 @@ class Settings(BaseSettings):
     def shown_database_url(self) -> str:
         """:attr:`effective_database_url` with its password hidden, for messages."""
         return hide_password(self.effective_database_url)
+
+    @property
+    def node_name(self) -> str:
+        """This node's name: ``server_code``, else the host name."""
+        return self.server_code or socket.gethostname()
+
+    @property
+    def database_pools(self) -> DatabasePools:
+        """How ``database_connections`` is shared out on PostgreSQL (:func:`share_connections`)."""
+        return share_connections(
+            self.database_connections,
+            self.database_pool_timeout.total_seconds(),
+            application_name(self.node_name),
+        )
 
     @property
     def effective_keys_file(self) -> Path:

@@ -18,7 +18,6 @@ from typing import Any, Self
 
 from ..errors import InvalidCredentials, NotConfigured, RequestError
 from ..settings import Settings, WindowsSettings
-from .windows import use_kerberos_settings
 
 HANDSHAKE_TTL = 60.0
 MAX_PENDING = 10_000
@@ -45,6 +44,8 @@ class NegotiateAcceptor:
     def __init__(self, settings: WindowsSettings) -> None:
         self.settings = settings
         self._pending: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        from .windows import use_kerberos_settings  # only where integrated sign-in is on
+
         use_kerberos_settings(settings)
 
     def _take(self, handshake_id: str | None) -> tuple[str, Any | None]:

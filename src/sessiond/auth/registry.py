@@ -14,10 +14,11 @@ from ..models import LoginType
 from ..settings import Settings
 from .base import Authenticator
 
-BACKENDS: Mapping[LoginType, str] = {
-    LoginType.PLATFORM: "sessiond.auth.platform:PlatformAuthenticator",
-    LoginType.WINDOWS: "sessiond.auth.windows:WindowsAuthenticator",
-    LoginType.LDAP: "sessiond.auth.ldap:LdapAuthenticator",
+#: Login type -> (the settings section that switches it on, or None: always; the class).
+BACKENDS: Mapping[LoginType, tuple[str | None, str]] = {
+    LoginType.PLATFORM: (None, "sessiond.auth.platform:PlatformAuthenticator"),
+    LoginType.WINDOWS: ("windows", "sessiond.auth.windows:WindowsAuthenticator"),
+    LoginType.LDAP: ("ldap", "sessiond.auth.ldap:LdapAuthenticator"),
 }
 NEGOTIATE = "sessiond.auth.negotiate:NegotiateAcceptor"
 
@@ -28,11 +29,14 @@ def _load(path: str) -> Any:
 
 
 def load_authenticators(
-    settings: Settings, backends: Mapping[LoginType, str] = BACKENDS
+    settings: Settings, backends: Mapping[LoginType, tuple[str | None, str]] = BACKENDS
 ) -> dict[LoginType, Authenticator]:
-    """The configured authenticators by login type (the platform's own is always there)."""
+    """The configured authenticators by login type (the platform's own is always there). A
+    login type whose section is not set is not even imported (its libraries stay unloaded)."""
     found: dict[LoginType, Authenticator] = {}
-    for login_type, path in backends.items():
+    for login_type, (section, path) in backends.items():
+        if section is not None and getattr(settings, section, None) is None:
+            continue
         authenticator = _load(path).from_settings(settings)
         if authenticator is not None:
             found[login_type] = authenticator
@@ -43,4 +47,6 @@ def load_authenticators(
 
 def load_negotiate(settings: Settings) -> Any:
     """The HTTP Negotiate acceptor, or None when integrated sign-in is off."""
+    if settings.windows is None or not settings.windows.negotiate:
+        return None
     return _load(NEGOTIATE).from_settings(settings)

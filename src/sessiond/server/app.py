@@ -30,7 +30,7 @@ from ..keys import KeyRing
 from ..service import SessionService
 from ..settings import Settings
 from ..store import create_store
-from . import operations, routes
+from . import console, operations, routes
 from .addresses import ClientAddress, networks
 from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
@@ -48,7 +48,9 @@ MAX_BODY_BYTES = 64 * 1024
 def build_service(settings: Settings, *, create: bool = True) -> SessionService:
     """``create=False`` (administrative commands): nothing is created on disk, neither a SQLite
     folder or file nor a key ring (a missing ring is replaced by one that is never saved)."""
-    store = create_store(settings.effective_database_url, create=create)
+    store = create_store(
+        settings.effective_database_url, create=create, pools=settings.database_pools
+    )
     keys = KeyRing.load_or_create(settings.effective_keys_file, create=create)
     return SessionService(settings, store, keys)
 
@@ -60,7 +62,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
-            await svc.start(install_licence_file=True)
+            await svc.start(install_licence_file=True, listen=True)
         sweeper = asyncio.create_task(_sweep_forever(svc), name="sessiond-sweeper")
         try:
             yield
@@ -90,6 +92,8 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.include_router(routes.router)
     operations.install(app, settings)
+    if settings.console.enabled:
+        console.install(app, settings, svc)
     _install_error_handlers(app)
     _install_openapi_security(app)
     return app

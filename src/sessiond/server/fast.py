@@ -16,9 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from starlette.types import Receive, Scope, Send
 
@@ -37,7 +35,6 @@ def _json(body: Any) -> bytes:
 
 
 PATH = "/api/v1/sessions/current"
-BODIES_KEPT = 10_000
 _JSON = (b"content-type", b"application/json")
 _SERVER_VERSION = (b"tessa-server-version", __version__.encode())
 
@@ -52,18 +49,10 @@ class FastValidation:
         self.app = app  # the application, observed; this handler reports to it
         self.service = service
         self.render = render  # SessionRecord -> dict, shared with the routes' session list
-        self._bodies: dict[tuple[UUID, datetime], bytes] = {}
 
-    def _body(self, record: SessionRecord) -> bytes:
-        # A session changes only its last activity after it opens, so that and its id
-        # name the answer exactly.
-        key = (record.id, record.last_activity)
-        body = self._bodies.get(key)
-        if body is None:
-            if len(self._bodies) >= BODIES_KEPT:
-                self._bodies.clear()
-            body = self._bodies[key] = _json(self.render(record))
-        return body
+    def _view(self, record: SessionRecord) -> bytes:
+        """The answer's body; the service remembers it with the session."""
+        return _json(self.render(record))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
@@ -76,8 +65,7 @@ class FastValidation:
             auth = session_header(scope["headers"])
             if not auth:
                 raise SessionRequired()
-            record = await self.service.validate(auth, address)
-            status, payload = 200, self._body(record)
+            status, payload = 200, await self.service.validate_view(auth, address, self._view)
         except SessiondError as exc:
             status, payload = exc.status, _json(exc.to_dict())
         except Exception:

@@ -1,10 +1,12 @@
-"""The configuration version: read (cached for a poll interval), waited on, incremented."""
+"""The configuration version: read (cached for a poll interval, re-read at once when another
+node announces a change), waited on, incremented."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from ..store import AuditQuery, BuildInfo, Store
 from .common import Actor, Clock, actor_audit, change_audit, require_admin
 
 MAX_CONFIGURATION_WAIT = 60.0  # seconds a long poll for a configuration change may hold
+log = logging.getLogger("sessiond.service")
 
 
 class Configuration:
@@ -37,6 +40,9 @@ class Configuration:
         self._read_at = 0.0
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._rereading: asyncio.Task[None] | None = None
+        self._reread_again = False
+        self._closed = False
 
     @property
     def build(self) -> BuildInfo:
@@ -63,6 +69,40 @@ class Configuration:
             self._changed.set()
             self._changed = asyncio.Event()
 
+    def changed(self, version: int) -> None:
+        """Another node announced that the version is now ``version``: re-read it (the store,
+        not the announcement, is believed), unless this node already knows it."""
+        if version > self._version:
+            self.reread_soon()
+
+    def reread_soon(self) -> None:
+        """Re-read the version (and the licence with it) now, in the background, instead of
+        at the next poll: waiters in :meth:`wait_for_change` wake as soon as it is read."""
+        if self._closed:
+            return
+        if self._rereading is not None and not self._rereading.done():
+            self._reread_again = True  # once more after the read under way
+            return
+        self._rereading = asyncio.create_task(self._reread(), name="sessiond-configuration")
+
+    async def _reread(self) -> None:
+        self._reread_again = True
+        while self._reread_again:
+            self._reread_again = False
+            try:
+                async with self._lock:
+                    await self.read()
+            except Exception as exc:  # the poll reads again later
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                log.warning("re-reading the configuration after a notification: %s", message)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._rereading is not None:
+            self._rereading.cancel()
+            await asyncio.gather(self._rereading, return_exceptions=True)
+            self._rereading = None
+
     @property
     def last_known(self) -> int:
         """The version as last read, without reading: for answers while the store is down."""
@@ -70,7 +110,8 @@ class Configuration:
 
     async def version(self) -> int:
         """The current version, re-read from the store at most once per poll interval, so a
-        change made by another node or by the CLI shows within that interval."""
+        change made by another node or by the CLI shows within that interval (at once when
+        the store announces it: :meth:`changed`)."""
         interval = self.settings.configuration_poll_interval.total_seconds()
         if time.monotonic() - self._read_at < interval:
             return self._version
@@ -94,8 +135,9 @@ class Configuration:
             remaining = deadline - time.monotonic()
             if version > after or remaining <= 0:
                 return version
-            # This node's increments wake the wait at once; another node's show at the next
-            # re-read of the store, one poll interval later at most.
+            # This node's increments wake the wait at once, and so do another node's when the
+            # store announces them (PostgreSQL); otherwise they show at the next re-read of
+            # the store, one poll interval later at most.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(poll, remaining))
 

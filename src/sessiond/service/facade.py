@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,7 @@ from ..store import (
     Store,
     UserRecord,
 )
+from ..store.notify import Notice
 from ..token import SessionToken
 from .common import Actor, Clock, change_audit, require_admin, utc_now
 from .configuration import Configuration
@@ -89,10 +90,14 @@ class SessionService:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, *, install_licence_file: bool = False) -> None:
+    async def start(self, *, install_licence_file: bool = False, listen: bool = False) -> None:
         """Open the store. A server (not a CLI command) also records its settings when they
-        changed since its last start, and installs ``licence_file``."""
+        changed since its last start, and installs ``licence_file``. ``listen``: hear of other
+        nodes' changes as they commit (PostgreSQL), before anything is read, so that nothing
+        committed after the reads below is missed."""
         await self.store.open(self.build, self.clock())
+        if listen:
+            await self.store.listen(self.notified)
         await self.configuration.read()
         await self.licensing.refresh()
         if install_licence_file:
@@ -106,6 +111,7 @@ class SessionService:
                 log.error("licence not loaded: %s (%s)", exc.message, kept)
 
     async def close(self) -> None:
+        await self.configuration.close()
         try:  # a store that is down must not hold the shutdown
             async with asyncio.timeout(10):
                 await self.sessions.flush_touches()
@@ -114,6 +120,30 @@ class SessionService:
         for authenticator in self.authenticators.values():
             await authenticator.close()
         await self.store.close()
+
+    # --- other nodes' changes ------------------------------------------------------------
+
+    def notified(self, notice: Notice) -> None:
+        """Another node (or this one) committed a change (PostgreSQL's notifications; see
+        ``store/notify.py``). Called on the event loop, in commit order."""
+        metrics.notified(notice.kind)
+        if notice.kind == "version" and notice.version is not None:
+            self.configuration.changed(notice.version)
+        elif notice.kind == "revoked":
+            self.revoked(notice.session_ids)
+        elif notice.kind == "licence":
+            self.configuration.reread_soon()  # a re-read takes the licence with it
+        elif notice.kind == "resumed":  # notifications were lost while disconnected
+            self.configuration.reread_soon()
+            self.revoked(None)
+
+    def revoked(self, session_ids: Collection[UUID] | None) -> None:
+        """Sessions whose rows are gone (closed, displaced, swept; on any node, this one
+        included): whatever this node keeps about them must go. ``None``: which is not known
+        (too many to name, or notifications were missed): forget every session kept. The
+        validation cache would find out at each session's next request anyway (on PostgreSQL
+        it asks the store every time); this frees the memory sooner."""
+        self.sessions.forget(session_ids)
 
     # --- signing in ----------------------------------------------------------------------
 
@@ -152,6 +182,16 @@ class SessionService:
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
         with metrics.validating():
             return await self.sessions.validate(auth_text, client_address)
+
+    async def validate_view(
+        self,
+        auth_text: str,
+        client_address: str | None,
+        render: Callable[[SessionRecord], bytes],
+    ) -> bytes:
+        """Validate, and answer with ``render(session)``, remembered (see Sessions)."""
+        with metrics.validating():
+            return await self.sessions.validate_view(auth_text, client_address, render)
 
     async def close_session(self, auth_text: str, client_address: str | None = None) -> bool:
         closed = await self.sessions.close_session(auth_text, client_address)

@@ -12,12 +12,15 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
+from hashlib import blake2b
 from typing import Any
 from uuid import UUID
 
+from ..cache import BoundedCache
 from ..errors import (
     PermissionDenied,
     RequestError,
@@ -39,14 +42,26 @@ from ..store import (
     Store,
     Transaction,
 )
-from ..token import AuthToken
+from ..token import CANONICAL_AUTH, AuthToken
 from .common import Actor, Clock, require_admin, session_audit
 from .state import SessionState
 
-VERIFIED_TOKENS_KEPT = 10_000
 SWEEP_BATCH = 500
 PAGE_LIMIT = 1000  # sessions in one page of a list
 log = logging.getLogger("sessiond.service")
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the validation cache holds about one session: the token text it was checked with
+    (a keyed digest), what the rule needs, the store's data epoch when it was read, and the
+    rendered answer."""
+
+    token: bytes
+    expires: datetime
+    last_activity: datetime
+    epoch: int | None
+    view: bytes
 
 
 class Sessions:
@@ -56,7 +71,8 @@ class Sessions:
         self.keys = keys
         self.clock = clock
         self.state = SessionState(settings.security.session_inactivity_time)
-        self._verified_tokens: dict[str, AuthToken] = {}
+        self._known: BoundedCache[str, _Known] = BoundedCache(settings.validation_cache_entries)
+        self._digest_key = secrets.token_bytes(32)  # token texts are remembered by keyed digest
         self._touches: dict[UUID, datetime] = {}
         self._toucher: asyncio.Task[None] | None = None
 
@@ -104,15 +120,9 @@ class Sessions:
     # --- validating ----------------------------------------------------------------------
 
     def verified(self, auth_text: str) -> AuthToken:
-        """Parse and check a token's signature. The same text always gives the same answer
-        while this process holds the same keys, so good answers are remembered (bounded)."""
-        auth = self._verified_tokens.get(auth_text)
-        if auth is None:
-            auth = AuthToken.from_xml(auth_text)
-            auth.verify(self.keys.keys)
-            if len(self._verified_tokens) >= VERIFIED_TOKENS_KEPT:
-                self._verified_tokens.clear()
-            self._verified_tokens[auth_text] = auth
+        """Parse a token (hostile input) and check its signature."""
+        auth = AuthToken.from_xml(auth_text)
+        auth.verify(self.keys.keys)
         return auth
 
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
@@ -128,18 +138,98 @@ class Sessions:
             raise SessionNotFound("the session is closed; sign in again")
         if record.token.signature != auth.signature or record.token.user_id != auth.user_id:
             raise TokenSignatureInvalid("the session token does not match the session")
-        last_activity = self._last_activity(record)
-        ended = self.state.ended(record.token.expires, last_activity, now)
-        if ended is not None:
+        try:
+            self._still_open(record.id, record.token.expires, record.last_activity, now)
+        except SessionExpired:
             await self._expire(auth.session_id, now, client_address)
+            raise
+        return record
+
+    def _still_open(
+        self, session_id: UUID | str, expires: datetime, last_activity: datetime, now: datetime
+    ) -> None:
+        """The session state at this request, with this node's queued touch counted; raises
+        SessionExpired (after which the caller ends it) or queues a due touch."""
+        queued = self._touches.get(session_id if isinstance(session_id, UUID) else UUID(session_id))
+        if queued is not None and queued > last_activity:
+            last_activity = queued
+        ended = self.state.ended(expires, last_activity, now)
+        if ended is not None:
             raise SessionExpired(
                 "the session was closed after inactivity; sign in again"
                 if ended == "inactivity"
-                else "the session has expired; sign in again"
+                else "the session has expired; sign in again",
+                reason=ended,
             )
         if now - last_activity >= self.settings.touch_interval:
-            self._queue_touch(auth.session_id, now)
-        return record
+            self._queue_touch(session_id if isinstance(session_id, UUID) else UUID(session_id), now)
+
+    async def validate_view(
+        self,
+        auth_text: str,
+        client_address: str | None,
+        render: Callable[[SessionRecord], bytes],
+    ) -> bytes:
+        """Validate as :meth:`validate`, and answer with ``render(session)`` — remembered per
+        session in a bounded cache, so that a session validated again costs a lookup, not a
+        parse, a signature check, a row read and a render.
+
+        Exact: an entry is used only for the very token text it was made from (a keyed digest
+        of it), only while the session is open by the one rule, and only after the store has
+        confirmed it — at no cost when the store's data epoch has not moved since the entry was
+        made (SQLite: no other connection committed anything), else by reading the session's
+        last activity (every time on PostgreSQL, where another node may have closed it). A
+        session gone from the store, or changed, is read afresh. ``render`` must be the same
+        function on every call."""
+        canonical = CANONICAL_AUTH.match(auth_text)
+        key = canonical.group(1) if canonical else None
+        digest = blake2b(auth_text.encode(), key=self._digest_key, digest_size=16).digest()
+        now = self.clock()
+        known = self._known.get(key) if key is not None else None
+        if key is not None and known is not None and known.token == digest:
+            try:
+                view = await self._confirm(key, known, now)
+            except SessionExpired:
+                self._known.pop(key)
+                await self._expire(UUID(key), now, client_address)
+                raise
+            if view is not None:
+                return view
+        epoch = self.store.data_epoch()  # before the read: a commit after it shows next time
+        try:
+            record = await self.validate(auth_text, client_address)
+        except (SessionExpired, SessionNotFound):
+            if key is not None:
+                self._known.pop(key)
+            raise
+        view = render(record)
+        self._known.put(
+            str(record.id),
+            _Known(digest, record.token.expires, record.last_activity, epoch, view),
+        )
+        return view
+
+    async def _confirm(self, key: str, known: _Known, now: datetime) -> bytes | None:
+        """The cached answer if the session is still as cached; None to read it afresh."""
+        epoch = self.store.data_epoch()
+        if epoch is None or epoch != known.epoch:
+            activity = await self.store.session_activity(UUID(key))
+            if activity != known.last_activity:
+                self._known.pop(key)
+                return None  # gone (read again: it answers session_not_found) or changed
+            known.epoch = epoch
+        self._still_open(key, known.expires, known.last_activity, now)
+        return known.view
+
+    def forget(self, session_ids: Iterable[UUID] | None) -> None:
+        """Drop what the validation cache holds about these sessions (None: about every
+        session), when the store says they ended; the cache would find out at each one's next
+        request anyway."""
+        if session_ids is None:
+            self._known.clear()
+            return
+        for session_id in session_ids:
+            self._known.pop(str(session_id))
 
     async def _expire(self, session_id: UUID, now: datetime, client_address: str | None) -> None:
         def decide(record: SessionRecord) -> AuditRecord | None:

@@ -16,7 +16,7 @@ from uuid import UUID, uuid4
 
 from .. import passwords
 from ..auth import PasswordCredentials, PlatformAuthenticator
-from ..auth.windows import WindowsNames
+from ..auth.accounts import WindowsNames
 from ..errors import Conflict, InvalidCredentials, LicenceLimitReached, NotFound, RequestError
 from ..models import AccessLevel, AuditAction, LicenseType, LoginType
 from ..settings import Settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import SettingsError
+from ..settings import DatabasePools
 from .base import (
     AuditQuery,
     AuditRecord,
@@ -39,11 +40,13 @@ __all__ = [
 ]
 
 
-def create_store(url: str, *, create: bool = True) -> Store:
+def create_store(url: str, *, create: bool = True, pools: DatabasePools | None = None) -> Store:
     """``sqlite+aiosqlite:///path`` (embedded default) or ``postgresql+asyncpg://...``.
 
     ``create=False``: make nothing on disk (no SQLite folder or file); for commands that work
-    on an existing store, which check it first (:func:`.existing.require_store`)."""
+    on an existing store, which check it first (:func:`.existing.require_store`). ``pools``:
+    how many connections PostgreSQL gets (:attr:`.Settings.database_pools`; default: the
+    default ``database_connections``); SQLite's pool is its own."""
     scheme = url.split(":", 1)[0]
     if scheme.startswith("sqlite"):
         from .sqlite import create_sqlite_store
@@ -52,7 +55,9 @@ def create_store(url: str, *, create: bool = True) -> Store:
     if scheme in ("postgresql+asyncpg", "postgresql"):
         from .postgres import create_postgres_store
 
-        return create_postgres_store(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+        return create_postgres_store(
+            url.replace("postgresql://", "postgresql+asyncpg://", 1), pools
+        )
     raise SettingsError(
         f"unsupported database URL scheme {scheme!r}: use sqlite+aiosqlite:///<file> or "
         "postgresql+asyncpg://user:password@host/database"

@@ -30,6 +30,7 @@ from ..models import (
 )
 from ..token import SessionToken
 from .chain import ChainReport
+from .notify import Notice
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,17 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def listen(self, on_notice: Callable[[Notice], None]) -> bool:
+        """Hand other nodes' changes to ``on_notice`` as they commit, until :meth:`close`
+        (see :mod:`.notify`); False: this store has no other nodes to hear from (SQLite)."""
+        return False
+
+    @property
+    def listening(self) -> bool | None:
+        """Whether other nodes' changes arrive now (False while the listening connection is
+        down); None for a store that has no other nodes."""
+        return None
+
     @abstractmethod
     def write(self) -> AbstractAsyncContextManager[Transaction]:
         """A write transaction: commits when the block ends, rolls back if it raises."""
@@ -287,6 +299,16 @@ class Store(ABC):
     # sessions
     @abstractmethod
     async def get_session(self, session_id: UUID) -> SessionRecord | None: ...
+
+    @abstractmethod
+    async def session_activity(self, session_id: UUID) -> datetime | None:
+        """The session's last activity, or None when it is gone: the cheap check of a session
+        a cache holds."""
+
+    def data_epoch(self) -> int | None:
+        """A number that moves whenever the store may have changed (None: no such number, so
+        a cached session must be checked against the store every time)."""
+        return None
 
     @abstractmethod
     async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:

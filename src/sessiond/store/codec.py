@@ -4,13 +4,17 @@ tables (shared by the SQLite and PostgreSQL stores and their fast session reads)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
 from ..models import AccessLevel, AuditAction, DeviceType, LicenseType, LoginType, ServiceType
-from ..token import SessionToken
+from ..token import SessionToken, fast_uuid
+from . import schema
 from .base import AuditRecord, SessionRecord, UserRecord
 
 USER_FIELDS = {f.name for f in fields(UserRecord)}
@@ -81,18 +85,62 @@ def session_values(session: SessionRecord) -> dict[str, Any]:
     return _enums_to_int(values)
 
 
-def session_from_mapping(data: dict[str, Any]) -> SessionRecord:
-    """A session row (column name -> Python value) as a record."""
-    last_activity = data.pop("last_activity")
-    client_address = data.pop("client_address")
-    data["session_id"] = data.pop("id")
-    for name, cls in ENUM_COLUMNS.items():
-        data[name] = cls(data[name])
-    return SessionRecord(SessionToken(**data), last_activity, client_address)
+def _text_uuid(text: str) -> UUID:
+    return fast_uuid(int(text, 16))  # SQLite keeps UUIDs as 32 hex digits
+
+
+def _naive_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)  # SQLite keeps naive UTC text
+
+
+def _driver_uuid(value: Any) -> UUID:
+    return fast_uuid(value.int)  # asyncpg's own UUID type, as the standard library's
+
+
+class SessionRows:
+    """Decodes session rows as a driver returns them (a tuple in ``columns`` order) into
+    records: the one session decoder, with the per-driver conversion of UUIDs and times."""
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        uuid: Callable[[Any], UUID] | None = None,
+        time: Callable[[Any], datetime] | None = None,
+    ) -> None:
+        kinds: dict[str, Callable[[Any], Any]] = {}
+        if uuid is not None:
+            kinds.update(dict.fromkeys(("id", "user_id", "application_id"), uuid))
+        if time is not None:
+            kinds.update(dict.fromkeys(("created", "expires", "last_activity"), time))
+        for name, cls in ENUM_COLUMNS.items():
+            members = {int(member): member for member in cls}
+            kinds[name] = members.__getitem__
+        kinds["client_64bit"] = kinds["client_64bit_os"] = bool
+        self.columns = list(columns)
+        self._steps = [(index, name, kinds.get(name)) for index, name in enumerate(columns)]
+
+    def decode(self, raw: Sequence[Any]) -> SessionRecord:
+        data: dict[str, Any] = {}
+        for index, name, convert in self._steps:
+            value = raw[index]
+            data[name] = value if convert is None or value is None else convert(value)
+        last_activity = data.pop("last_activity")
+        client_address = data.pop("client_address")
+        data["session_id"] = data.pop("id")
+        return SessionRecord(SessionToken(**data), last_activity, client_address)
+
+
+SESSION_COLUMNS = [c.name for c in schema.sessions.columns]
+#: Rows through SQLAlchemy (its column types already give UUIDs and aware times).
+SQL_SESSIONS = SessionRows(SESSION_COLUMNS)
+#: Rows from SQLite's own driver (the validation reader): UUIDs as hex, times as naive text.
+SQLITE_SESSIONS = SessionRows(SESSION_COLUMNS, uuid=_text_uuid, time=_naive_utc)
+#: Rows from asyncpg (the PostgreSQL validation reader): its UUID type, aware times.
+ASYNCPG_SESSIONS = SessionRows(SESSION_COLUMNS, uuid=_driver_uuid)
 
 
 def session_from_row(row: sa.Row[Any]) -> SessionRecord:
-    return session_from_mapping(dict(row._mapping))
+    return SQL_SESSIONS.decode(tuple(row._mapping[name] for name in SESSION_COLUMNS))
 
 
 def audit_values(record: AuditRecord) -> dict[str, Any]:

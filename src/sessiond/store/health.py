@@ -3,7 +3,8 @@ how many sessions are open.
 
 :func:`unreachable` is the one rule for "the database cannot be reached": the store maps every
 such failure to :class:`~sessiond.errors.ServiceUnavailable` (``503 service_unavailable``)
-with it, whichever driver or layer raised it. :func:`readiness` backs
+with it, whichever driver or layer raised it; :func:`busy` is the same answer when the database
+is fine but every connection this node may open is in use. :func:`readiness` backs
 ``GET /api/v1/health/ready``; :func:`open_sessions` backs the ``sessiond_open_sessions`` gauge.
 """
 
@@ -87,6 +88,27 @@ def unavailable(exc: BaseException) -> ServiceUnavailable:
         cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
         log.warning("the store cannot be reached: %s: %s", type(cause).__name__, cause)
     return ServiceUnavailable("the session store is unavailable; try again shortly")
+
+
+_last_busy = -LOG_EVERY
+
+
+def busy() -> ServiceUnavailable:
+    """The answer to a request that waited ``database_pool_timeout`` for one of this node's
+    database connections while all were in use (the database itself may be fine)."""
+    global _last_busy
+    now = time.monotonic()
+    if now - _last_busy >= LOG_EVERY:
+        _last_busy = now
+        log.warning(
+            "every database connection of this server stayed in use for database_pool_timeout; "
+            "requests are refused with 503 meanwhile (raise database_connections if the "
+            "database allows, or add nodes)"
+        )
+    return ServiceUnavailable(
+        "the server has no free connection to the session store (all database_connections "
+        "are in use); try again shortly"
+    )
 
 
 @functools.cache

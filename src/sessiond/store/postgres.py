@@ -5,17 +5,21 @@ one node is refused by all at the next request), the licence row (locked while a
 so seats stay exact across nodes), failure counts (one UPDATE each), the configuration version
 (one UPDATE each). Nodes starting together migrate one after another under an advisory lock.
 
-The per-request session read bypasses SQLAlchemy: a fixed pool of plain asyncpg connections,
+The per-request session reads bypass SQLAlchemy: a fixed pool of plain asyncpg connections,
 one prepared ``SELECT`` outside any transaction, and the reads of validations that arrive
-together merged into one ``WHERE id = ANY($1)``. Every read still starts after its request
-arrived, so it sees every commit made before: exact across nodes, with no cache to go stale.
+together merged into one ``WHERE id = ANY($1)`` — of whole rows (a session not yet known to
+the node) or of the last activity alone (a session its validation cache holds). Every read
+still starts after its request arrived, so it sees every commit made before: exact across
+nodes; the store offers no data epoch, so the cache checks each cached session every time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -24,21 +28,28 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ..errors import ServiceUnavailable
+from ..settings import (
+    DEFAULT_DATABASE_CONNECTIONS,
+    DEFAULT_DATABASE_POOL_TIMEOUT,
+    DatabasePools,
+    application_name,
+    share_connections,
+)
+from ..token import fast_uuid
 from .base import BuildInfo, SessionRecord
-from .codec import session_from_mapping
+from .codec import ASYNCPG_SESSIONS
 from .health import unavailable, unreachable
-from .schema import sessions
+from .notify import Listener, Notice
 from .sql import SqlStore
 
 log = logging.getLogger("sessiond.store")
 
 #: pg_advisory_xact_lock key for start-up: "sessiond" in ASCII, as a number.
 START_LOCK = 0x73657373696F6E64
-READ_CONNECTIONS = 8
 MAX_BATCH = 500
-_COLUMNS = [c.name for c in sessions.columns]
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE id = ANY($1::uuid[])"
-_UUIDS = ("id", "user_id", "application_id")
+_SELECT = f"SELECT {', '.join(ASYNCPG_SESSIONS.columns)} FROM sessions WHERE id = ANY($1::uuid[])"
+_SELECT_ACTIVITY = "SELECT id, last_activity FROM sessions WHERE id = ANY($1::uuid[])"
+T = TypeVar("T")
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -46,12 +57,14 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore(SqlStore):
-    def __init__(self, engine: Any, dsn: str) -> None:
+    def __init__(self, engine: Any, dsn: str, pools: DatabasePools | None = None) -> None:
         super().__init__(engine)
         self._dsn = dsn
+        self.pools = pools or _default_pools()
+        self._listener: Listener | None = None
         self._pool: asyncpg.Pool | None = None
-        self._waiting: dict[UUID, list[asyncio.Future[SessionRecord | None]]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._rows = _MergedReads(_SELECT, _record)
+        self._activity = _MergedReads(_SELECT_ACTIVITY, _activity)
 
     async def _serialise_start(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
@@ -62,16 +75,40 @@ class PostgresStore(SqlStore):
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
-                max_size=READ_CONNECTIONS,
+                max_size=self.pools.read,
                 reset=_no_reset,
                 statement_cache_size=16,
+                server_settings={"application_name": self.pools.application_name},
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise ServiceUnavailable(f"the session store is unavailable: {exc}") from None
 
+    async def listen(self, on_notice: Callable[[Notice], None]) -> bool:
+        """Hand every notification of another node's change to ``on_notice`` from now on, over
+        a connection of its own (``pools.listen``), reconnecting when it drops."""
+        if self._listener is None:
+            self._listener = Listener(self._listening_connection, on_notice)
+            await self._listener.start()
+        return True
+
+    @property
+    def listening(self) -> bool | None:
+        return self._listener is not None and self._listener.listening
+
+    async def _listening_connection(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self._dsn,
+            timeout=self.pools.timeout,
+            statement_cache_size=0,
+            server_settings={"application_name": self.pools.application_name},
+        )
+
     async def close(self) -> None:
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        await self._rows.drain()
+        await self._activity.drain()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -80,20 +117,42 @@ class PostgresStore(SqlStore):
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         if self._pool is None:
             return await super().get_session(session_id)
-        future: asyncio.Future[SessionRecord | None] = asyncio.get_running_loop().create_future()
+        return await self._rows.get(self._pool, session_id)
+
+    async def session_activity(self, session_id: UUID) -> datetime | None:
+        if self._pool is None:
+            return await super().session_activity(session_id)
+        return await self._activity.get(self._pool, session_id)
+
+
+class _MergedReads(Generic[T]):
+    """Reads of one kind that arrive while another is under way wait for the next one, which
+    fetches them all with one ``WHERE id = ANY($1)``; every waiting read gets an answer."""
+
+    def __init__(self, query: str, decode: Callable[[asyncpg.Record], tuple[UUID, T]]) -> None:
+        self.query = query
+        self.decode = decode
+        self._waiting: dict[UUID, list[asyncio.Future[T | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def get(self, pool: asyncpg.Pool, session_id: UUID) -> T | None:
+        future: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(session_id, []).append(future)
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read_batches(), name="sessiond-reads")
+            self._reader = asyncio.create_task(self._read(pool), name="sessiond-reads")
         return await future
 
-    async def _read_batches(self) -> None:
-        assert self._pool is not None
+    async def drain(self) -> None:
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read(self, pool: asyncpg.Pool) -> None:
         while self._waiting:
             ids = list(self._waiting)[:MAX_BATCH]
             batch = {session_id: self._waiting.pop(session_id) for session_id in ids}
             try:
-                rows = await self._pool.fetch(_SELECT, ids)
-                found = {record.id: record for record in map(_record, rows)}
+                rows = await pool.fetch(self.query, ids)
+                found = dict(map(self.decode, rows))
                 outcome: BaseException | None = None
             except Exception as exc:  # every waiting validation gets an answer
                 found = {}
@@ -112,15 +171,31 @@ class PostgresStore(SqlStore):
                         future.set_result(found.get(session_id))
 
 
-def _record(row: asyncpg.Record) -> SessionRecord:
-    data = dict(row.items())
-    for name in _UUIDS:
-        if data[name] is not None:
-            data[name] = UUID(bytes=data[name].bytes)
-    return session_from_mapping(data)
+def _record(row: asyncpg.Record) -> tuple[UUID, SessionRecord]:
+    record = ASYNCPG_SESSIONS.decode(row)
+    return record.id, record
 
 
-def create_postgres_store(url: str) -> PostgresStore:
-    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+def _activity(row: asyncpg.Record) -> tuple[UUID, datetime]:
+    return fast_uuid(row[0].int), row[1]
+
+
+def _default_pools() -> DatabasePools:
+    return share_connections(
+        DEFAULT_DATABASE_CONNECTIONS, DEFAULT_DATABASE_POOL_TIMEOUT, application_name()
+    )
+
+
+def create_postgres_store(url: str, pools: DatabasePools | None = None) -> PostgresStore:
+    """The store, opening at most ``pools.total`` connections (``database_connections``)."""
+    pools = pools or _default_pools()
+    engine = create_async_engine(
+        url,
+        pool_size=pools.write,
+        max_overflow=0,
+        pool_timeout=pools.timeout,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": pools.application_name}},
+    )
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return PostgresStore(engine, dsn)
+    return PostgresStore(engine, dsn, pools)

@@ -41,7 +41,8 @@ from .codec import (
     session_from_row,
     user_from_row,
 )
-from .health import unavailable, unreachable
+from .health import busy, unavailable, unreachable
+from .notify import announce
 from .transaction import SqlTransaction, licence_from_row
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -73,6 +74,8 @@ class SqlStore(Store):
                 conn = await conn.execution_options(sessiond_write=True)
                 async with conn.begin():
                     yield conn
+        except sa.exc.TimeoutError:  # every connection of the pool stayed in use
+            raise busy() from None
         except Exception as exc:
             if not unreachable(exc):  # OperationalError, a lost connection, a refused one
                 raise
@@ -157,6 +160,12 @@ class SqlStore(Store):
             row = (await conn.execute(sa.select(s).where(s.c.id == session_id))).first()
         return session_from_row(row) if row else None
 
+    async def session_activity(self, session_id: UUID) -> datetime | None:
+        s = schema.sessions
+        async with self._read() as conn:
+            value = await conn.scalar(sa.select(s.c.last_activity).where(s.c.id == session_id))
+        return value  # type: ignore[no-any-return]
+
     async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:
         if not touches:
             return
@@ -205,6 +214,7 @@ class SqlStore(Store):
                     schema.licence.update().where(schema.licence.c.id == 1).values(**values)
                 )
             await tx.add_audit(audit)
+            await announce(tx.conn, "licence")
         return True
 
     async def licence_usage(
@@ -308,6 +318,7 @@ class SqlStore(Store):
             ).one()
             info = self._configuration(row)
             await tx.add_audit(replace(audit, details={**audit.details, "version": info.version}))
+            await announce(tx.conn, f"version {info.version}")  # at commit, to every node
         return info
 
 

@@ -3,11 +3,12 @@
 ``BEGIN IMMEDIATE`` for writes means two writers never both read and then race to upgrade their
 locks (which SQLite answers with "database is locked"); readers stay concurrent under WAL.
 
-The per-request session lookup skips the async driver: a primary-key read from a WAL database
+The per-request session reads skip the async driver: a primary-key read from a WAL database
 takes microseconds and never waits for writers, while handing it to aiosqlite's thread costs
-hundreds. So :meth:`SqliteStore.get_session` reads on the calling thread with its own read-only
-connection, and keeps what it read only until the database next changes (``PRAGMA
-data_version``, which any commit by any other connection or process moves): exact on every call.
+hundreds. So :meth:`SqliteStore.get_session` and :meth:`SqliteStore.session_activity` read on the
+calling thread with their own read-only connection, whose ``PRAGMA data_version``
+(:meth:`SqliteStore.data_epoch`) tells the service's validation cache when anything may have
+changed: any commit by any other connection or process moves it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,10 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from ..errors import SettingsError, StoreMissing
 from ..settings import hide_password
 from .base import SessionRecord
-from .codec import session_from_mapping
-from .schema import sessions
+from .codec import SQLITE_SESSIONS
 from .sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
-SESSIONS_KEPT = 10_000
 READER_BUSY_TIMEOUT_MS = 50  # the event loop waits at most this long on a locked database
 
 
@@ -117,36 +115,8 @@ def _prepare(database: Path) -> None:
         )
 
 
-_COLUMNS = [c.name for c in sessions.columns]
-_SELECT_SESSION = f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE id = ?"
-
-
-def _uuid(raw: str) -> UUID:
-    return UUID(hex=raw)
-
-
-def _time(raw: str) -> datetime:
-    return datetime.fromisoformat(raw).replace(tzinfo=UTC)
-
-
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "id": _uuid,
-    "user_id": _uuid,
-    "application_id": _uuid,
-    "created": _time,
-    "expires": _time,
-    "last_activity": _time,
-    "client_64bit": bool,
-    "client_64bit_os": bool,
-}
-_CONVERTERS = [(name, _CONVERT.get(name)) for name in _COLUMNS]
-
-
-def _row(raw: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        name: value if convert is None or value is None else convert(value)
-        for (name, convert), value in zip(_CONVERTERS, raw, strict=True)
-    }
+_SELECT_SESSION = f"SELECT {', '.join(SQLITE_SESSIONS.columns)} FROM sessions WHERE id = ?"
+_SELECT_ACTIVITY = "SELECT last_activity FROM sessions WHERE id = ?"
 
 
 class SqliteStore(SqlStore):
@@ -163,40 +133,38 @@ class SqliteStore(SqlStore):
             conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA query_only=1")
             self._local.conn = conn
-            self._local.cache = {}
-            self._local.version = None
         return conn
+
+    def data_epoch(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` on this thread's reader: it moves whenever any other
+        connection — a writer of this process, the command line, another process — commits."""
+        if self._database is None:
+            return None
+        try:
+            (version,) = self._reader().execute("PRAGMA data_version").fetchone()
+        except sqlite3.DatabaseError:
+            return None  # cannot tell: the caller reads the row instead
+        return int(version)
 
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         if self._database is None:
             return await super().get_session(session_id)
         try:
-            return self._read_session(session_id)
+            row = self._reader().execute(_SELECT_SESSION, (session_id.hex,)).fetchone()
         except sqlite3.DatabaseError:
             # Busy (a checkpoint or recovery holds a lock): wait in a worker thread instead
             # of on the event loop; any other failure is answered there as every read's is.
             return await super().get_session(session_id)
+        return SQLITE_SESSIONS.decode(row) if row is not None else None
 
-    def _read_session(self, session_id: UUID) -> SessionRecord | None:
-        conn = self._reader()
-        # Sessions read since the database last changed are still exact: data_version moves
-        # whenever any other connection, in this process or another, commits anything.
-        (version,) = conn.execute("PRAGMA data_version").fetchone()
-        cache: dict[UUID, SessionRecord] = self._local.cache
-        if version != self._local.version:
-            cache.clear()
-            self._local.version = version
-        record = cache.get(session_id)
-        if record is not None:
-            return record
-        row = conn.execute(_SELECT_SESSION, (session_id.hex,)).fetchone()
-        if row is None:
-            return None
-        record = session_from_mapping(_row(row))
-        if len(cache) >= SESSIONS_KEPT:
-            cache.clear()
-        cache[session_id] = record
-        return record
+    async def session_activity(self, session_id: UUID) -> datetime | None:
+        if self._database is None:
+            return await super().session_activity(session_id)
+        try:
+            row = self._reader().execute(_SELECT_ACTIVITY, (session_id.hex,)).fetchone()
+        except sqlite3.DatabaseError:
+            return await super().session_activity(session_id)
+        return datetime.fromisoformat(row[0]).replace(tzinfo=UTC) if row is not None else None
 
     async def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

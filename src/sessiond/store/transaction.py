@@ -41,6 +41,7 @@ from .codec import (
     user_from_row,
     user_values,
 )
+from .notify import announce_revoked
 
 u, s, a = schema.users, schema.sessions, schema.audit
 
@@ -186,6 +187,7 @@ class SqlTransaction(Transaction):
             return []
         rows = (await self.conn.execute(s.delete().where(s.c.id.in_(chosen)).returning(*s.c))).all()
         deleted = [session_from_row(row) for row in rows]
+        await announce_revoked(self.conn, [r.id for r in deleted])  # sent at commit (notify.py)
         for record in deleted:
             await self.add_audit(chosen[record.id])
         return deleted

@@ -1,0 +1,213 @@
+"""Signing in and out: login and password, a password that must be changed first, and
+integrated Windows sign-in (HTTP Negotiate) where it is configured."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from ...auth import PasswordCredentials
+from ...errors import (
+    AuthenticationError,
+    NegotiateRequired,
+    NotConfigured,
+    PasswordExpired,
+    RequestError,
+    SessiondError,
+)
+from ...models import ClientInfo, DeviceType, ServiceType
+from ...token import SessionToken
+from ..headers import AUTHORIZATION_HEADER, single_header
+from ..routes import _handshake_id, _negotiate_token
+from . import auth, forms
+from .web import redirect, render
+
+
+def _client(request: Request) -> ClientInfo:
+    """The console's sessions are web sessions: they take a web seat."""
+    agent = request.headers.get("user-agent")
+    return ClientInfo(
+        service_type=ServiceType.WEB_CLIENT,
+        device_type=DeviceType.DESKTOP,
+        user_agent=agent[:512] if agent else None,
+    )
+
+
+def negotiate_offered(request: Request) -> bool:
+    windows = auth.service_of(request).settings.windows
+    return windows is not None and windows.negotiate
+
+
+async def _page(
+    request: Request,
+    template: str,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    **context: object,
+) -> HTMLResponse:
+    token, new = auth.signin_token(request)
+    response = render(
+        request,
+        template,
+        {"csrf": token, "negotiate": negotiate_offered(request), **context},
+        status=status,
+        error=error,
+    )
+    if new:
+        spec = auth.cookies(request)
+        spec.set(response, spec.signin, token)
+    return response
+
+
+async def _signed_in(request: Request, token: SessionToken) -> Response:
+    """Hand the browser its new session; an older console session of this browser ends."""
+    service = auth.service_of(request)
+    old = auth.auth_text_of(request)
+    if old:
+        with contextlib.suppress(SessiondError):
+            await service.close_session(old, auth.client_address(request))
+    response = redirect("/sessions")
+    spec = auth.cookies(request)
+    spec.set(response, spec.session, auth.encode_auth(token.to_auth_xml()))
+    return response
+
+
+async def sign_in_page(request: Request) -> Response:
+    with contextlib.suppress(auth.SignedOut):
+        await auth.viewer(request, admin=False)
+        return redirect("/sessions")
+    return await _page(request, "signin.html", title="Sign in", login="")
+
+
+async def sign_in(request: Request) -> Response:
+    form = await auth.checked_signin_form(request)
+    login, password = forms.text(form, "login"), forms.secret(form, "password")
+    if not login or not password:
+        return await _page(
+            request, "signin.html", title="Sign in", login=login, status=400,
+            error="Give your login and password.",
+        )  # fmt: skip
+    service = auth.service_of(request)
+    try:
+        token = await service.open_session(
+            PasswordCredentials(login, password, None),
+            _client(request),
+            auth.client_address(request),
+        )
+    except PasswordExpired as exc:
+        return await _change_page(request, login, exc)
+    except SessiondError as exc:
+        return await _page(
+            request, "signin.html", title="Sign in", login=login, status=exc.status,
+            error=exc.message,
+        )  # fmt: skip
+    return await _signed_in(request, token)
+
+
+async def _change_page(
+    request: Request,
+    login: str,
+    expired: PasswordExpired | None = None,
+    *,
+    status: int = 200,
+    error: str | None = None,
+) -> HTMLResponse:
+    reason = None
+    if expired is not None:
+        reason = (
+            "This is a one-time password: choose your own password to sign in."
+            if expired.details.get("one_time")
+            else f"Your password has expired ({expired.message}): choose a new one to sign in."
+        )
+    return await _page(
+        request,
+        "change_password.html",
+        title="Change password",
+        login=login,
+        reason=reason,
+        status=status,
+        error=error,
+    )
+
+
+async def change_password_page(request: Request) -> Response:
+    return await _change_page(request, forms.text(request.query_params, "login"))
+
+
+async def change_password(request: Request) -> Response:
+    form = await auth.checked_signin_form(request)
+    login = forms.text(form, "login")
+    old, new = forms.secret(form, "old_password"), forms.secret(form, "new_password")
+    try:
+        if not login or not old or not new:
+            raise RequestError("Give your login, your current password and a new one.")
+        if new != forms.secret(form, "repeat_password"):
+            raise RequestError("The new password and its repetition differ.")
+        service = auth.service_of(request)
+        address = auth.client_address(request)
+        await service.change_password(login, old, new, address)
+        token = await service.open_session(
+            PasswordCredentials(login, new, None), _client(request), address
+        )
+    except SessiondError as exc:
+        return await _change_page(request, login, status=exc.status, error=exc.message)
+    return await _signed_in(request, token)
+
+
+async def windows_sign_in(request: Request) -> Response:
+    """HTTP Negotiate with the browser: 401 ``WWW-Authenticate: Negotiate`` until it sends a
+    token (or the next leg of NTLM), then a session."""
+    service = auth.service_of(request)
+    try:
+        if not negotiate_offered(request):
+            raise NotConfigured("integrated Windows sign-in is not configured on this server")
+        token, mutual = await service.open_session_negotiate(
+            _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
+            _handshake_id(request),
+            _client(request),
+            auth.client_address(request),
+        )
+    except NegotiateRequired as exc:
+        challenge = base64.b64encode(exc.challenge).decode() if exc.challenge else ""
+        response = await _page(
+            request, "negotiate.html", title="Windows sign-in", status=401, login=""
+        )
+        response.headers["WWW-Authenticate"] = f"Negotiate {challenge}".strip()
+        return response
+    except SessiondError as exc:
+        status = exc.status if not isinstance(exc, AuthenticationError) else 401
+        return await _page(
+            request, "signin.html", title="Sign in", login="", status=status, error=exc.message
+        )
+    signed_in = await _signed_in(request, token)
+    if mutual:
+        signed_in.headers["WWW-Authenticate"] = "Negotiate " + base64.b64encode(mutual).decode()
+    return signed_in
+
+
+async def sign_out(request: Request) -> Response:
+    try:
+        who = await auth.viewer(request, admin=False)
+    except auth.SignedOut:
+        return redirect("/sign-in")
+    await auth.checked_form(request, who)
+    await auth.service_of(request).close_session(who.auth_text, auth.client_address(request))
+    response = redirect("/sign-in", "signed-out")
+    spec = auth.cookies(request)
+    spec.drop(response, spec.session)
+    return response
+
+
+routes = [
+    Route("/sign-in", sign_in_page, methods=["GET"]),
+    Route("/sign-in", sign_in, methods=["POST"]),
+    Route("/change-password", change_password_page, methods=["GET"]),
+    Route("/change-password", change_password, methods=["POST"]),
+    Route("/sign-in/windows", windows_sign_in, methods=["GET"]),
+    Route("/sign-out", sign_out, methods=["POST"]),
+]

@@ -1,0 +1,225 @@
+"""The users pages: the list and a new user; one user's page: what they are, their personal
+licences, block and unblock, a new password, their sessions, and removal (confirmed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ...errors import RequestError, SessiondError
+from ...models import AccessLevel, LicenseType, LoginType
+from ...store import UserRecord
+from . import auth, forms
+from .auth import Viewer
+from .web import redirect, render
+
+LOGIN_TYPES = [t.wire for t in LoginType]
+ACCESS_LEVELS = [a.wire for a in AccessLevel]
+
+
+def _user_query(login: str) -> list[tuple[str, str]]:
+    return [("login", login)]
+
+
+async def users_page(
+    request: Request,
+    who: Viewer | None = None,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    values: dict[str, str] | None = None,
+) -> Response:
+    who = who or await auth.viewer(request)
+    users = await auth.service_of(request).list_users(who.actor)
+    context = {
+        "title": "Users",
+        "viewer": who,
+        "users": sorted(users, key=lambda u: u.login.lower()),
+        "login_types": LOGIN_TYPES,
+        "access_levels": ACCESS_LEVELS,
+        "values": values or {"login_type": "Platform", "access_level": "Regular"},
+    }
+    return render(request, "users.html", context, status=status, error=error)
+
+
+async def add_user(request: Request) -> Response:
+    who = await auth.viewer(request)
+    form = await auth.checked_form(request, who)
+    fields = ("login", "name", "access_level", "login_type", "account")
+    values = {name: forms.text(form, name) for name in fields}
+    try:
+        login_type = forms.choice(LoginType, values["login_type"], "login type")
+        login_type = login_type if login_type is not None else LoginType.PLATFORM
+        password = forms.secret(form, "password")
+        if password != forms.secret(form, "repeat_password"):
+            raise RequestError("The password and its repetition differ.")
+        if login_type == LoginType.PLATFORM and not password:
+            raise RequestError("A Platform user needs a password.")
+        level = forms.choice(AccessLevel, values["access_level"], "access level")
+        user = await auth.service_of(request).add_user(
+            who.actor,
+            values["login"],
+            name=values["name"] or None,
+            password=password or None,
+            access_level=level if level is not None else AccessLevel.REGULAR,
+            login_type=login_type,
+            account=values["account"] or None,
+        )
+    except SessiondError as exc:
+        return await users_page(request, who, status=exc.status, error=exc.message, values=values)
+    return redirect("/user", "user-added", params=_user_query(user.login))
+
+
+async def user_page(
+    request: Request,
+    who: Viewer | None = None,
+    login: str | None = None,
+    *,
+    status: int = 200,
+    error: str | None = None,
+) -> Response:
+    who = who or await auth.viewer(request)
+    login = login if login is not None else forms.text(request.query_params, "login")
+    service = auth.service_of(request)
+    try:
+        user = await service.get_user_by_login(login)
+    except SessiondError as exc:
+        return await users_page(request, who, status=exc.status, error=exc.message)
+    return render(request, "user.html", _user_context(who, user), status=status, error=error)
+
+
+def _user_context(who: Viewer, user: UserRecord) -> dict[str, Any]:
+    return {
+        "title": f"User {user.login}",
+        "viewer": who,
+        "user": user,
+        "login_types": LOGIN_TYPES,
+        "access_levels": ACCESS_LEVELS,
+        "blocked_until": forms.time_field(user.blocked_due_date),
+        "sessions_query": forms.query_string({"user": user.name}),
+    }
+
+
+async def _act(request: Request, done: str, action: Any) -> Response:
+    """Run ``action(service, who, login, form)`` for a posted user form; back to the user's
+    page with a notice, or with the service's message."""
+    who = await auth.viewer(request)
+    form = await auth.checked_form(request, who)
+    login = forms.text(form, "login")
+    try:
+        result = await action(auth.service_of(request), who, login, form)
+    except SessiondError as exc:
+        return await user_page(request, who, login, status=exc.status, error=exc.message)
+    if isinstance(result, UserRecord):
+        login = result.login
+    return redirect("/user", done, params=_user_query(login))
+
+
+async def update_user(request: Request) -> Response:
+    async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
+        user: UserRecord = await service.get_user_by_login(login)
+        level = forms.choice(AccessLevel, forms.text(form, "access_level"), "access level")
+        kind = forms.choice(LoginType, forms.text(form, "login_type"), "login type")
+        name, account = forms.text(form, "name"), forms.text(form, "account")
+        offset = forms.integer(forms.text(form, "time_zone"), "time zone offset")
+        user = await service.update_user(
+            who.actor,
+            login,
+            name=name if name and name != user.name else None,
+            access_level=level if level != user.access_level else None,
+            login_type=kind if kind != user.login_type else None,
+            account=account if account and account != user.account else None,
+            time_zone_utc_offset=offset if offset != user.time_zone_utc_offset else None,
+        )
+        wanted = {
+            LicenseType.PERSONAL_CLIENT: ("personal_client", user.personal_client),
+            LicenseType.PERSONAL_WEB: ("personal_web", user.personal_web),
+        }
+        for seat, (field, held) in wanted.items():
+            holds = form.get(field) == "on"
+            if holds != held:
+                user = await service.set_personal_licence(who.actor, user.login, seat, holds)
+        return user
+
+    return await _act(request, "user-changed", action)
+
+
+async def block_user(request: Request) -> Response:
+    async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
+        until = forms.utc_time(forms.text(form, "until"), "blocked until")
+        user: UserRecord = await service.set_blocked(who.actor, login, True, until)
+        return user
+
+    return await _act(request, "user-blocked", action)
+
+
+async def unblock_user(request: Request) -> Response:
+    async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
+        user: UserRecord = await service.set_blocked(who.actor, login, False)
+        return user
+
+    return await _act(request, "user-unblocked", action)
+
+
+async def set_password(request: Request) -> Response:
+    async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
+        password = forms.secret(form, "password")
+        if not password:
+            raise RequestError("Give the new password.")
+        if password != forms.secret(form, "repeat_password"):
+            raise RequestError("The password and its repetition differ.")
+        user: UserRecord = await service.set_password(who.actor, login, password)
+        return user
+
+    return await _act(request, "password-set", action)
+
+
+async def close_sessions(request: Request) -> Response:
+    who = await auth.viewer(request)
+    form = await auth.checked_form(request, who)
+    login = forms.text(form, "login")
+    try:
+        count = await auth.service_of(request).close_user_sessions(who.actor, login)
+    except SessiondError as exc:
+        return await user_page(request, who, login, status=exc.status, error=exc.message)
+    return redirect("/user", "closed-user", count, params=_user_query(login))
+
+
+async def remove_page(request: Request) -> Response:
+    who = await auth.viewer(request)
+    login = forms.text(request.query_params, "login")
+    try:
+        user = await auth.service_of(request).get_user_by_login(login)
+    except SessiondError as exc:
+        return await users_page(request, who, status=exc.status, error=exc.message)
+    context = {"title": "Remove a user", "viewer": who, "user": user}
+    return render(request, "remove_user.html", context)
+
+
+async def remove_user(request: Request) -> Response:
+    who = await auth.viewer(request)
+    form = await auth.checked_form(request, who)
+    login = forms.text(form, "login")
+    try:
+        await auth.service_of(request).remove_user(who.actor, login)
+    except SessiondError as exc:
+        return await user_page(request, who, login, status=exc.status, error=exc.message)
+    return redirect("/users", "user-removed")
+
+
+routes = [
+    Route("/users", users_page, methods=["GET"]),
+    Route("/users", add_user, methods=["POST"]),
+    Route("/user", user_page, methods=["GET"]),
+    Route("/user/update", update_user, methods=["POST"]),
+    Route("/user/block", block_user, methods=["POST"]),
+    Route("/user/unblock", unblock_user, methods=["POST"]),
+    Route("/user/password", set_password, methods=["POST"]),
+    Route("/user/close-sessions", close_sessions, methods=["POST"]),
+    Route("/user/remove", remove_page, methods=["GET"]),
+    Route("/user/remove", remove_user, methods=["POST"]),
+]

@@ -1,0 +1,187 @@
+"""The validation cache: an answer remembered per session, never used for a session that has
+ended — closed, expired, blocked, deleted by another process, or closed on another node."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sessiond.auth import PasswordCredentials
+from sessiond.errors import (
+    SessionExpired,
+    SessionNotFound,
+    TokenInvalid,
+    TokenSignatureInvalid,
+)
+from sessiond.keys import KeyRing
+from sessiond.models import ClientInfo
+from sessiond.service import Actor, SessionService
+from sessiond.settings import load_settings
+from sessiond.store import SessionRecord, create_store
+from sessiond.token import AuthToken
+from tests.infra.postgres import PostgresServer
+
+from .conftest import FAST_ARGON2, Clock, ServerProcess
+
+SYSTEM = Actor.system()
+
+
+def _render(record: SessionRecord) -> bytes:
+    return json.dumps({"SessionID": str(record.id)}).encode()
+
+
+async def _opened(service: SessionService, login: str = "cached") -> str:
+    if await service.store.find_user_by_login(login) is None:
+        await service.add_user(SYSTEM, login, password="pw-1234")
+    token = await service.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
+    return token.to_auth_xml()
+
+
+async def _warm(service: SessionService, auth: str) -> None:
+    for _ in range(3):
+        assert await service.validate_view(auth, None, _render)
+    assert len(service.sessions._known) >= 1
+
+
+async def test_an_ended_session_is_refused_at_once_though_cached(
+    make_service: Any, clock: Clock, tmp_path: Path
+) -> None:
+    service = await make_service(
+        session_expiration_time_span="8h", security={"session_inactivity_time": "1h"}
+    )
+    closed = await _opened(service)
+    await _warm(service, closed)
+    assert await service.close_session(closed) is True
+    with pytest.raises(SessionNotFound):
+        await service.validate_view(closed, None, _render)
+
+    blocked = await _opened(service, "blocked")
+    await _warm(service, blocked)
+    await service.set_blocked(SYSTEM, "blocked", True)
+    with pytest.raises(SessionNotFound):
+        await service.validate_view(blocked, None, _render)
+
+    # Deleted by another process (the command line, a second server on the same file).
+    elsewhere = await _opened(service)
+    await _warm(service, elsewhere)
+    db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
+    with db:
+        db.execute(
+            "DELETE FROM sessions WHERE id = ?", (AuthToken.from_xml(elsewhere).session_id.hex,)
+        )
+    db.close()
+    with pytest.raises(SessionNotFound):
+        await service.validate_view(elsewhere, None, _render)
+
+    idle = await _opened(service)
+    await _warm(service, idle)
+    clock.advance(minutes=61)
+    with pytest.raises(SessionExpired):
+        await service.validate_view(idle, None, _render)
+
+    old = await _opened(service)
+    await _warm(service, old)
+    for _ in range(9):  # busy, but past its absolute lifetime
+        clock.advance(minutes=55)
+        try:
+            await service.validate_view(old, None, _render)
+        except SessionExpired:
+            break
+    else:
+        pytest.fail("a cached session outlived its lifetime")
+
+
+async def test_only_the_token_text_that_was_checked_uses_the_cache(make_service: Any) -> None:
+    service = await make_service()
+    auth = await _opened(service)
+    await _warm(service, auth)
+    token = AuthToken.from_xml(auth)
+    forged = auth.replace(token.signature, "A" * 43 + "=")
+    with pytest.raises(TokenSignatureInvalid):
+        await service.validate_view(forged, None, _render)
+    spaced = auth.replace(" UserID", "  UserID")  # the same values, spelled differently
+    assert await service.validate_view(spaced, None, _render) == _render(
+        await service.validate(auth)
+    )
+    with pytest.raises(TokenInvalid):
+        await service.validate_view(auth[:-3], None, _render)
+
+
+async def test_the_cache_is_bounded_and_evicts_one_entry_at_a_time(make_service: Any) -> None:
+    service = await make_service(validation_cache_entries=10)
+    tokens = [await _opened(service) for _ in range(30)]
+    for auth in tokens:
+        await service.validate_view(auth, None, _render)
+    assert len(service.sessions._known) == 10
+    for auth in tokens[-10:]:  # the most recent ten are the ones kept
+        assert str(AuthToken.from_xml(auth).session_id) in service.sessions._known
+    for auth in tokens:  # and the rest still validate, read afresh
+        assert await service.validate_view(auth, None, _render)
+
+
+def test_a_session_closed_by_another_process_is_refused_at_the_next_request(
+    server: ServerProcess,
+) -> None:
+    answer = httpx.post(
+        f"{server.url}/api/v1/sessions/open",
+        json={"Login": "admin", "Password": server.admin_password},
+    ).json()
+    headers = {"Tessa-Session": answer["AuthToken"]}
+    for _ in range(3):
+        assert (
+            httpx.get(f"{server.url}/api/v1/sessions/current", headers=headers).status_code == 200
+        )
+    session_id = str(AuthToken.from_xml(answer["AuthToken"]).session_id)
+    closed = server.cli("sessions", "close", session_id)
+    assert closed.returncode == 0, closed.stderr
+    refused = httpx.get(f"{server.url}/api/v1/sessions/current", headers=headers)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "session_not_found"
+
+
+async def test_a_session_closed_on_another_node_is_refused_at_its_next_request(
+    postgres_server: PostgresServer, tmp_path: Path, clock: Clock
+) -> None:
+    url = postgres_server.new_database()
+    KeyRing.generate().save(tmp_path / "keys.json")
+    nodes: list[SessionService] = []
+    make: Callable[[], SessionService] = lambda: SessionService(  # noqa: E731
+        load_settings(
+            None,
+            database_url=url,
+            data_dir=tmp_path,
+            signature_keys_file=tmp_path / "keys.json",
+            argon2=FAST_ARGON2,
+        ),
+        create_store(url),
+        KeyRing.load(tmp_path / "keys.json"),
+        clock=clock,
+    )
+    try:
+        for _ in range(2):
+            node = make()
+            await node.start()
+            nodes.append(node)
+        a, b = nodes
+        for close in ("close", "block", "expire"):
+            auth = await _opened(a, f"pg-{close}")
+            await _warm(b, auth)
+            if close == "close":
+                assert await a.close_session(auth) is True
+                expected: type[Exception] = SessionNotFound
+            elif close == "block":
+                await a.set_blocked(SYSTEM, f"pg-{close}", True)
+                expected = SessionNotFound
+            else:
+                clock.advance(days=8)
+                expected = SessionExpired
+            with pytest.raises(expected):
+                await b.validate_view(auth, None, _render)
+    finally:
+        for node in nodes:
+            await node.close()
