@@ -28,15 +28,25 @@ from .errors import (
     TransportError,
     error_from_body,
 )
-from .models import ConfigurationInfo, DeviceType, ServiceType, WireEnum
+from .models import (
+    CLIENT_INFO_JSON,
+    ClientInfo,
+    ConfigurationInfo,
+    DeviceType,
+    ServiceType,
+    WireEnum,
+)
 from .token import SessionToken
+from .wire import (
+    CONFIGURATION_VERSION_HEADER,
+    NEGOTIATE_ID_HEADER,
+    NEXT_PAGE_HEADER,
+    SESSION_HEADER,
+    parse_time,
+)
 
 __all__ = ["AsyncSessionClient", "SessionClient"]
 
-SESSION_HEADER = "Tessa-Session"
-VERSION_HEADER = "Tessa-Configuration-Version"
-NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
-NEXT_PAGE_HEADER = "Tessa-Next-Page"
 MAX_NEGOTIATE_LEGS = 5
 DEFAULT_TIMEOUT = 30.0
 
@@ -257,28 +267,22 @@ class _ClientCore:
     # --- plumbing ------------------------------------------------------------------------
 
     def _client_params(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        application_id = overrides.pop("application_id", self.application_id)
-        params = {
-            "ApplicationID": str(application_id) if application_id else None,
-            "ServiceType": ServiceType(overrides.pop("service_type", self.service_type)).wire,
-            "DeviceType": DeviceType(overrides.pop("device_type", self.device_type)).wire,
-            "Culture": overrides.pop("culture", self.culture),
-            "UICulture": overrides.pop("ui_culture", self.ui_culture),
-            "UtcOffsetMinutes": overrides.pop("utc_offset", self.utc_offset),
+        """The sign-in body's client parameters: this client's, with ``overrides`` on top."""
+        unknown = overrides.keys() - CLIENT_INFO_JSON.keys()
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+        defaults = {
+            "application_id": self.application_id,
+            "service_type": self.service_type,
+            "device_type": self.device_type,
+            "culture": self.culture,
+            "ui_culture": self.ui_culture,
+            "utc_offset": self.utc_offset,
         }
-        names = {
-            "instance_name": "InstanceName",
-            "host_name": "HostName",
-            "os_name": "OSName",
-            "user_agent": "UserAgent",
-            "client_64bit": "Client64Bit",
-            "client_64bit_os": "Client64BitOS",
-        }
-        for key, value in overrides.items():
-            if key not in names:
-                raise TypeError(f"unexpected keyword argument {key!r}")
-            params[names[key]] = value
-        return {k: v for k, v in params.items() if v is not None}
+        values = {**defaults, **overrides}
+        values["service_type"] = ServiceType(values["service_type"])
+        values["device_type"] = DeviceType(values["device_type"])
+        return ClientInfo(**values).to_json()
 
     def _request(
         self,
@@ -310,7 +314,7 @@ class _ClientCore:
         raise ProtocolError(f"the server answered HTTP {response.status_code} without JSON")
 
     def _note_version(self, response: httpx.Response) -> None:
-        raw = response.headers.get(VERSION_HEADER)
+        raw = response.headers.get(CONFIGURATION_VERSION_HEADER)
         if raw is None or not raw.isdigit():
             return
         new = int(raw)
@@ -331,7 +335,7 @@ class _ClientCore:
         inactivity = body.get("SessionInactivityTime")
         self.session_inactivity_time = float(inactivity) if inactivity else None
         expires = body.get("PasswordExpires")
-        self.password_expires = datetime.fromisoformat(expires) if expires else None
+        self.password_expires = parse_time(expires) if expires else None
         return token
 
 

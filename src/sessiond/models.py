@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any, Self
 from uuid import UUID
 
+from .wire import format_time
+
 
 class WireEnum(enum.IntEnum):
     """An int enum whose members travel by their platform name."""
@@ -162,6 +164,23 @@ class ConfigurationInfo:
         )
 
 
+#: ClientInfo's fields and their names in the sign-in body (OpenSessionRequest).
+CLIENT_INFO_JSON: dict[str, str] = {
+    "application_id": "ApplicationID",
+    "service_type": "ServiceType",
+    "device_type": "DeviceType",
+    "culture": "Culture",
+    "ui_culture": "UICulture",
+    "utc_offset": "UtcOffsetMinutes",
+    "instance_name": "InstanceName",
+    "host_name": "HostName",
+    "os_name": "OSName",
+    "user_agent": "UserAgent",
+    "client_64bit": "Client64Bit",
+    "client_64bit_os": "Client64BitOS",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """What a client says about itself when it opens a session (all optional)."""
@@ -179,6 +198,38 @@ class ClientInfo:
     client_64bit: bool | None = None
     client_64bit_os: bool | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The client parameters of a sign-in body (absent ones left out)."""
+        out: dict[str, Any] = {}
+        for name, key in CLIENT_INFO_JSON.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, WireEnum):
+                value = value.wire
+            elif isinstance(value, UUID):
+                value = str(value)
+            out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClientInfo:
+        """The client parameters of a sign-in body (already checked for shape); raises
+        ValueError for an unknown service or device type."""
+        values: dict[str, Any] = {}
+        for name, key in CLIENT_INFO_JSON.items():
+            value = data.get(key)
+            if value is None:
+                continue
+            if name == "service_type":
+                value = ServiceType.from_wire(value)
+            elif name == "device_type":
+                value = DeviceType.from_wire(value)
+            elif name == "application_id" and not isinstance(value, UUID):
+                value = UUID(str(value))
+            values[name] = value
+        return cls(**values)
+
 
 def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    return format_time(value)

@@ -33,6 +33,7 @@ from lxml import etree
 
 from .errors import TokenInvalid, TokenSignatureInvalid
 from .models import AccessLevel, DeviceType, LicenseType, LoginType, ServiceType, WireEnum
+from .wire import format_time
 
 MAX_TOKEN_BYTES: Final = 16 * 1024
 MAX_VALUE_CHARS: Final = 1024
@@ -62,11 +63,8 @@ CANONICAL_AUTH = re.compile(
 )
 
 
-def format_datetime(value: datetime) -> str:
-    """The one spelling of a time in a token: UTC, microseconds, ``Z``."""
-    if value.tzinfo is None:
-        raise ValueError("token times must be timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+#: The one spelling of a time in a token (and in the API).
+format_datetime = format_time
 
 
 # --- codecs: value -> canonical text, and canonical text -> value (strict) -------------------

@@ -30,18 +30,22 @@ from ..keys import KeyRing
 from ..service import SessionService
 from ..settings import Settings
 from ..store import create_store
+from ..wire import (
+    CONFIGURATION_VERSION_HEADER,
+    NEGOTIATE_ID_HEADER,
+    SERVER_VERSION_HEADER,
+    SESSION_HEADER,
+)
 from . import console, operations, routes
 from .addresses import ClientAddress, networks
 from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
-from .headers import SESSION_HEADER, configuration_version
+from .headers import configuration_version
 from .observe import Observe
 from .schemas import ErrorBody, SessionInfo
 
 log = logging.getLogger("sessiond.server")
 
-VERSION_HEADER = "Tessa-Configuration-Version"
-SERVER_VERSION_HEADER = "Tessa-Server-Version"
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -79,7 +83,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
         description=(
             "Sessions of the document platform: sign in, validate, sign out, administer. "
             f"Send the auth form of the session token in the `{SESSION_HEADER}` header; every "
-            f"response carries the configuration version in `{VERSION_HEADER}`."
+            f"response carries the configuration version in `{CONFIGURATION_VERSION_HEADER}`."
         ),
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
@@ -152,7 +156,9 @@ class PlatformHeaders:
                 # Liveness never waits for the store; a 503 still carries the last version.
                 version = await configuration_version(self.service, read=not live)
                 headers = list(message.get("headers", []))
-                headers.append((VERSION_HEADER.lower().encode(), str(version).encode()))
+                headers.append(
+                    (CONFIGURATION_VERSION_HEADER.lower().encode(), str(version).encode())
+                )
                 headers.append((SERVER_VERSION_HEADER.lower().encode(), self.server_version))
                 message = {**message, "headers": headers}
             await send(message)
@@ -187,7 +193,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             challenge = base64.b64encode(exc.challenge).decode() if exc.challenge else ""
             headers["WWW-Authenticate"] = f"Negotiate {challenge}".strip()
             if exc.handshake_id:
-                headers[routes.NEGOTIATE_ID_HEADER] = exc.handshake_id
+                headers[NEGOTIATE_ID_HEADER] = exc.handshake_id
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers or None)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:

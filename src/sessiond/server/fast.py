@@ -24,6 +24,7 @@ from .._version import __version__
 from ..errors import INTERNAL_ERROR_BODY, SessiondError, SessionRequired
 from ..service import SessionService
 from ..store import SessionRecord
+from ..wire import CONFIGURATION_VERSION_HEADER, SERVER_VERSION_HEADER
 from .headers import configuration_version, session_header
 from .observe import Observe
 
@@ -36,7 +37,8 @@ def _json(body: Any) -> bytes:
 
 PATH = "/api/v1/sessions/current"
 _JSON = (b"content-type", b"application/json")
-_SERVER_VERSION = (b"tessa-server-version", __version__.encode())
+_SERVER_VERSION = (SERVER_VERSION_HEADER.lower().encode(), __version__.encode())
+_VERSION = CONFIGURATION_VERSION_HEADER.lower().encode()
 
 
 class FastValidation:
@@ -79,7 +81,7 @@ class FastValidation:
                 "headers": [
                     _JSON,
                     (b"content-length", str(len(payload)).encode()),
-                    (b"tessa-configuration-version", str(version).encode()),
+                    (_VERSION, str(version).encode()),
                     _SERVER_VERSION,
                 ],
             }

@@ -8,13 +8,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import HeaderRepeated, SessiondError
+from ..wire import SESSION_HEADER
 
 if TYPE_CHECKING:
     from ..service import SessionService
 
 log = logging.getLogger("sessiond.server")
 
-SESSION_HEADER = "Tessa-Session"
 AUTHORIZATION_HEADER = "Authorization"
 
 

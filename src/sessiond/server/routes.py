@@ -27,7 +27,8 @@ from ..models import (
 )
 from ..service import Actor, SessionService
 from ..store import AuditQuery, AuditRecord, SessionOrder, SessionQuery, SessionRecord, UserRecord
-from ..token import SessionToken, format_datetime
+from ..token import SessionToken
+from ..wire import NEGOTIATE_ID_HEADER, NEXT_PAGE_HEADER, format_time
 from .headers import AUTHORIZATION_HEADER, session_header, single_header
 from .schemas import (
     AddUserRequest,
@@ -46,9 +47,6 @@ from .schemas import (
 
 router = APIRouter(prefix="/api/v1", redirect_slashes=False)
 
-NEXT_PAGE_HEADER = "Tessa-Next-Page"
-
-NEGOTIATE_ID_HEADER = "Tessa-Negotiate-Id"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 422, 429, 501, 503)
@@ -94,9 +92,9 @@ def session_info(record: SessionRecord) -> dict[str, Any]:
         "ServiceType": t.service_type.wire,
         "DeviceType": t.device_type.wire,
         "ApplicationID": str(t.application_id) if t.application_id else None,
-        "Created": format_datetime(t.created),
-        "Expires": format_datetime(t.expires),
-        "LastActivity": format_datetime(record.last_activity),
+        "Created": format_time(t.created),
+        "Expires": format_time(t.expires),
+        "LastActivity": format_time(record.last_activity),
         "HostIP": t.host_ip,
     }
 
@@ -139,7 +137,7 @@ def _opened(
         "Token": token.to_xml(),
         "AuthToken": token.to_auth_xml(),
         "SessionInactivityTime": inactivity.total_seconds() if inactivity else None,
-        "PasswordExpires": format_datetime(password_expires) if password_expires else None,
+        "PasswordExpires": format_time(password_expires) if password_expires else None,
     }
 
 
@@ -345,11 +343,11 @@ def user_info(user: UserRecord) -> dict[str, Any]:
         "LoginType": user.login_type.wire,
         "Account": user.account,
         "Blocked": user.blocked,
-        "BlockedDueDate": format_datetime(user.blocked_due_date) if user.blocked_due_date else None,
+        "BlockedDueDate": format_time(user.blocked_due_date) if user.blocked_due_date else None,
         "PersonalClient": user.personal_client,
         "PersonalWeb": user.personal_web,
         "TimeZoneUtcOffsetMinutes": user.time_zone_utc_offset,
-        "Created": format_datetime(user.created),
+        "Created": format_time(user.created),
     }
 
 
@@ -493,7 +491,7 @@ async def remove_user(request: Request, login: str) -> JSONResponse:
 def audit_info(record: AuditRecord) -> dict[str, Any]:
     return {
         "ID": record.id,
-        "At": format_datetime(record.at),
+        "At": format_time(record.at),
         "Action": record.action.wire,
         "SessionID": str(record.session_id) if record.session_id else None,
         "UserID": str(record.user_id) if record.user_id else None,

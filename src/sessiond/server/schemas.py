@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..models import ClientInfo, DeviceType, ServiceType
+from ..models import CLIENT_INFO_JSON, ClientInfo, DeviceType, ServiceType
 from ..token import CONTROL_CHARACTERS
 
 
@@ -73,23 +74,11 @@ class OpenSessionRequest(_Body):
         return login, password
 
     def client_info(self, user_agent_header: str | None) -> ClientInfo:
-        service_type = ServiceType.from_wire(self.ServiceType)
-        return ClientInfo(
-            application_id=self.ApplicationID,
-            service_type=service_type,
-            device_type=DeviceType.from_wire(self.DeviceType),
-            culture=self.Culture,
-            ui_culture=self.UICulture,
-            utc_offset=self.UtcOffsetMinutes,
-            instance_name=self.InstanceName,
-            host_name=self.HostName,
-            os_name=self.OSName,
+        info = ClientInfo.from_json(self.model_dump(include=set(CLIENT_INFO_JSON.values())))
+        if info.user_agent is None and info.service_type == ServiceType.WEB_CLIENT:
             # The platform keeps UserAgent for browsers: only web clients get the header's.
-            user_agent=self.UserAgent
-            or (user_agent_header if service_type == ServiceType.WEB_CLIENT else None),
-            client_64bit=self.Client64Bit,
-            client_64bit_os=self.Client64BitOS,
-        )
+            info = replace(info, user_agent=user_agent_header)
+        return info
 
 
 class OpenSessionResponse(BaseModel):

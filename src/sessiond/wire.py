@@ -1,0 +1,35 @@
+"""What the client and the server share on the wire, in one place: the header names and the
+time format. (The other shared shapes live with their records: ``ClientInfo.to_json`` and
+``from_json`` for the sign-in's client parameters, ``ConfigurationInfo.to_dict``, the token's
+XML in ``token.py``.)"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+#: The auth form of the session token, on every request that needs a session.
+SESSION_HEADER: Final = "Tessa-Session"
+#: On every answer: the configuration version (clients drop their caches when it moves).
+CONFIGURATION_VERSION_HEADER: Final = "Tessa-Configuration-Version"
+#: On every answer: sessiond's own version.
+SERVER_VERSION_HEADER: Final = "Tessa-Server-Version"
+#: Names an integrated sign-in's handshake across its 401 legs.
+NEGOTIATE_ID_HEADER: Final = "Tessa-Negotiate-Id"
+#: On a page of a session list when more follow: the cursor of the next page.
+NEXT_PAGE_HEADER: Final = "Tessa-Next-Page"
+
+
+def format_time(value: datetime) -> str:
+    """The one spelling of a time: UTC, microseconds, ``Z`` (in tokens and in the API)."""
+    if value.tzinfo is None:
+        raise ValueError("times on the wire must be timezone-aware")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """A time as the API writes it (or any ISO 8601 time with a zone), as an aware datetime."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return value
