@@ -1,6 +1,8 @@
 """The administrators' console in a real headless Chromium, against a real ``sessiond serve``.
 
-Every page is photographed into docs/console/ (1280x800, full page) for docs/console.md.
+Every page is photographed (1280x800, full page): into docs/console/ for docs/console.md when
+SESSIOND_UPDATE_SCREENSHOTS=1, else into a temporary folder, so that a test run leaves the
+checkout as it was.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ import base64
 import csv
 import io
 import json
+import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -62,9 +66,15 @@ def _unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
+_SCRATCH = Path(tempfile.mkdtemp(prefix="sessiond-console-shots-"))
+
+
 def _shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    folder = SHOTS if os.environ.get("SESSIOND_UPDATE_SCREENSHOTS") == "1" else _SCRATCH
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0
 
 
 # --- the server, the browser, and an administrator over the API for setting things up -------
