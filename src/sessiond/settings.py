@@ -182,6 +182,22 @@ class SecuritySettings(BaseModel):
     keep_other_sessions_on_password_change: bool = Field(
         False, description="a user's own password change leaves their other sessions open"
     )
+    unmapped_account_failures: int = Field(
+        5,
+        ge=0,
+        description="refused sign-ins allowed per domain or directory account that no user is "
+        "mapped to, within unmapped_failures_window; then refused unchecked (0: no limit)",
+    )
+    unmapped_address_failures: int = Field(
+        20,
+        ge=0,
+        description="the same, per client address (0: no limit)",
+    )
+    unmapped_failures_window: Duration = Field(
+        timedelta(minutes=15),
+        description="the window those failures are counted in, and how long a limit, once "
+        "reached, holds",
+    )
 
     @field_validator("session_inactivity_time", "password_expiration_time")
     @classmethod

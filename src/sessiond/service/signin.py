@@ -57,6 +57,7 @@ from .licensing import Licensing
 from .lockout import CLEARED, Lockout, Slot
 from .pacing import RefusalPace
 from .sessions import Sessions
+from .throttle import Limit
 from .users import Users
 
 log = logging.getLogger("sessiond.service")
@@ -68,6 +69,14 @@ ATTEMPT_LEASE = timedelta(minutes=2)
 SLOT_POLL = 0.1
 #: Sign-ins of one user that may wait for a slot on one node; more are refused at once.
 MAX_WAITING = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The throttle slots an unmapped account's check holds: its keys and the attempt rows."""
+
+    keys: dict[str, Limit]
+    attempts: list[UUID]
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,8 +546,11 @@ class SignIn:
         self, credentials: PasswordCredentials, client_address: str | None
     ) -> tuple[Identity, LoginType]:
         """No user has this login or account: check the password with the domain or the
-        directory anyway (auto-provisioning creates the user). With neither configured, it
-        costs what a wrong password costs."""
+        directory anyway when auto-provisioning may create the user, within the limit on
+        refused attempts per account and per address (:mod:`.throttle`). Whatever the answer,
+        a refusal is the same as a wrong password's — a right password for an account no user
+        is mapped to included — so no one learns here whether a domain password is right.
+        With neither configured, it costs what a wrong password costs."""
         kind: LoginType | None = None
         names = self.users.windows_names
         if names and names.looks_like_account(credentials.login, credentials.domain):
@@ -547,14 +559,110 @@ class SignIn:
             kind = LoginType.LDAP
         if kind is None:
             await self._refuse(None, credentials, client_address, "unknown login")
+        section = self.settings.windows if kind == LoginType.WINDOWS else self.settings.ldap
+        provisions = section is not None and section.auto_provision
+        held = await self._hold_unmapped(kind, credentials, client_address)
         try:
             identity = await self.authenticators[kind].verify(None, credentials)
         except InvalidCredentials as exc:
             reason = f"unknown login; {kind.wire}: {exc.reason or exc.message}"
-            await self._audit(None, credentials.display, client_address, reason)
+            await asyncio.shield(self._settle_unmapped(held, credentials, client_address, reason))
             await self.pace.hold()
             raise InvalidCredentials(WRONG) from None
+        except BaseException:
+            await asyncio.shield(self._settle_unmapped(held, credentials, client_address, None))
+            raise
+        if not provisions:
+            source = "domain" if kind == LoginType.WINDOWS else "directory"
+            reason = (
+                f"{kind.wire} account {identity.account or credentials.display} is not mapped to "
+                f"a user (the {source} accepted the password)"
+            )
+            await asyncio.shield(self._settle_unmapped(held, credentials, client_address, reason))
+            await self.pace.hold()
+            raise InvalidCredentials(WRONG, reason=reason)
+        await self._settle_unmapped(held, credentials, client_address, None)
         return identity, kind
+
+    def _unmapped_keys(
+        self, kind: LoginType, credentials: PasswordCredentials, client_address: str | None
+    ) -> dict[str, Limit]:
+        """The throttle keys of an attempt, with their limits: the account, the address."""
+        security = self.settings.security
+        window = security.unmapped_failures_window
+        account = credentials.display
+        names = self.users.windows_names
+        if kind == LoginType.WINDOWS and names is not None:
+            with contextlib.suppress(InvalidCredentials):
+                account = names.parse(credentials.login, credentials.domain).down_level
+        keys = {
+            f"{kind.wire}:{account.strip().casefold()}": Limit(
+                security.unmapped_account_failures, window
+            )
+        }
+        if client_address:
+            keys[f"address:{client_address}"] = Limit(security.unmapped_address_failures, window)
+        return {key: limit for key, limit in keys.items() if limit.limit}
+
+    async def _hold_unmapped(
+        self, kind: LoginType, credentials: PasswordCredentials, client_address: str | None
+    ) -> _Held:
+        """Take a slot under each key, or refuse — unchecked, as a wrong password is — when a
+        key has reached its limit or every slot it has is taken by a check in progress."""
+        keys = self._unmapped_keys(kind, credentials, client_address)
+        held = _Held(keys, [])
+        if not keys:
+            return held
+        now = self.clock()
+        full: str | None = None
+        async with self.store.write() as tx:
+            for key in sorted(keys):  # one order everywhere: no two attempts wait in a circle
+                row = await tx.lock_throttle(key, now)
+                if not keys[key].free(row, await tx.throttle_attempts(key, now), now):
+                    full = key
+            if full is None:
+                for key in sorted(keys):
+                    attempt = uuid4()
+                    await tx.add_throttle_attempt(attempt, key, now + ATTEMPT_LEASE)
+                    held.attempts.append(attempt)
+        if full is not None:
+            what = "address" if full.startswith("address:") else "account"
+            reason = f"too many refused sign-ins from this {what}; password not checked"
+            await self._refuse(None, credentials, client_address, reason)
+        return held
+
+    async def _settle_unmapped(
+        self,
+        held: _Held,
+        credentials: PasswordCredentials,
+        client_address: str | None,
+        refused: str | None,
+    ) -> None:
+        """Give the slots back; a refusal (``refused``: its reason) is counted under every key
+        and recorded, and a key that reaches its limit is recorded too."""
+        if not held.keys and refused is None:
+            return
+        now = self.clock()
+        async with self.store.write() as tx:
+            for attempt in held.attempts:
+                await tx.remove_throttle_attempts(attempt)
+            if refused is None:
+                return
+            await tx.add_audit(
+                login_failed(None, credentials.display, now, client_address, refused)
+            )
+            for key in sorted(held.keys):
+                limit = held.keys[key]
+                changes, reached = limit.refused(await tx.lock_throttle(key, now), now)
+                await tx.update_throttle(key, **changes)
+                if reached:
+                    note = (
+                        f"limit of {limit.limit} refused sign-ins within {limit.window} reached "
+                        f"for {key}: refused unchecked until {changes['blocked_until']:%H:%M:%S}"
+                    )
+                    await tx.add_audit(
+                        login_failed(None, credentials.display, now, client_address, note)
+                    )
 
     async def _provision(
         self, identity: Identity, login_type: LoginType, client_address: str | None

@@ -16,6 +16,7 @@ from .base import (
     SessionRecord,
     SignInAttempt,
     Store,
+    Throttle,
     Transaction,
     UserRecord,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "SessionRecord",
     "SignInAttempt",
     "Store",
+    "Throttle",
     "Transaction",
     "UserRecord",
     "create_store",

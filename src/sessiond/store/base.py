@@ -171,6 +171,17 @@ class SignInAttempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Throttle:
+    """Refused sign-ins counted under one key (an account, an address) in the current window,
+    and until when the key is refused outright once its limit was reached."""
+
+    key: str
+    failures: int
+    window_start: datetime
+    blocked_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BuildInfo:
     version: str
     name: str
@@ -223,6 +234,25 @@ class Transaction(ABC):
 
     @abstractmethod
     async def remove_sign_in_attempt(self, attempt_id: UUID) -> None: ...
+
+    # limits on refused sign-ins of accounts no user is mapped to
+    @abstractmethod
+    async def lock_throttle(self, key: str, now: datetime) -> Throttle:
+        """The key's counts (made, empty, if new), locked until the transaction ends."""
+
+    @abstractmethod
+    async def update_throttle(self, key: str, **changes: Any) -> None: ...
+
+    @abstractmethod
+    async def throttle_attempts(self, key: str, now: datetime) -> int:
+        """Checks in progress under the key (expired ones dropped)."""
+
+    @abstractmethod
+    async def add_throttle_attempt(self, attempt_id: UUID, key: str, expires: datetime) -> None:
+        ...
+
+    @abstractmethod
+    async def remove_throttle_attempts(self, attempt_id: UUID) -> None: ...
 
     # sessions
     @abstractmethod

@@ -122,6 +122,26 @@ sign_in_attempts = sa.Table(
     sa.Index("ix_sign_in_attempts_user", "user_id", "expires"),
 )
 
+# 0005: limits on repeated refused sign-ins of accounts no user is mapped to (by account and
+# by address), and the checks in progress that hold their slots
+throttles = sa.Table(
+    "throttles",
+    metadata,
+    sa.Column("key", sa.String(600), primary_key=True),
+    sa.Column("failures", sa.Integer(), nullable=False),
+    sa.Column("window_start", UTCDateTime(), nullable=False),
+    sa.Column("blocked_until", UTCDateTime()),
+)
+
+throttle_attempts = sa.Table(
+    "throttle_attempts",
+    metadata,
+    sa.Column("id", sa.Uuid(), primary_key=True),
+    sa.Column("key", sa.String(600), nullable=False),
+    sa.Column("expires", UTCDateTime(), nullable=False),
+    sa.Index("ix_throttle_attempts_key", "key", "expires"),
+)
+
 audit = sa.Table(
     "audit",
     metadata,

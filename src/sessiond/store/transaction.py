@@ -26,6 +26,7 @@ from .base import (
     SessionFilter,
     SessionRecord,
     SignInAttempt,
+    Throttle,
     Transaction,
     UserRecord,
 )
@@ -128,6 +129,43 @@ class SqlTransaction(Transaction):
 
     async def remove_sign_in_attempt(self, attempt_id: UUID) -> None:
         t = schema.sign_in_attempts
+        await self.conn.execute(t.delete().where(t.c.id == attempt_id))
+
+    # --- limits on refused sign-ins of unmapped accounts ----------------------------------
+
+    async def lock_throttle(self, key: str, now: Any) -> Throttle:
+        t = schema.throttles
+        query = sa.select(t).where(t.c.key == key).with_for_update()
+        row = (await self.conn.execute(query)).first()
+        if row is None:
+            try:
+                async with self.conn.begin_nested():
+                    await self.conn.execute(
+                        t.insert().values(key=key, failures=0, window_start=now, blocked_until=None)
+                    )
+            except IntegrityError:  # another node made it meanwhile: lock theirs
+                pass
+            row = (await self.conn.execute(query)).one()
+        m = row._mapping
+        return Throttle(m["key"], int(m["failures"]), m["window_start"], m["blocked_until"])
+
+    async def update_throttle(self, key: str, **changes: Any) -> None:
+        t = schema.throttles
+        await self.conn.execute(t.update().where(t.c.key == key).values(**changes))
+
+    async def throttle_attempts(self, key: str, now: Any) -> int:
+        t = schema.throttle_attempts
+        await self.conn.execute(t.delete().where(t.c.key == key, t.c.expires <= now))
+        query = sa.select(sa.func.count()).where(t.c.key == key)
+        return int(await self.conn.scalar(query) or 0)
+
+    async def add_throttle_attempt(self, attempt_id: UUID, key: str, expires: Any) -> None:
+        await self.conn.execute(
+            schema.throttle_attempts.insert().values(id=attempt_id, key=key, expires=expires)
+        )
+
+    async def remove_throttle_attempts(self, attempt_id: UUID) -> None:
+        t = schema.throttle_attempts
         await self.conn.execute(t.delete().where(t.c.id == attempt_id))
 
     # --- sessions ------------------------------------------------------------------------

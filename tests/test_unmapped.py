@@ -1,0 +1,133 @@
+"""Accounts that the domain or the directory knows and no user is mapped to: no password
+oracle, and a limit on refused attempts per account and per address that holds under parallel
+tries (SQLite, and two nodes on one PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sessiond.auth import PasswordCredentials
+from sessiond.errors import InvalidCredentials
+from sessiond.keys import KeyRing
+from sessiond.models import AuditAction, ClientInfo
+from sessiond.service import SessionService
+from sessiond.settings import load_settings
+from sessiond.store import create_store
+from tests.infra.ldap import LdapServer
+from tests.infra.postgres import PostgresServer
+
+from .conftest import FAST_ARGON2
+
+DOMAIN = "SESSIOND"
+
+
+def _windows(ldap_server: LdapServer) -> dict[str, Any]:
+    """Windows passwords checked by a directory bind (slapd stands in for the domain here)."""
+    return {
+        "realm": "SESSIOND.TEST",
+        "password_check": "ldap",
+        "directory": {"url": ldap_server.uri, "start_tls": True, "ca_file": ldap_server.ca_file},
+        "bind_format": "uid={login},ou=people,dc=sessiond,dc=test",
+        "verify_kdc": False,
+        "negotiate": False,
+    }
+
+
+async def _try(service: SessionService, login: str, password: str, address: str) -> str:
+    try:
+        await service.open_session(
+            PasswordCredentials(login, password, DOMAIN), ClientInfo(), address
+        )
+    except InvalidCredentials as refused:
+        assert refused.to_dict() == {
+            "error": {"code": "invalid_credentials", "message": "wrong login or password"}
+        }
+        return "refused"
+    return "opened"
+
+
+KINDS = {
+    "unknown login;": "checked: wrong password",
+    "Windows account": "checked: right password, no user",
+    "limit of 5 refused sign-ins": "limit reached",
+    "too many refused sign-ins from this account": "refused unchecked",
+}
+
+
+async def _reasons(service: SessionService, login: str) -> Counter[str]:
+    records = await service.audit_records(action=AuditAction.LOGIN_FAILED)
+    return Counter(
+        next(kind for prefix, kind in KINDS.items() if r.details["reason"].startswith(prefix))
+        for r in records
+        if login in (r.user_name or "")
+    )
+
+
+async def _race(nodes: list[SessionService], ldap_server: LdapServer) -> None:
+    account = f"unmapped{uuid.uuid4().hex[:6]}"
+    ldap_server.add_user(account, "Right-pw-1")
+    # The right password tells no more than a wrong one.
+    assert await _try(nodes[0], account, "Right-pw-1", "10.9.0.1") == "refused"
+    assert await _try(nodes[0], account, "Wrong-pw-1", "10.9.0.2") == "refused"
+    tries = [_try(nodes[i % len(nodes)], account, f"Wrong-{i}", f"10.9.1.{i}") for i in range(30)]
+    assert set(await asyncio.gather(*tries)) == {"refused"}
+    reasons = await _reasons(nodes[0], account)
+    # Five checked with the directory (two before the race, three in it), then the limit.
+    assert reasons == {
+        "checked: right password, no user": 1,
+        "checked: wrong password": 4,
+        "limit reached": 1,
+        "refused unchecked": 27,
+    }
+
+    address = "10.9.2.1"
+    logins = [f"addr{uuid.uuid4().hex[:6]}{i}" for i in range(25)]
+    results = await asyncio.gather(
+        *(_try(nodes[i % len(nodes)], login, "x", address) for i, login in enumerate(logins))
+    )
+    assert set(results) == {"refused"}
+    records = await nodes[0].audit_records(action=AuditAction.LOGIN_FAILED)
+    by_address = Counter(
+        r.details["reason"].split(";")[0] for r in records if r.client_address == address
+    )
+    assert by_address["unknown login"] == 20
+    assert by_address["too many refused sign-ins from this address"] == 5
+
+
+async def test_unmapped_accounts_are_limited_under_parallel_tries(
+    make_service: Any, ldap_server: LdapServer
+) -> None:
+    service = await make_service(windows=_windows(ldap_server))
+    await _race([service], ldap_server)
+
+
+async def test_the_limit_holds_on_two_nodes(
+    postgres_server: PostgresServer, ldap_server: LdapServer, tmp_path: Path
+) -> None:
+    url = postgres_server.new_database()
+    KeyRing.generate().save(tmp_path / "keys.json")
+    make: Callable[[], SessionService] = lambda: SessionService(  # noqa: E731
+        load_settings(
+            None,
+            database_url=url,
+            data_dir=tmp_path,
+            signature_keys_file=tmp_path / "keys.json",
+            argon2=FAST_ARGON2,
+            windows=_windows(ldap_server),
+        ),
+        create_store(url),
+        KeyRing.load(tmp_path / "keys.json"),
+    )
+    nodes = [make(), make()]
+    try:
+        for node in nodes:
+            await node.start()
+        await _race(nodes, ldap_server)
+    finally:
+        for node in nodes:
+            await node.close()
