@@ -70,3 +70,10 @@ async def test_a_session_removed_by_another_process_is_refused_at_once(
         other.execute("DELETE FROM sessions WHERE id = ?", (token.session_id.hex,))
     with pytest.raises(SessionNotFound):
         await service.validate(auth)
+
+
+def test_the_head_revision_named_in_the_schema_is_alembics() -> None:
+    from sessiond.store.existing import newest_revision
+    from sessiond.store.schema import HEAD_REVISION
+
+    assert newest_revision() == HEAD_REVISION

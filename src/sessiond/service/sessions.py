@@ -46,7 +46,8 @@ from ..token import CANONICAL_AUTH, AuthToken
 from .common import Actor, Clock, require_admin, session_audit
 from .state import SessionState
 
-SWEEP_BATCH = 500
+SWEEP_BATCH = 200
+SWEEP_PAUSE = 0.05  # seconds between two batches of a backlog
 PAGE_LIMIT = 1000  # sessions in one page of a list
 log = logging.getLogger("sessiond.service")
 
@@ -361,6 +362,9 @@ class Sessions:
             total += len(found)
             if len(found) < SWEEP_BATCH:
                 return total
+            # A backlog is cleared in short transactions with pauses between them, so that
+            # sign-ins and touches get the (SQLite: only) write lock in between.
+            await asyncio.sleep(SWEEP_PAUSE)
 
     async def page(
         self,

@@ -34,6 +34,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
 
+#: The newest migration (``migrations/versions``); a test holds it to Alembic's own head.
+HEAD_REVISION = "0005"
+
 metadata = sa.MetaData()
 
 users = sa.Table(

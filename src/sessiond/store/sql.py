@@ -16,8 +16,6 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..licence import Licence
@@ -49,11 +47,24 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def migrate(sync_connection: sa.Connection) -> None:
-    """Bring the schema to the newest revision (Alembic), on the given connection."""
+    """Bring the schema to the newest revision (Alembic), on the given connection; at once,
+    without loading Alembic's scripts, when it is there already."""
+    if _revision(sync_connection) == schema.HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["connection"] = sync_connection
     command.upgrade(cfg, "head")
+
+
+def _revision(sync_connection: sa.Connection) -> str | None:
+    if not sa.inspect(sync_connection).has_table("alembic_version"):
+        return None
+    value = sync_connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return str(value) if value is not None else None
 
 
 class SqlStore(Store):
