@@ -26,8 +26,12 @@ BENCHMARKS = (
     "unknown-login",
     "validate-under-signin",
     "refusals",
+    "scale",
+    "argon2-presets",
+    "pg-connections",
 )
 MAX_SESSIONS = 50_000
+MAX_SCALE_ROWS = 5_000_000
 
 
 def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
@@ -69,6 +73,17 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
         "--writers", type=int, help="sign-in loops in validate-many's with-writes target (1)"
     )
     parser.add_argument(
+        "--scale-rows",
+        type=int,
+        help=f"scale: sessions in the large stores (1,000,000, quick 100,000; at most "
+        f"{MAX_SCALE_ROWS:,})",
+    )
+    parser.add_argument(
+        "--scale-tokens",
+        type=int,
+        help="scale: distinct tokens of the large working set (100,000, quick 10,000)",
+    )
+    parser.add_argument(
         "--compare-src",
         type=Path,
         metavar="PATH",
@@ -88,13 +103,25 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
             unknown_samples=3,
             refusal_samples=3,
             sessions=200,
+            scale_rows=100_000,
+            scale_tokens=10_000,
         )
     overrides: dict[str, object] = {"load": args.load}
-    for name in ("rounds", "duration", "connections", "openers", "signers", "sessions", "writers"):
+    for name in (
+        "rounds",
+        "duration",
+        "connections",
+        "openers",
+        "signers",
+        "sessions",
+        "writers",
+        "scale_rows",
+        "scale_tokens",
+    ):
         value = getattr(args, name)
         if value is not None:
             if value <= 0:
-                parser.error(f"--{name} must be positive")
+                parser.error(f"--{name.replace('_', '-')} must be positive")
             overrides[name] = value
     if "duration" in overrides and float(args.duration) > 300:
         parser.error("--duration is at most 300 seconds")
@@ -104,6 +131,8 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
         parser.error(f"--sessions is at most {MAX_SESSIONS:,}")
     if "writers" in overrides and int(args.writers) > 16:
         parser.error("--writers is at most 16")
+    if "scale_rows" in overrides and not 2000 <= int(args.scale_rows) <= MAX_SCALE_ROWS:
+        parser.error(f"--scale-rows is at least 2,000 and at most {MAX_SCALE_ROWS:,}")
     if args.compare_src is not None:
         try:
             overrides["compare_src"] = sessiond_source(args.compare_src)
@@ -130,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate-many",
         "validate-pg",
         "validate-under-signin",
+        "scale",
     } & set(selected)
     try:
         load: LoadGenerator | None = load_generator(config) if needs_http_load else None
@@ -137,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from . import many, pg, refusals, signin, validate
+    from . import many, pg, refusals, scale, signin, sizing, validate
 
     runners: dict[str, Callable[[], None]] = {
         "validate": lambda: validate.run_validate(config, _need(load)),
@@ -147,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "unknown-login": lambda: signin.run_unknown_login(config),
         "validate-under-signin": lambda: validate.run_validate_under_signin(config, _need(load)),
         "refusals": lambda: refusals.run_refusals(config),
+        "scale": lambda: scale.run_scale(config, _need(load)),
+        "argon2-presets": lambda: sizing.run_argon2_presets(config),
+        "pg-connections": lambda: sizing.run_pg_connections(config),
     }
     print("sessiond benchmarks")
     for line in machine_lines(load.describe() if load else "not needed"):

@@ -56,6 +56,8 @@ class Config:
     writers: int = 1  # sign-in loops beside the load in validate-many's with-writes target
     round_timeout: float = 180.0  # no round of any benchmark runs longer than this
     compare_src: Path | None = None  # validate: a second sessiond from this source folder
+    scale_rows: int = 1_000_000  # scale: live sessions in the large stores
+    scale_tokens: int = 100_000  # scale: distinct tokens of the large working set
 
 
 # --- statistics -----------------------------------------------------------------------------
@@ -204,7 +206,10 @@ class Server:
         except OSError:
             return "(no log)"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, poll: float = 0.1) -> float:
+        """Start the process and wait until ``ready_path`` answers 200, asking every ``poll``
+        seconds; returns the seconds from just before the process started until then."""
+        started = time.monotonic()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv,
@@ -221,10 +226,10 @@ class Server:
                 raise BenchError(f"{self.name} exited early:\n{self.log_tail()}")
             try:
                 if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
-                    return
+                    return time.monotonic() - started
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
+            time.sleep(poll)
         raise BenchError(f"{self.name} did not answer in {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
