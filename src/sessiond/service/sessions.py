@@ -42,7 +42,7 @@ from ..store import (
     Store,
     Transaction,
 )
-from ..token import CANONICAL_AUTH, AuthToken
+from ..token import CANONICAL_AUTH, AuthToken, fast_uuid
 from .common import Actor, Clock, require_admin, session_audit
 from .state import SessionState
 
@@ -129,6 +129,14 @@ class Sessions:
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
         """The per-request check: signature, session row, the session state; then a
         throttled last-activity touch. Returns the session as stored."""
+        record, _ = await self._validate(auth_text, client_address)
+        return record
+
+    async def _validate(
+        self, auth_text: str, client_address: str | None
+    ) -> tuple[SessionRecord, datetime]:
+        """:meth:`validate`, and the session's last activity as it will be stored once this
+        node's queued touch (if any) is written."""
         auth = self.verified(auth_text)
         now = self.clock()
         if self.state.ended(auth.expires, None, now) is not None:
@@ -140,18 +148,19 @@ class Sessions:
         if record.token.signature != auth.signature or record.token.user_id != auth.user_id:
             raise TokenSignatureInvalid("the session token does not match the session")
         try:
-            self._still_open(record.id, record.token.expires, record.last_activity, now)
+            touched = self._still_open(record.id, record.token.expires, record.last_activity, now)
         except SessionExpired:
             await self._expire(auth.session_id, now, client_address)
             raise
-        return record
+        return record, max(touched or record.last_activity, record.last_activity)
 
     def _still_open(
-        self, session_id: UUID | str, expires: datetime, last_activity: datetime, now: datetime
-    ) -> None:
+        self, session_id: UUID, expires: datetime, last_activity: datetime, now: datetime
+    ) -> datetime | None:
         """The session state at this request, with this node's queued touch counted; raises
-        SessionExpired (after which the caller ends it) or queues a due touch."""
-        queued = self._touches.get(session_id if isinstance(session_id, UUID) else UUID(session_id))
+        SessionExpired (after which the caller ends it), or queues a due touch and returns
+        its time (None: none due)."""
+        queued = self._touches.get(session_id)
         if queued is not None and queued > last_activity:
             last_activity = queued
         ended = self.state.ended(expires, last_activity, now)
@@ -163,7 +172,9 @@ class Sessions:
                 reason=ended,
             )
         if now - last_activity >= self.settings.touch_interval:
-            self._queue_touch(session_id if isinstance(session_id, UUID) else UUID(session_id), now)
+            self._queue_touch(session_id, now)
+            return now
+        return None
 
     async def validate_view(
         self,
@@ -198,28 +209,34 @@ class Sessions:
                 return view
         epoch = self.store.data_epoch()  # before the read: a commit after it shows next time
         try:
-            record = await self.validate(auth_text, client_address)
+            record, stored = await self._validate(auth_text, client_address)
         except (SessionExpired, SessionNotFound):
             if key is not None:
                 self._known.pop(key)
             raise
         view = render(record)
-        self._known.put(
-            str(record.id),
-            _Known(digest, record.token.expires, record.last_activity, epoch, view),
-        )
+        # ``stored``: the last activity this node's own touch will write, so that writing it
+        # does not make the entry look changed (the answer's LastActivity may lag by a touch).
+        self._known.put(str(record.id), _Known(digest, record.token.expires, stored, epoch, view))
         return view
 
     async def _confirm(self, key: str, known: _Known, now: datetime) -> bytes | None:
         """The cached answer if the session is still as cached; None to read it afresh."""
+        session_id = fast_uuid(int(key.replace("-", ""), 16))  # the pattern checked the text
         epoch = self.store.data_epoch()
         if epoch is None or epoch != known.epoch:
-            activity = await self.store.session_activity(UUID(key))
-            if activity != known.last_activity:
+            activity = await self.store.session_activity(session_id)
+            if activity is None:
                 self._known.pop(key)
-                return None  # gone (read again: it answers session_not_found) or changed
+                return None  # gone: read again, it answers session_not_found
+            # The row exists; only its last activity ever changes, and only forward (an
+            # older one here is this node's own touch, not written yet).
+            if activity > known.last_activity:
+                known.last_activity = activity
             known.epoch = epoch
-        self._still_open(key, known.expires, known.last_activity, now)
+        touched = self._still_open(session_id, known.expires, known.last_activity, now)
+        if touched is not None:
+            known.last_activity = touched
         return known.view
 
     def forget(self, session_ids: Iterable[UUID] | None) -> None:

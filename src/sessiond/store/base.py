@@ -248,8 +248,7 @@ class Transaction(ABC):
         """Checks in progress under the key (expired ones dropped)."""
 
     @abstractmethod
-    async def add_throttle_attempt(self, attempt_id: UUID, key: str, expires: datetime) -> None:
-        ...
+    async def add_throttle_attempt(self, attempt_id: UUID, key: str, expires: datetime) -> None: ...
 
     @abstractmethod
     async def remove_throttle_attempts(self, attempt_id: UUID) -> None: ...

@@ -13,9 +13,11 @@ changed: any commit by any other connection or process moves it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ..errors import SettingsError, StoreMissing
 from ..settings import hide_password
 from .base import SessionRecord
 from .codec import SQLITE_SESSIONS
+from .health import unavailable
 from .sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
@@ -117,6 +120,12 @@ def _prepare(database: Path) -> None:
 
 _SELECT_SESSION = f"SELECT {', '.join(SQLITE_SESSIONS.columns)} FROM sessions WHERE id = ?"
 _SELECT_ACTIVITY = "SELECT last_activity FROM sessions WHERE id = ?"
+# Times as SQLAlchemy keeps them in SQLite (naive UTC text), so that "<" compares like times.
+_TOUCH = "UPDATE sessions SET last_activity = ? WHERE id = ? AND last_activity < ?"
+
+
+def _stored(at: datetime) -> str:
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 class SqliteStore(SqlStore):
@@ -124,6 +133,7 @@ class SqliteStore(SqlStore):
         super().__init__(engine)
         self._database = database if database and database != ":memory:" else None
         self._local = threading.local()
+        self._writers: list[sqlite3.Connection] = []  # the touch writers, one per worker thread
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -166,9 +176,42 @@ class SqliteStore(SqlStore):
             return await super().session_activity(session_id)
         return datetime.fromisoformat(row[0]).replace(tzinfo=UTC) if row is not None else None
 
+    async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:
+        """Last-activity touches come by the thousand under load: written with the driver's
+        own ``executemany`` in a worker thread (one transaction), a few microseconds a row,
+        rather than through SQLAlchemy on the event loop's side."""
+        if self._database is None or not touches:
+            await super().touch_sessions(touches)
+            return
+        rows = [(_stored(at), session_id.hex, _stored(at)) for session_id, at in touches.items()]
+        try:
+            await asyncio.to_thread(self._write_touches, rows)
+        except sqlite3.DatabaseError as exc:
+            raise unavailable(exc) from None
+
+    def _write_touches(self, rows: list[tuple[str, str, str]]) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "writer", None)
+        if conn is None:
+            assert self._database is not None
+            conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.writer = conn
+            self._writers.append(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_TOUCH, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     async def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
         await super().close()
