@@ -181,6 +181,30 @@ def test_a_wrong_domain_password_is_refused_and_audited(
     assert "reauthentication failed" in str(failed[-1]["details"])
 
 
+def test_a_domain_user_is_told_to_change_the_password_in_the_domain(
+    windows_server: ServerProcess, kerberos_realm: KerberosRealm
+) -> None:
+    name = _unique("gail")
+    kerberos_realm.add_user(name, "Gail-pw-1")
+    _add_user(windows_server, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
+
+    def change(old: str) -> httpx.Response:
+        return httpx.post(
+            f"{windows_server.url}/api/v1/sessions/change-password",
+            json={"Login": name, "OldPassword": old, "NewPassword": "Gail-pw-2"},
+            timeout=30,
+        )
+
+    wrong = change("not-hers")
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_credentials"
+    right = change("Gail-pw-1")  # only the right password learns where to change it
+    assert right.status_code == 422, right.text
+    body = right.json()["error"]
+    assert body["details"] == {"rule": "changed_elsewhere"} and "domain" in body["message"]
+    with SessionClient(windows_server.url) as client:  # and nothing changed
+        client.open_session(name, "Gail-pw-1", DOMAIN)
+
+
 def test_an_account_mapped_to_no_user_answers_as_a_wrong_password_does(
     windows_server: ServerProcess, kerberos_realm: KerberosRealm
 ) -> None:

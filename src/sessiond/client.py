@@ -24,6 +24,7 @@ from .errors import (
     InvalidCredentials,
     NotConfigured,
     ProtocolError,
+    SessiondError,
     SessionRequired,
     TransportError,
     error_from_body,
@@ -45,7 +46,7 @@ from .wire import (
     parse_time,
 )
 
-__all__ = ["AsyncSessionClient", "SessionClient"]
+__all__ = ["AsyncSessionClient", "NegotiateAuth", "SessionClient"]
 
 MAX_NEGOTIATE_LEGS = 5
 DEFAULT_TIMEOUT = 30.0
@@ -55,15 +56,123 @@ Flow = Generator[httpx.Request, httpx.Response, T]
 VersionListener = Callable[[int | None, int], None]
 
 
-def _negotiate_header_token(response: httpx.Response) -> bytes | None:
+#: Where a flow puts the ``httpx.Auth`` its request is to be sent with (taken off before
+#: the request is sent).
+AUTH_EXTENSION = "sessiond.auth"
+#: pyspnego's exceptions that say this side is not set up (no credentials, no mechanism).
+_NOT_SET_UP = ("NoCredentialError", "BadMechanismError", "FeatureMissingError")
+# krb5 error codes an explicit-credentials sign-in meets (MIT krb5_err.et).
+KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN = -1765328378
+KRB5KDC_ERR_PREAUTH_FAILED = -1765328360
+KRB5KDC_ERR_KEY_EXPIRED = -1765328361
+KRB5KDC_ERR_CLIENT_REVOKED = -1765328366
+KRB5_KDC_UNREACH = -1765328228
+KRB5_REALM_UNKNOWN = -1765328230
+_KRB5_MESSAGES = {
+    KRB5KDC_ERR_PREAUTH_FAILED: "wrong login or password",
+    KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN: "the domain does not know this account",
+    KRB5KDC_ERR_KEY_EXPIRED: "the domain password has expired",
+    KRB5KDC_ERR_CLIENT_REVOKED: "the domain account is disabled or locked",
+    KRB5_KDC_UNREACH: "no Kerberos KDC of the account's realm can be reached from here",
+    KRB5_REALM_UNKNOWN: "this machine's krb5.conf does not know the account's realm",
+}
+
+
+def _negotiate_header_token(response: httpx.Response) -> tuple[str, bytes | None] | None:
+    """The scheme (``Negotiate`` or ``NTLM``) the server offers or answers with, and its
+    token; None when it offers neither."""
+    found: tuple[str, bytes | None] | None = None
     for value in response.headers.get_list("www-authenticate"):
         scheme, _, data = value.strip().partition(" ")
-        if scheme.lower() == "negotiate" and data.strip():
+        if scheme.lower() not in ("negotiate", "ntlm"):
+            continue
+        token = None
+        if data.strip():
             try:
-                return base64.b64decode(data.strip())
+                token = base64.b64decode(data.strip())
             except ValueError:
-                raise ProtocolError("the server's Negotiate token is not base64") from None
-    return None
+                raise ProtocolError(f"the server's {scheme} token is not base64") from None
+        if found is None or scheme.lower() == "negotiate":
+            found = ("Negotiate" if scheme.lower() == "negotiate" else "NTLM", token)
+    return found
+
+
+def windows_sign_in_error(exc: BaseException) -> SessiondError:
+    """A pyspnego, GSSAPI or krb5 exception as the sessiond error the client raises:
+    NotConfigured when this side cannot take part (no credentials, no mechanism, a package
+    missing), InvalidCredentials when the credentials were refused."""
+    if isinstance(exc, SessiondError):
+        return exc
+    name = type(exc).__name__
+    text = str(exc).replace("\n", " ").strip() or name
+    code = getattr(exc, "err_code", None)
+    if isinstance(code, int) and code in _KRB5_MESSAGES:
+        message = _KRB5_MESSAGES[code]
+        if code in (KRB5_KDC_UNREACH, KRB5_REALM_UNKNOWN):
+            return NotConfigured(f"integrated Windows sign-in: {message} ({text})")
+        return InvalidCredentials(f"integrated Windows sign-in failed: {message}")
+    if isinstance(exc, ImportError) or name in _NOT_SET_UP:
+        return NotConfigured(
+            "integrated Windows sign-in cannot start on this side: no usable credentials or "
+            f"mechanism (a Kerberos ticket from kinit, or windows_username and "
+            f"windows_password): {text}"
+        )
+    return InvalidCredentials(f"integrated Windows sign-in failed on this side: {text}")
+
+
+class NegotiateAuth(httpx.Auth):
+    """HTTP Negotiate as an ``httpx.Auth`` flow, for ``httpx.Client`` and ``httpx.AsyncClient``
+    alike: send the request; on ``401`` with ``WWW-Authenticate: Negotiate`` (or ``NTLM``),
+    answer with ``Authorization: Negotiate <token>`` (and the ``Tessa-Negotiate-Id`` the
+    server gave) until the server answers otherwise; check the server's last token (mutual
+    authentication). ``context`` makes the pyspnego client context when the server first
+    asks. Every pyspnego, GSSAPI or krb5 exception comes out as a sessiond error."""
+
+    requires_response_body = True
+
+    def __init__(self, context: Callable[[], Any], *, max_legs: int = MAX_NEGOTIATE_LEGS) -> None:
+        self.context = context
+        self.max_legs = max_legs
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        response = yield request
+        context: Any = None
+        handshake: str | None = None
+        for _leg in range(self.max_legs):
+            offered = _negotiate_header_token(response)
+            if response.status_code != 401 or offered is None:
+                break
+            if context is None:
+                context = self._start()
+                out = self._step(context, None)
+            elif offered[1] is None:
+                return  # the server refused the last token: its answer is the outcome
+            else:
+                out = self._step(context, offered[1])
+            handshake = response.headers.get(NEGOTIATE_ID_HEADER, handshake)
+            request.headers["Authorization"] = "Negotiate " + base64.b64encode(out).decode()
+            if handshake:
+                request.headers[NEGOTIATE_ID_HEADER] = handshake
+            response = yield request
+        else:
+            raise ProtocolError(f"integrated sign-in did not finish in {self.max_legs} legs")
+        final = _negotiate_header_token(response)
+        last = final[1] if final is not None else None
+        if response.is_success and context is not None and last and not context.complete:
+            self._step(context, last)  # mutual authentication of the server
+
+    def _start(self) -> Any:
+        try:
+            return self.context()
+        except Exception as exc:  # pyspnego's, GSSAPI's, krb5's: never let them out
+            raise windows_sign_in_error(exc) from None
+
+    @staticmethod
+    def _step(context: Any, token: bytes | None) -> bytes:
+        try:
+            return bytes(context.step(token) or b"")
+        except Exception as exc:
+            raise windows_sign_in_error(exc) from None
 
 
 def _query(params: dict[str, Any]) -> dict[str, Any]:
@@ -84,13 +193,6 @@ def _query(params: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = str(value)
     return out
-
-
-def _offers_negotiate(response: httpx.Response) -> bool:
-    return any(
-        value.strip().lower().startswith("negotiate")
-        for value in response.headers.get_list("www-authenticate")
-    )
 
 
 class _ClientCore:
@@ -159,44 +261,21 @@ class _ClientCore:
         return self._accept_token(self._json(response))
 
     def _open_windows_flow(self, overrides: dict[str, Any]) -> Flow[SessionToken]:
-        # Standard HTTP Negotiate: ask, get "401 WWW-Authenticate: Negotiate", then exchange
-        # tokens until the server answers 200 (Kerberos: one leg; NTLM: two).
+        # Standard HTTP Negotiate, run by NegotiateAuth inside the HTTP client: ask, get
+        # "401 WWW-Authenticate: Negotiate", exchange tokens until the server answers.
         body = self._client_params(overrides)
-        response = yield self._request(
-            "POST", "api/v1/sessions/open-windows", json=body, auth=False
-        )
-        context: Any = None
-        handshake: str | None = None
-        for _leg in range(MAX_NEGOTIATE_LEGS):
-            challenge = _negotiate_header_token(response)
-            if response.status_code != 401 or not _offers_negotiate(response):
-                break
-            if context is None:
-                context = self._negotiate_context()
-                out_token = self._negotiate_step(context, None)
-            elif challenge is None:
-                break  # the server refused the last token
-            else:
-                out_token = self._negotiate_step(context, challenge)
-            handshake = response.headers.get(NEGOTIATE_ID_HEADER, handshake)
-            request = self._request("POST", "api/v1/sessions/open-windows", json=body, auth=False)
-            request.headers["Authorization"] = "Negotiate " + base64.b64encode(out_token).decode()
-            if handshake:
-                request.headers[NEGOTIATE_ID_HEADER] = handshake
-            response = yield request
-        else:
-            raise ProtocolError(f"integrated sign-in did not finish in {MAX_NEGOTIATE_LEGS} legs")
-        answer = self._json(response)
-        final = _negotiate_header_token(response)
-        if context is not None and final is not None and not context.complete:
-            self._negotiate_step(context, final)  # mutual authentication of the server
-        return self._accept_token(answer)
+        request = self._request("POST", "api/v1/sessions/open-windows", json=body, auth=False)
+        request.extensions[AUTH_EXTENSION] = self.negotiate_auth()
+        response = yield request
+        return self._accept_token(self._json(response))
+
+    def negotiate_auth(self) -> NegotiateAuth:
+        """The ``httpx.Auth`` that signs this client's requests in by HTTP Negotiate."""
+        return NegotiateAuth(self._negotiate_context)
 
     def _negotiate_context(self) -> Any:
-        try:
-            import spnego
-        except ImportError:
-            raise NotConfigured("integrated Windows sign-in needs the pyspnego package") from None
+        import spnego  # ImportError: NotConfigured, by NegotiateAuth
+
         return spnego.client(
             self.windows_username,
             self.windows_password,
@@ -204,16 +283,6 @@ class _ClientCore:
             service="HTTP",
             protocol=self.windows_protocol,
         )
-
-    @staticmethod
-    def _negotiate_step(context: Any, token: bytes | None) -> bytes:
-        try:
-            out = context.step(token)
-        except Exception as exc:  # pyspnego's errors, or GSSAPI's (no ticket, no KDC)
-            raise InvalidCredentials(
-                f"integrated Windows sign-in could not start or continue on this side: {exc}"
-            ) from None
-        return bytes(out or b"")
 
     def _close_session_flow(self) -> Flow[bool]:
         response = yield self._request("POST", "api/v1/sessions/close")
@@ -359,7 +428,10 @@ class SessionClient(_ClientCore):
             request = next(flow)
             while True:
                 try:
-                    response = self._http.send(request)
+                    auth = request.extensions.pop(AUTH_EXTENSION, None)
+                    response = (
+                        self._http.send(request, auth=auth) if auth else self._http.send(request)
+                    )
                     response.read()
                 except httpx.TransportError as exc:
                     raise TransportError(
@@ -464,7 +536,10 @@ class AsyncSessionClient(_ClientCore):
             request = next(flow)
             while True:
                 try:
-                    response = await self._http.send(request)
+                    auth = request.extensions.pop(AUTH_EXTENSION, None)
+                    response = await (
+                        self._http.send(request, auth=auth) if auth else self._http.send(request)
+                    )
                     await response.aread()
                 except httpx.TransportError as exc:
                     raise TransportError(

@@ -144,7 +144,8 @@ class PasswordExpired(AuthenticationError):
 
 class NegotiateRequired(AuthenticationError):
     """Integrated sign-in goes on: send ``challenge`` (if any) back as
-    ``WWW-Authenticate: Negotiate``, and the next leg names ``handshake_id``."""
+    ``WWW-Authenticate: <scheme>`` (``Negotiate``, or ``NTLM`` to a client that used it), and
+    the next leg names ``handshake_id``."""
 
     code = "negotiate_required"
 
@@ -154,11 +155,13 @@ class NegotiateRequired(AuthenticationError):
         *,
         challenge: bytes | None = None,
         handshake_id: str | None = None,
+        scheme: str = "Negotiate",
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, details=details)
         self.challenge = challenge
         self.handshake_id = handshake_id
+        self.scheme = scheme
 
 
 class PermissionDenied(SessiondError):

@@ -223,7 +223,16 @@ class DirectorySettings(BaseModel):
     start_tls: bool = Field(False, description="upgrade ldap:// with StartTLS before binding")
     ca_file: Path | None = Field(None, description="CA bundle to verify the server certificate")
     verify_certificate: bool = True
-    bind_dn: str | None = Field(None, description="service account for searches; none: anonymous")
+    allow_cleartext_ldap: bool = Field(
+        False,
+        description="allow password checks over plain ldap:// without StartTLS (passwords in "
+        "clear text on the network); otherwise such a url stops the server at start",
+    )
+    bind_dn: str | None = Field(
+        None,
+        description="search account (read-only); none: anonymous searches, which Active "
+        "Directory refuses",
+    )
     bind_password: SecretStr | None = Field(
         None, description="password of bind_dn (never printed: read with get_secret_value())"
     )
@@ -284,8 +293,38 @@ class WindowsSettings(BaseModel):
         True, description="prove the KDC genuine with a ticket for service_principal"
     )
     negotiate: bool = Field(True, description="offer integrated sign-in (HTTP Negotiate)")
+    ntlm: str | None = Field(
+        None,
+        description="who checks NTLM answers: winbind (the domain, through Samba's ntlm_auth), "
+        "file (ntlm_user_file: labs) or off; default: file when ntlm_user_file is set, else off",
+    )
     ntlm_user_file: Path | None = Field(
-        None, description="DOMAIN:user:password lines the NTLM fallback accepts; none: no NTLM"
+        None, description="DOMAIN:user:password lines for ntlm = file (labs and test rigs)"
+    )
+    ntlm_auth: Path = Field(
+        Path("/usr/bin/ntlm_auth"), description="Samba's ntlm_auth, for ntlm = winbind"
+    )
+    ntlm_auth_config: Path | None = Field(
+        None, description="smb.conf for ntlm_auth (--configfile); none: Samba's default"
+    )
+    ntlm_auth_environment: dict[str, str] = Field(
+        default_factory=dict,
+        description="variables added to ntlm_auth's environment (e.g. to reach a winbindd "
+        "whose socket is not in the compiled-in place)",
+    )
+    require_membership_of: str | None = Field(
+        None,
+        description="ntlm = winbind: only members of this group (DOMAIN\\group or a SID) are "
+        "accepted (ntlm_auth --require-membership-of)",
+    )
+    allow_ntlmv1: bool = Field(
+        False, description="accept NTLMv1 (and LM) answers; by default only NTLMv2 is accepted"
+    )
+    ntlm_helpers: int = Field(
+        16, ge=1, le=1024, description="ntlm_auth processes at most (one per handshake in flight)"
+    )
+    ntlm_auth_timeout: Duration = Field(
+        timedelta(seconds=30), description="how long one ntlm_auth answer may take"
     )
     directory: DirectorySettings | None = Field(
         None, description="Active Directory LDAP, for password_check = ldap"
@@ -304,6 +343,20 @@ class WindowsSettings(BaseModel):
         if value not in ("kerberos", "ldap"):
             raise ValueError("must be kerberos or ldap")
         return value
+
+    @field_validator("ntlm")
+    @classmethod
+    def _ntlm(cls, value: str | None) -> str | None:
+        if value is not None and value not in ("winbind", "file", "off"):
+            raise ValueError("must be winbind, file or off")
+        return value
+
+    @property
+    def ntlm_mode(self) -> str:
+        """``ntlm`` as set, or inferred: ``file`` when ntlm_user_file is set, else ``off``."""
+        if self.ntlm is not None:
+            return self.ntlm
+        return "file" if self.ntlm_user_file else "off"
 
     @field_validator("realm")
     @classmethod
@@ -328,8 +381,12 @@ class WindowsSettings(BaseModel):
                 "verify_kdc needs service_principal and keytab (or set verify_kdc = false, "
                 "which trusts whatever answers as the KDC)"
             )
-        if self.negotiate and not self.keytab and not self.ntlm_user_file:
-            raise ValueError("negotiate needs a keytab (Kerberos) or an ntlm_user_file (NTLM)")
+        if self.ntlm_mode == "file" and not self.ntlm_user_file:
+            raise ValueError("ntlm = file needs ntlm_user_file")
+        if self.negotiate and not self.keytab and self.ntlm_mode == "off":
+            raise ValueError(
+                "negotiate needs a keytab (Kerberos) or NTLM (ntlm = winbind, or an ntlm_user_file)"
+            )
         return self
 
 

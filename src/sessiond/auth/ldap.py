@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Self
 
-from ..errors import InvalidCredentials
+from ..errors import InvalidCredentials, PasswordExpired
 from ..models import LoginType
 from ..settings import LdapSettings, Settings
 from ..store.base import UserRecord
 from .base import Authenticator, Identity, PasswordCredentials
-from .directory import Directory
+from .directory import WRONG, Directory, check_transport
 
 
 class LdapAuthenticator(Authenticator):
@@ -21,18 +21,22 @@ class LdapAuthenticator(Authenticator):
         return cls(settings.ldap) if settings.ldap else None
 
     def __init__(self, settings: LdapSettings) -> None:
+        check_transport(settings, "ldap")
         self.settings = settings
-        self.directory = Directory(settings)
+        self.directory = Directory(settings, section="ldap")
 
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
         account = (user.account or user.login) if user else credentials.login.strip()
-        return await asyncio.to_thread(self._verify, account, credentials.password)
+        try:
+            return await asyncio.to_thread(self._verify, account, credentials.password)
+        except PasswordExpired as exc:
+            if user is None and not self.settings.auto_provision:
+                # No user is mapped to the account: a right password tells no more than a
+                # wrong one (docs/security.md), an expired one included.
+                raise InvalidCredentials(WRONG, reason=f"{exc.reason}; password right") from None
+            raise
 
     def _verify(self, account: str, password: str) -> Identity:
         entry = self.directory.find(account)
-        if entry is None:
-            raise InvalidCredentials(
-                "wrong login or password", reason="no directory entry for the account"
-            )
         self.directory.bind(entry.dn, password)
         return Identity(account=account, display_name=entry.name)

@@ -1,29 +1,82 @@
-"""Integrated Windows sign-in: the server side of HTTP Negotiate (SPNEGO), via pyspnego.
+"""Integrated Windows sign-in: the server side of HTTP Negotiate (SPNEGO: Kerberos, NTLM).
 
-Kerberos (from the service keytab) completes in one leg. NTLM takes two: the first answer is a
-challenge, and the acceptor's state must wait for the client's next message. Pending handshakes
-are kept here, in this process, for ``HANDSHAKE_TTL`` at most and ``MAX_PENDING`` in all; the
-caller names a handshake by the id this class hands out (or by its TCP connection).
-Which mechanism won is never the caller's concern: it gets a principal or a refusal.
+Each token is routed by what it carries (:mod:`.tokens`):
+
+* **Kerberos** (a bare Kerberos token, or SPNEGO whose first choice is Kerberos) goes to GSSAPI
+  with the service keytab (:mod:`.kerberos`); it completes in one leg.
+* **NTLM** (raw NTLMSSP, under ``Authorization: NTLM`` or ``Negotiate``, or NTLM in SPNEGO)
+  goes where ``windows.ntlm`` says: ``winbind`` — the domain checks it through Samba's
+  ``ntlm_auth`` (:mod:`.winbind`); ``file`` — pyspnego's acceptor with ``ntlm_user_file``
+  (labs); ``off`` — refused. NTLMv1 and anonymous answers are refused before anyone checks
+  them, unless ``allow_ntlmv1``.
+
+NTLM takes two legs, and its state must wait for the client's next message: pending
+handshakes are kept here, in this process, for ``HANDSHAKE_TTL`` at most and ``MAX_PENDING``
+in all (an ``ntlm_auth`` process bound to one is killed when it expires); the caller names a
+handshake by the id this class hands out (or by its TCP connection).
+
+Which mechanism won is never the caller's concern: it gets a :class:`NegotiateResult` (a
+principal, or the next challenge) or a refusal, and the result carries what goes into the
+response headers, written by :func:`negotiate_headers` alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from ..errors import InvalidCredentials, NotConfigured, RequestError
 from ..settings import Settings, WindowsSettings
+from ..wire import NEGOTIATE_ID_HEADER
+from . import tokens
+from .kerberos import KerberosAcceptor
 
 HANDSHAKE_TTL = 60.0
 MAX_PENDING = 10_000
 MAX_TOKEN_BYTES = 64 * 1024
 #: Handshakes named by their TCP connection (clients that send no id) start with this.
 CONNECTION_PREFIX = "connection:"
+NEGOTIATE = "Negotiate"
+NTLM = "NTLM"
+
+
+class AuthorizationToken(bytes):
+    """The token of an ``Authorization`` header, and the scheme it came under (``Negotiate``
+    or ``NTLM``): the answer's ``WWW-Authenticate`` uses the same scheme."""
+
+    scheme: str
+
+    def __new__(cls, data: bytes, scheme: str = NEGOTIATE) -> Self:
+        token = super().__new__(cls, data)
+        token.scheme = NTLM if scheme.lower() == "ntlm" else NEGOTIATE
+        return token
+
+
+def negotiate_headers(
+    token: bytes | None,
+    handshake_id: str | None = None,
+    scheme: str = NEGOTIATE,
+    *,
+    challenge: bool = True,
+) -> dict[str, str]:
+    """The response headers of a Negotiate exchange — the one place that writes them.
+
+    ``challenge``: a 401 asking for (another) leg: ``WWW-Authenticate: <scheme> [token]`` and
+    the handshake's ``Tessa-Negotiate-Id``. Otherwise the final answer: ``WWW-Authenticate``
+    only if there is a last token (mutual authentication)."""
+    headers: dict[str, str] = {}
+    encoded = base64.b64encode(token).decode() if token else ""
+    if challenge or encoded:
+        headers["WWW-Authenticate"] = f"{scheme} {encoded}".strip()
+    if challenge and handshake_id:
+        headers[NEGOTIATE_ID_HEADER] = handshake_id
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +86,23 @@ class NegotiateResult:
     handshake_id: str
     principal: str | None = None  # user@REALM (Kerberos) or DOMAIN\user (NTLM)
     protocol: str | None = None  # kerberos | ntlm
+    scheme: str = NEGOTIATE  # the scheme the client used, and the answer uses
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What goes into the response: the challenge and handshake id while the exchange
+        goes on, the mutual-authentication token once it is complete."""
+        return negotiate_headers(
+            self.output, self.handshake_id, self.scheme, challenge=not self.complete
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    started: float
+    mech: str  # winbind | file | kerberos
+    state: Any  # the ntlm_auth helper, or the pyspnego / GSSAPI context
+    timer: asyncio.TimerHandle | None = field(default=None)
 
 
 class NegotiateAcceptor:
@@ -43,53 +113,180 @@ class NegotiateAcceptor:
 
     def __init__(self, settings: WindowsSettings) -> None:
         self.settings = settings
-        self._pending: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        from .windows import use_kerberos_settings  # only where integrated sign-in is on
+        self.ntlm = settings.ntlm_mode
+        self.kerberos = KerberosAcceptor(settings)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._winbind: Any = None
+        if self.ntlm == "winbind":
+            from .winbind import WinbindNtlm
 
-        use_kerberos_settings(settings)
+            self._winbind = WinbindNtlm(settings)
 
-    def _take(self, handshake_id: str | None) -> tuple[str, Any | None]:
+    # --- pending handshakes --------------------------------------------------------------
+
+    def _drop(self, pending: _Pending) -> None:
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if pending.mech == "winbind":
+            self._winbind.pool.kill(pending.state)
+
+    def _sweep(self) -> None:
         now = time.monotonic()
         while self._pending:
-            key, (started, _ctx) = next(iter(self._pending.items()))
-            if now - started < HANDSHAKE_TTL:
+            key, pending = next(iter(self._pending.items()))
+            if now - pending.started < HANDSHAKE_TTL:
                 break
-            self._pending.pop(key)
+            self._drop(self._pending.pop(key))
+
+    def _expire(self, key: str, pending: _Pending) -> None:
+        if self._pending.get(key) is pending:
+            self._drop(self._pending.pop(key))
+
+    def _keep(self, key: str, mech: str, state: Any) -> None:
+        while len(self._pending) >= MAX_PENDING:
+            self._drop(self._pending.popitem(last=False)[1])
+        if key in self._pending:
+            self._drop(self._pending.pop(key))
+        pending = _Pending(time.monotonic(), mech, state)
+        if mech == "winbind":  # its process is killed when the handshake expires
+            loop = asyncio.get_running_loop()
+            pending.timer = loop.call_later(HANDSHAKE_TTL, self._expire, key, pending)
+        self._pending[key] = pending
+
+    def _take(self, handshake_id: str | None) -> tuple[str, _Pending | None]:
+        self._sweep()
         if handshake_id and handshake_id in self._pending:
-            return handshake_id, self._pending.pop(handshake_id)[1]
+            pending = self._pending.pop(handshake_id)
+            if pending.timer is not None:
+                pending.timer.cancel()
+            return handshake_id, pending
         if handshake_id and handshake_id.startswith(CONNECTION_PREFIX):
             return handshake_id, None
         return secrets.token_urlsafe(18), None
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --- one leg -------------------------------------------------------------------------
+
     async def step(self, token: bytes, handshake_id: str | None = None) -> NegotiateResult:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise RequestError("the Negotiate token is empty or too large")
-        key, context = self._take(handshake_id)
-        if context is None:
-            context = self._new_context()
+        scheme = getattr(token, "scheme", NEGOTIATE)
+        token = bytes(token)
+        key, pending = self._take(handshake_id)
+        kind = tokens.inspect(token)
+        if pending is not None and (
+            kind.kind == "spnego-init" or tokens.ntlm_message_type(token) == 1
+        ):  # a first message on a connection with an abandoned handshake: start anew
+            self._drop(pending)
+            pending = None
+        authenticate = tokens.ntlm_authenticate(token)
         try:
-            output = await asyncio.to_thread(context.step, token)
-        except Exception as exc:  # pyspnego raises SpnegoError, and AttributeError for some
-            raise InvalidCredentials(  # refused Kerberos tokens: any failure is a refusal.
-                "integrated Windows sign-in failed", reason=f"{type(exc).__name__}: {exc}"
-            ) from None
-        if not context.complete:
-            while len(self._pending) >= MAX_PENDING:
-                self._pending.popitem(last=False)
-            self._pending[key] = (time.monotonic(), context)
-            return NegotiateResult(False, output, key)
-        try:
-            principal = str(context.client_principal)
-            protocol = str(context.negotiated_protocol)
-        except Exception as exc:
-            raise InvalidCredentials(
-                "integrated Windows sign-in failed", reason=f"{type(exc).__name__}: {exc}"
-            ) from None
-        return NegotiateResult(True, output, key, principal, protocol)
+            if authenticate is not None:
+                try:
+                    self._check_ntlm_answer(authenticate)
+                except InvalidCredentials:
+                    if pending is not None:
+                        self._drop(pending)
+                    raise
+            if pending is not None:
+                return await self._resume(key, pending, token, kind, scheme)
+            if kind.carries_ntlm:
+                return await self._start_ntlm(key, token, kind, scheme)
+            return await self._kerberos(key, token, kind, None, scheme)
+        except InvalidCredentials as exc:  # the audit trail names who tried, when NTLM says
+            if authenticate is not None and authenticate.who:
+                exc.reason = f"{authenticate.who}: {exc.reason or exc.message}"
+            raise
 
-    def _new_context(self) -> Any:
+    def _check_ntlm_answer(self, answer: tokens.NtlmAuthenticate) -> None:
+        if answer.version == "anonymous":
+            raise InvalidCredentials(
+                "integrated Windows sign-in failed: anonymous NTLM is not accepted",
+                reason="an anonymous NTLM answer",
+            )
+        if answer.version != "v2" and not self.settings.allow_ntlmv1:
+            raise InvalidCredentials(
+                "integrated Windows sign-in failed: NTLMv1 is not accepted (use NTLMv2)",
+                reason=f"an NTLM{answer.version} answer, refused (windows.allow_ntlmv1 = false)",
+            )
+
+    async def _resume(
+        self, key: str, pending: _Pending, token: bytes, kind: tokens.TokenKind, scheme: str
+    ) -> NegotiateResult:
+        if pending.mech == "winbind":
+            step = await self._winbind.resume(pending.state, token)
+            return self._ntlm_result(key, step.complete, step.output, step.principal, scheme,
+                                     step.helper)  # fmt: skip
+        if pending.mech == "file":
+            return await self._file_step(key, pending.state, token, scheme)
+        return await self._kerberos(key, token, kind, pending.state, scheme)
+
+    async def _start_ntlm(
+        self, key: str, token: bytes, kind: tokens.TokenKind, scheme: str
+    ) -> NegotiateResult:
+        if self.ntlm == "off":
+            raise InvalidCredentials(
+                "integrated Windows sign-in failed: NTLM is not accepted here; use Kerberos",
+                reason="an NTLM token, and windows.ntlm is off",
+            )
+        if self.ntlm == "winbind":
+            step = await self._winbind.start(token, spnego=kind.kind == "spnego-init")
+            return self._ntlm_result(key, step.complete, step.output, step.principal, scheme,
+                                     step.helper)  # fmt: skip
+        return await self._file_step(key, self._file_context(), token, scheme)
+
+    def _ntlm_result(
+        self,
+        key: str,
+        complete: bool,
+        output: bytes | None,
+        principal: str | None,
+        scheme: str,
+        helper: Any,
+    ) -> NegotiateResult:
+        if not complete:
+            self._keep(key, "winbind", helper)
+            return NegotiateResult(False, output, key, scheme=scheme)
+        return NegotiateResult(True, output, key, principal, "ntlm", scheme)
+
+    def _file_context(self) -> Any:
         try:
             import spnego
         except ImportError:
-            raise NotConfigured("integrated Windows sign-in needs the pyspnego package") from None
+            raise NotConfigured("NTLM sign-in needs the pyspnego package") from None
         return spnego.server(protocol="negotiate", service="HTTP")
+
+    async def _file_step(
+        self, key: str, context: Any, token: bytes, scheme: str
+    ) -> NegotiateResult:
+        try:
+            output = await asyncio.to_thread(context.step, token)
+            if not context.complete:
+                self._keep(key, "file", context)
+                return NegotiateResult(False, output, key, scheme=scheme)
+            principal = str(context.client_principal)
+        except Exception as exc:  # pyspnego's errors: a refusal of the NTLM answer
+            raise InvalidCredentials(
+                "wrong login or password", reason=f"{type(exc).__name__}: {exc}"
+            ) from None
+        return NegotiateResult(True, output, key, principal, "ntlm", scheme)
+
+    async def _kerberos(
+        self, key: str, token: bytes, kind: tokens.TokenKind, context: Any, scheme: str
+    ) -> NegotiateResult:
+        step = await asyncio.to_thread(self.kerberos.accept, token, kind, context)
+        if not step.complete:
+            self._keep(key, "kerberos", step.context)
+            return NegotiateResult(False, step.output, key, scheme=scheme)
+        return NegotiateResult(True, step.output, key, step.principal, "kerberos", scheme)
+
+    async def close(self) -> None:
+        for pending in self._pending.values():
+            with contextlib.suppress(Exception):
+                self._drop(pending)
+        self._pending.clear()
+        if self._winbind is not None:
+            await self._winbind.close()

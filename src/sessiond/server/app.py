@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
 from .._version import __version__
+from ..auth.negotiate import negotiate_headers
 from ..errors import (
     INTERNAL_ERROR_BODY,
     NegotiateRequired,
@@ -32,7 +32,6 @@ from ..settings import Settings
 from ..store import create_store
 from ..wire import (
     CONFIGURATION_VERSION_HEADER,
-    NEGOTIATE_ID_HEADER,
     SERVER_VERSION_HEADER,
     SESSION_HEADER,
 )
@@ -190,10 +189,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, SessiondError)
         headers: dict[str, str] = {}
         if isinstance(exc, NegotiateRequired):
-            challenge = base64.b64encode(exc.challenge).decode() if exc.challenge else ""
-            headers["WWW-Authenticate"] = f"Negotiate {challenge}".strip()
-            if exc.handshake_id:
-                headers[NEGOTIATE_ID_HEADER] = exc.handshake_id
+            headers = negotiate_headers(exc.challenge, exc.handshake_id, exc.scheme)
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers or None)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:

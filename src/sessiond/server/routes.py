@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..auth import PasswordCredentials
-from ..auth.negotiate import CONNECTION_PREFIX
+from ..auth.negotiate import CONNECTION_PREFIX, AuthorizationToken, negotiate_headers
 from ..errors import AuthenticationError, NegotiateRequired, RequestError, SessionRequired
 from ..models import (
     AccessLevel,
@@ -163,20 +163,18 @@ async def open_session_windows(request: Request) -> JSONResponse:
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
-    headers = (
-        {"WWW-Authenticate": "Negotiate " + base64.b64encode(mutual).decode()} if mutual else None
-    )
-    return JSONResponse(_opened(_service(request), token), headers=headers)
+    headers = negotiate_headers(mutual, challenge=False)
+    return JSONResponse(_opened(_service(request), token), headers=headers or None)
 
 
-def _negotiate_token(authorization: str | None) -> bytes | None:
+def _negotiate_token(authorization: str | None) -> AuthorizationToken | None:
     if not authorization:
         return None
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() not in ("negotiate", "ntlm") or not value.strip():
         return None
     try:
-        return base64.b64decode(value.strip(), validate=True)
+        return AuthorizationToken(base64.b64decode(value.strip(), validate=True), scheme)
     except (binascii.Error, ValueError):
         raise RequestError("the Authorization: Negotiate token is not base64") from None
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import uvicorn
 
+from ..auth.environment import apply_process_environment
 from ..settings import Settings
 from .app import create_asgi
 from .protocol import http_protocol
@@ -91,6 +92,8 @@ def serve(settings: Settings, sock: socket.socket, on_listening: Callable[[str],
     Logging must be set up already (:func:`sessiond.logs.configure`)."""
     port = sock.getsockname()[1]
     url = address(settings.host, port)
+    # KRB5_CONFIG and NTLM_USER_FILE, once, before anything makes a Kerberos call.
+    apply_process_environment(settings)
 
     def listening() -> None:
         log.info("listening on %s", url)

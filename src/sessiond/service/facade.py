@@ -119,6 +119,8 @@ class SessionService:
             log.warning("shutting down with last-activity touches not written")
         for authenticator in self.authenticators.values():
             await authenticator.close()
+        if self.signin.negotiate is not None:  # ntlm_auth helpers
+            await self.signin.negotiate.close()
         await self.store.close()
 
     # --- other nodes' changes ------------------------------------------------------------

@@ -44,6 +44,7 @@ from ..errors import (
     NegotiateRequired,
     NotConfigured,
     PasswordExpired,
+    PasswordRejected,
     SessiondError,
     UserBlocked,
 )
@@ -63,6 +64,7 @@ from .users import Users
 log = logging.getLogger("sessiond.service")
 
 WRONG = "wrong login or password"
+DOMAIN_OR_PLATFORM = (LoginType.PLATFORM, LoginType.WINDOWS, LoginType.LDAP)
 #: How long a password check may hold its slot if its node goes away before settling it.
 ATTEMPT_LEASE = timedelta(minutes=2)
 #: How often a sign-in waiting for a slot looks for one freed on another node (seconds).
@@ -178,6 +180,7 @@ class SignIn:
                 "integrated Windows sign-in continues: answer the challenge",
                 challenge=result.output,
                 handshake_id=result.handshake_id,
+                scheme=result.scheme,
             )
         account = names.parse(result.principal)
         identity = Identity(account=account.down_level, display_name=account.name)
@@ -204,10 +207,12 @@ class SignIn:
         security = self.settings.security
         passwords.check_rules(new_password, security)  # the same for every login: tells nothing
         credentials = PasswordCredentials(login, old_password)
-        user = await self.store.find_user_by_login(login.strip())
-        if user is None or user.login_type != LoginType.PLATFORM:
+        user = await self.users.find(credentials)
+        if user is None or user.login_type not in DOMAIN_OR_PLATFORM:
             reason = "unknown login" if user is None else f"{user.login_type.wire} user"
             await self._refuse(user, credentials, client_address, reason)
+        if user.login_type != LoginType.PLATFORM:
+            await self._domain_password(user, credentials, client_address)
         checked = await self._check(user, credentials, client_address)
         try:
             history = await self.store.password_history(user.id, security.unique_password_count)
@@ -242,6 +247,28 @@ class SignIn:
         assert row is not None
         return row
 
+    async def _domain_password(
+        self, user: UserRecord, credentials: PasswordCredentials, client_address: str | None
+    ) -> NoReturn:
+        """A Windows or Ldap user's password belongs to the domain or the directory: once the
+        old one is shown right (or right but expired), say where to change it."""
+        try:
+            checked = await self._check(user, credentials, client_address)
+        except PasswordExpired:
+            pass
+        else:
+            await asyncio.shield(self._release(checked.attempt, user.id, right=True))
+        raise PasswordRejected(
+            f"{user.login_type.wire} passwords are changed in the "
+            + (
+                "domain (Ctrl+Alt+Del on Windows, or the domain's tools)"
+                if user.login_type == LoginType.WINDOWS
+                else "directory"
+            )
+            + ", not here; then sign in with the new password",
+            details={"rule": "changed_elsewhere"},
+        )
+
     # --- 1. reserve ----------------------------------------------------------------------
 
     async def _check(
@@ -270,6 +297,10 @@ class SignIn:
             self.pace.checked()
             await self.pace.hold()
             raise InvalidCredentials(WRONG) from None
+        except PasswordExpired as exc:  # the domain's answer to the right, but expired, password
+            await asyncio.shield(self._release(attempt, user.id, right=True))
+            await self._audit(user, user.login, client_address, exc.reason or exc.code)
+            raise
         except BaseException:  # the domain is down, the request went away: nothing was shown
             await asyncio.shield(self._release(attempt, user.id, right=False))
             raise
