@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sessiond.auth.environment import apply_process_environment
 from sessiond.keys import KeyRing
 from sessiond.service import SessionService
 from sessiond.settings import Settings, load_settings
@@ -83,6 +84,8 @@ async def make_service(
 
     async def make(**overrides: Any) -> SessionService:
         settings = make_settings(**overrides)
+        # What `sessiond serve` does once at its start (KRB5_CONFIG for [windows]).
+        apply_process_environment(settings)
         service = SessionService(
             settings,
             create_store(settings.effective_database_url),

@@ -31,15 +31,6 @@ from .directory import WRONG, Directory, check_transport, must_change, warn_once
 log = logging.getLogger("sessiond.auth")
 
 
-def use_kerberos_settings(settings: WindowsSettings) -> None:
-    """``KRB5_CONFIG`` for in-process use of the password checks (a server has it already:
-    :func:`sessiond.auth.environment.apply_process_environment` sets it once, at start, with
-    ``NTLM_USER_FILE``). The keytab is never put in the environment (``KRB5_KTNAME``): it is
-    given to GSSAPI as a credential store; Negotiate calls nothing here."""
-    if settings.krb5_config:
-        os.environ["KRB5_CONFIG"] = str(settings.krb5_config)
-
-
 # --- Kerberos error codes ------------------------------------------------------------------
 # MIT krb5's com_err table "krb5" (krb5.h: /usr/include/krb5.h, or mit-krb5/krb5/krb5.h on
 # Debian), as the Kerberos mechanism reports them in a GSSError's minor status.
@@ -126,7 +117,6 @@ class WindowsAuthenticator(Authenticator):
     def __init__(self, settings: WindowsSettings) -> None:
         if settings.password_check == "ldap" and settings.directory is not None:
             check_transport(settings.directory, "windows.directory")
-        use_kerberos_settings(settings)
         self.settings = settings
         self.names = WindowsNames(settings)
         self.directory = (
