@@ -191,7 +191,8 @@ class Sessions:
         confirmed it — at no cost when the store's data epoch has not moved since the entry was
         made (SQLite: no other connection committed anything), else by reading the session's
         last activity (every time on PostgreSQL, where another node may have closed it). A
-        session gone from the store, or changed, is read afresh. ``render`` must be the same
+        session whose row is gone is read afresh; a row that stays changes only its last
+        activity, forward, which the entry takes over. ``render`` must be the same
         function on every call."""
         canonical = CANONICAL_AUTH.match(auth_text)
         key = canonical.group(1) if canonical else None
