@@ -3,6 +3,7 @@ ended — closed, expired, blocked, deleted by another process, or closed on ano
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from sessiond.auth import PasswordCredentials
+from sessiond.cache import Packer
 from sessiond.errors import (
     SessionExpired,
     SessionNotFound,
@@ -76,6 +78,10 @@ async def test_an_ended_session_is_refused_at_once_though_cached(
             "DELETE FROM sessions WHERE id = ?", (AuthToken.from_xml(elsewhere).session_id.hex,)
         )
     db.close()
+    # The next request: a request's handling starts in a later turn of the event loop than
+    # anything that happened before it was sent (the store shares one data-version read among
+    # the validations of one turn; see the test below).
+    await asyncio.sleep(0)
     with pytest.raises(SessionNotFound):
         await service.validate_view(elsewhere, None, _render)
 
@@ -185,3 +191,61 @@ async def test_a_session_closed_on_another_node_is_refused_at_its_next_request(
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_a_cached_answer_is_given_back_byte_for_byte(make_service: Any) -> None:
+    """Answers are kept compressed; a hit gives back exactly what was rendered on the miss."""
+    service = await make_service()
+    tokens = [await _opened(service) for _ in range(5)]
+    first = [await service.validate_view(auth, None, _render) for auth in tokens]  # misses
+    again = [await service.validate_view(auth, None, _render) for auth in tokens]  # hits
+    assert again == first
+    for view, auth in zip(again, tokens, strict=True):
+        assert json.loads(view)["SessionID"] == str(AuthToken.from_xml(auth).session_id)
+
+
+@pytest.mark.parametrize(
+    "strings",
+    [
+        [b'{"a":1}', b'{"a":2}'],
+        [b"", b"x", b""],  # empty first: an empty dictionary
+        [bytes(range(256)) * 40, b"\x00" * 5000, b"short"],  # larger than the window
+        [bytes([i % 7]) * i for i in range(0, 3000, 97)],
+    ],
+)
+def test_packed_strings_unpack_to_what_they_were(strings: list[bytes]) -> None:
+    packer = Packer()
+    packed = [packer.pack(s) for s in strings]
+    assert [packer.unpack(p) for p in packed] == strings
+
+
+def test_similar_answers_pack_small() -> None:
+    packer = Packer()
+    answers = [
+        json.dumps(
+            {"SessionID": f"{i:032x}", "UserName": f"user {i}", "LicenseType": "Concurrent"}
+        ).encode()
+        for i in range(100)
+    ]
+    packed = [packer.pack(a) for a in answers]
+    assert sum(map(len, packed)) < sum(map(len, answers)) / 2
+
+
+async def test_one_data_version_read_serves_one_turn_of_the_event_loop(
+    make_service: Any, tmp_path: Path
+) -> None:
+    """What the shared read means: a commit by another process shows to a validation in a
+    later turn, never to one that was already being handled when it happened."""
+    service = await make_service()
+    auth = await _opened(service)
+    await _warm(service, auth)
+    first = service.store.data_epoch()
+    db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
+    with db:
+        db.execute("DELETE FROM sessions WHERE id = ?", (AuthToken.from_xml(auth).session_id.hex,))
+    db.close()
+    assert service.store.data_epoch() == first  # the same turn: the read is shared
+    await asyncio.sleep(0)
+    assert service.store.data_epoch() != first  # the next turn reads again
+    with pytest.raises(SessionNotFound):
+        await service.validate_view(auth, None, _render)

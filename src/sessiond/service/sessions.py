@@ -20,7 +20,7 @@ from hashlib import blake2b
 from typing import Any
 from uuid import UUID
 
-from ..cache import BoundedCache
+from ..cache import BoundedCache, Packer
 from ..errors import (
     PermissionDenied,
     RequestError,
@@ -57,7 +57,7 @@ log = logging.getLogger("sessiond.service")
 class _Known:
     """What the validation cache holds about one session: the token text it was checked with
     (a keyed digest), what the rule needs, the store's data epoch when it was read, and the
-    rendered answer."""
+    rendered answer (packed: :class:`~sessiond.cache.Packer`)."""
 
     token: bytes
     expires: datetime
@@ -74,6 +74,7 @@ class Sessions:
         self.clock = clock
         self.state = SessionState(settings.security.session_inactivity_time)
         self._known: BoundedCache[int, _Known] = BoundedCache(settings.validation_cache_entries)
+        self._packer = Packer()  # cached answers are kept compressed (a third of the memory)
         self._digest_key = secrets.token_bytes(32)  # token texts are remembered by keyed digest
         self._touches: dict[UUID, datetime] = {}
         self._toucher: asyncio.Task[None] | None = None
@@ -221,7 +222,10 @@ class Sessions:
         view = render(record)
         # ``stored``: the last activity this node's own touch will write, so that writing it
         # does not make the entry look changed (the answer's LastActivity may lag by a touch).
-        self._known.put(record.id.int, _Known(digest, record.token.expires, stored, epoch, view))
+        if self._known.size:
+            packed = self._packer.pack(view)
+            known = _Known(digest, record.token.expires, stored, epoch, packed)
+            self._known.put(record.id.int, known)
         return view
 
     async def _confirm(self, key: int, known: _Known, now: datetime) -> bytes | None:
@@ -241,7 +245,7 @@ class Sessions:
         touched = self._still_open(session_id, known.expires, known.last_activity, now)
         if touched is not None:
             known.last_activity = touched
-        return known.view
+        return self._packer.unpack(known.view)
 
     def forget(self, session_ids: Iterable[UUID] | None) -> None:
         """Drop what the validation cache holds about these sessions (None: about every
