@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ def create_sqlite_store(url: str, *, create: bool = True) -> SqlStore:
                 f"no sessiond database at {database} ({hide_password(url)}): {_POINT} at the "
                 "server's store, or create one with 'sessiond init'"
             )
-    engine = create_async_engine(url, pool_size=8, max_overflow=8)
+    # Last in, first out: the connection just used is used again, so that under light load
+    # one connection's page cache is warm rather than eight half-filled ones (RSS).
+    engine = create_async_engine(url, pool_size=8, max_overflow=8, pool_use_lifo=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -133,7 +136,11 @@ class SqliteStore(SqlStore):
         super().__init__(engine)
         self._database = database if database and database != ":memory:" else None
         self._local = threading.local()
-        self._writers: list[sqlite3.Connection] = []  # the touch writers, one per worker thread
+        self._epoch: int | None = None  # see data_epoch
+        # Touches are written by one thread of their own, on one connection: a worker thread
+        # of the default pool each would keep a connection and its page cache.
+        self._touch_thread: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -147,14 +154,30 @@ class SqliteStore(SqlStore):
 
     def data_epoch(self) -> int | None:
         """SQLite's ``PRAGMA data_version`` on this thread's reader: it moves whenever any other
-        connection — a writer of this process, the command line, another process — commits."""
+        connection — a writer of this process, the command line, another process — commits.
+
+        On the event loop the value read is kept until the callbacks already queued have run
+        (it is forgotten by a callback queued right after the read), so that requests handled
+        together share one read (about 7 us). Still exact: a request that arrived after the
+        read has its first step queued after that callback, so it reads afresh; the others had
+        arrived before the read, which therefore saw every commit made before they were sent."""
         if self._database is None:
             return None
+        if self._epoch is not None:
+            return self._epoch
         try:
             (version,) = self._reader().execute("PRAGMA data_version").fetchone()
         except sqlite3.DatabaseError:
             return None  # cannot tell: the caller reads the row instead
-        return int(version)
+        try:
+            asyncio.get_running_loop().call_soon(self._forget_epoch)
+        except RuntimeError:
+            return int(version)  # no event loop here: nothing to share with
+        self._epoch = int(version)
+        return self._epoch
+
+    def _forget_epoch(self) -> None:
+        self._epoch = None
 
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         if self._database is None:
@@ -184,20 +207,22 @@ class SqliteStore(SqlStore):
             await super().touch_sessions(touches)
             return
         rows = [(_stored(at), session_id.hex, _stored(at)) for session_id, at in touches.items()]
+        if self._touch_thread is None:
+            self._touch_thread = ThreadPoolExecutor(1, thread_name_prefix="sessiond-touches")
         try:
-            await asyncio.to_thread(self._write_touches, rows)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._touch_thread, self._write_touches, rows)
         except sqlite3.DatabaseError as exc:
             raise unavailable(exc) from None
 
     def _write_touches(self, rows: list[tuple[str, str, str]]) -> None:
-        conn: sqlite3.Connection | None = getattr(self._local, "writer", None)
+        conn = self._writer
         if conn is None:
             assert self._database is not None
             conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.writer = conn
-            self._writers.append(conn)
+            self._writer = conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_TOUCH, rows)
@@ -211,7 +236,10 @@ class SqliteStore(SqlStore):
         if conn is not None:
             conn.close()
             self._local.conn = None
-        for writer in self._writers:
-            writer.close()
-        self._writers.clear()
+        if self._touch_thread is not None:
+            self._touch_thread.shutdown(wait=True)
+            self._touch_thread = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         await super().close()
