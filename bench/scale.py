@@ -57,6 +57,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import tempfile
 import threading
@@ -275,12 +276,20 @@ def generate(signer: Signer, count: int, first: datetime, span: timedelta, auth:
         parts: Iterator[list[tuple[UUID, datetime, str, str]]] = map(_make_chunk, jobs)
         _collect(rows, parts)
     else:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(processes, initializer=_quiet_worker) as pool:
             _collect(rows, pool.imap(_make_chunk, jobs))
     rows.seconds = time.perf_counter() - started
     if len(set(rows.ids)) != count:
         raise BenchError(f"generated {len(set(rows.ids))} distinct sessions for {count}")
     return rows
+
+
+def _quiet_worker() -> None:
+    """A signing worker ends silently when the pool terminates it (the bench's own handlers,
+    inherited by fork, would print a KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _collect(rows: Rows, parts: Iterator[list[tuple[UUID, datetime, str, str]]]) -> None:
