@@ -22,7 +22,7 @@ from sessiond.errors import (
     TokenSignatureInvalid,
 )
 from sessiond.keys import KeyRing
-from sessiond.models import ClientInfo
+from sessiond.models import AuditAction, ClientInfo
 from sessiond.service import Actor, SessionService
 from sessiond.settings import load_settings
 from sessiond.store import SessionRecord, create_store
@@ -231,10 +231,10 @@ def test_similar_answers_pack_small() -> None:
     assert sum(map(len, packed)) < sum(map(len, answers)) / 2
 
 
-async def test_one_data_version_read_serves_one_turn_of_the_event_loop(
+async def test_one_epoch_read_serves_one_turn_of_the_event_loop(
     make_service: Any, tmp_path: Path
 ) -> None:
-    """What the shared read means: a commit by another process shows to a validation in a
+    """What the shared read means: a removal by another process shows to a validation in a
     later turn, never to one that was already being handled when it happened."""
     service = await make_service()
     auth = await _opened(service)
@@ -246,6 +246,54 @@ async def test_one_data_version_read_serves_one_turn_of_the_event_loop(
     db.close()
     assert service.store.data_epoch() == first  # the same turn: the read is shared
     await asyncio.sleep(0)
-    assert service.store.data_epoch() != first  # the next turn reads again
+    assert service.store.data_epoch() == first + 1  # the next turn reads again: one removed
     with pytest.raises(SessionNotFound):
+        await service.validate_view(auth, None, _render)
+
+
+async def test_touches_and_new_sessions_leave_the_cache_valid(
+    make_service: Any, tmp_path: Path, clock: Clock
+) -> None:
+    """The epoch counts removed sessions only; a session the cache holds as idle but that
+    another process touched since is decided on its row, and stays open."""
+    service = await make_service(security={"session_inactivity_time": "1h"})
+    auth = await _opened(service)
+    await _warm(service, auth)
+    epoch = service.store.data_epoch()
+    await _opened(service, "other")  # a sign-in: a commit, no removal
+    clock.advance(minutes=50)
+    db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
+    with db:  # another server on the same file saw the session in use 50 minutes on
+        stored = clock.now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        db.execute(
+            "UPDATE sessions SET last_activity = ? WHERE id = ?",
+            (stored, AuthToken.from_xml(auth).session_id.hex),
+        )
+    db.close()
+    await asyncio.sleep(0)
+    assert service.store.data_epoch() == epoch
+    clock.advance(minutes=20)  # 70 minutes after this node last saw it, 20 after the other
+    view = await service.validate_view(auth, None, _render)
+    assert json.loads(view)["SessionID"] == str(AuthToken.from_xml(auth).session_id)
+    assert not await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+
+
+async def test_a_store_without_the_removal_count_validates_without_the_cache_epoch(
+    make_service: Any, tmp_path: Path
+) -> None:
+    database = tmp_path / "data" / "sessiond.db"
+    service = await make_service()
+    auth = await _opened(service)
+    db = sqlite3.connect(database)
+    with db:
+        db.execute("DROP TRIGGER sessions_removed")
+    db.close()
+    service = await make_service()  # a second server on the file, started after the change
+    assert service.store.data_epoch() is None
+    await _warm(service, auth)
+    db = sqlite3.connect(database)
+    with db:
+        db.execute("DELETE FROM sessions WHERE id = ?", (AuthToken.from_xml(auth).session_id.hex,))
+    db.close()
+    with pytest.raises(SessionNotFound):  # read every time: still refused at once
         await service.validate_view(auth, None, _render)

@@ -191,12 +191,13 @@ class Sessions:
 
         Exact: an entry is used only for the very token text it was made from (a keyed digest
         of it), only while the session is open by the one rule, and only after the store has
-        confirmed it — at no cost when the store's data epoch has not moved since the entry was
-        made (SQLite: no other connection committed anything), else by reading the session's
-        last activity (every time on PostgreSQL, where another node may have closed it). A
-        session whose row is gone is read afresh; a row that stays changes only its last
-        activity, forward, which the entry takes over. ``render`` must be the same
-        function on every call."""
+        confirmed it — at no cost when the store's epoch has not moved since the entry was made
+        (SQLite: no session row has been removed since, by anyone), else by reading the
+        session's last activity (every time on PostgreSQL, where another node may have closed
+        it). A session whose row is gone is read afresh; a row that stays changes only its last
+        activity, forward, which the entry takes over. The cache refuses nothing itself: a
+        session it finds ended is decided again on the row as stored. ``render`` must be the
+        same function on every call."""
         canonical = CANONICAL_AUTH.match(auth_text)
         # Keyed by the session id as a number (44 bytes, against 85 for its text).
         key = int(canonical.group(1).replace("-", ""), 16) if canonical else None
@@ -207,9 +208,10 @@ class Sessions:
             try:
                 view = await self._confirm(key, known, now)
             except SessionExpired:
+                # The cache only ever confirms: an ended session is decided (and ended) below,
+                # on the row as stored (another process may have touched it since).
                 self._known.pop(key)
-                await self._expire(fast_uuid(key), now, client_address)
-                raise
+                view = None
             if view is not None:
                 return view
         epoch = self.store.data_epoch()  # before the read: a commit after it shows next time

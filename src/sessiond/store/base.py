@@ -335,8 +335,10 @@ class Store(ABC):
         a cache holds."""
 
     def data_epoch(self) -> int | None:
-        """A number that moves whenever the store may have changed (None: no such number, so
-        a cached session must be checked against the store every time)."""
+        """A number that moves whenever a session's row may have been removed (None: no such
+        number, so a cached session must be checked against the store every time). Touches
+        need not move it: a cached last activity is only ever older than the stored one, and
+        the cache refuses nothing on its own."""
         return None
 
     @abstractmethod

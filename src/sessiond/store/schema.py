@@ -35,7 +35,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 #: The newest migration (``migrations/versions``); a test holds it to Alembic's own head.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 metadata = sa.MetaData()
 
@@ -143,6 +143,14 @@ throttle_attempts = sa.Table(
     sa.Column("key", sa.String(600), nullable=False),
     sa.Column("expires", UTCDateTime(), nullable=False),
     sa.Index("ix_throttle_attempts_key", "key", "expires"),
+)
+
+# 0006: session rows ever removed, counted by a trigger on SQLite (the validation cache's epoch)
+session_removals = sa.Table(
+    "session_removals",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("removed", sa.BigInteger(), nullable=False),
 )
 
 audit = sa.Table(

@@ -6,9 +6,9 @@ locks (which SQLite answers with "database is locked"); readers stay concurrent 
 The per-request session reads skip the async driver: a primary-key read from a WAL database
 takes microseconds and never waits for writers, while handing it to aiosqlite's thread costs
 hundreds. So :meth:`SqliteStore.get_session` and :meth:`SqliteStore.session_activity` read on the
-calling thread with their own read-only connection, whose ``PRAGMA data_version``
-(:meth:`SqliteStore.data_epoch`) tells the service's validation cache when anything may have
-changed: any commit by any other connection or process moves it.
+calling thread with their own read-only connection. :meth:`SqliteStore.data_epoch` tells the
+service's validation cache when a session may have gone: the count of removed session rows,
+kept by a trigger (migration 0006) in the transaction of every removal, by whoever removes it.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ def _prepare(database: Path) -> None:
 
 _SELECT_SESSION = f"SELECT {', '.join(SQLITE_SESSIONS.columns)} FROM sessions WHERE id = ?"
 _SELECT_ACTIVITY = "SELECT last_activity FROM sessions WHERE id = ?"
+_REMOVED = "SELECT removed FROM session_removals WHERE id = 1"
+_TRIGGER_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'sessions_removed'"
 # Times as SQLAlchemy keeps them in SQLite (naive UTC text), so that "<" compares like times.
 _TOUCH = "UPDATE sessions SET last_activity = ? WHERE id = ? AND last_activity < ?"
 
@@ -137,6 +139,7 @@ class SqliteStore(SqlStore):
         self._database = database if database and database != ":memory:" else None
         self._local = threading.local()
         self._epoch: int | None = None  # see data_epoch
+        self._counted: bool | None = None  # whether the file counts removed sessions
         # Touches are written by one thread of their own, on one connection: a worker thread
         # of the default pool each would keep a connection and its page cache.
         self._touch_thread: ThreadPoolExecutor | None = None
@@ -153,27 +156,37 @@ class SqliteStore(SqlStore):
         return conn
 
     def data_epoch(self) -> int | None:
-        """SQLite's ``PRAGMA data_version`` on this thread's reader: it moves whenever any other
-        connection — a writer of this process, the command line, another process — commits.
+        """How many session rows have ever been removed from the file (``session_removals``,
+        counted by a trigger in the transaction that removes each row, whoever removes it: this
+        server, the command line, another process, plain SQL). It does not move for a touch or
+        a new session, so cached validations stay valid through them; a store without the
+        trigger (made some other way than by the migrations) answers None: no cache.
 
         On the event loop the value read is kept until the callbacks already queued have run
         (it is forgotten by a callback queued right after the read), so that requests handled
-        together share one read (about 7 us). Still exact: a request that arrived after the
-        read has its first step queued after that callback, so it reads afresh; the others had
-        arrived before the read, which therefore saw every commit made before they were sent."""
+        together share one read. Still exact: a request that arrived after the read has its
+        first step queued after that callback, so it reads afresh; the others had arrived
+        before the read, which therefore saw every removal committed before they were sent."""
         if self._database is None:
             return None
         if self._epoch is not None:
             return self._epoch
         try:
-            (version,) = self._reader().execute("PRAGMA data_version").fetchone()
+            reader = self._reader()
+            if self._counted is None:
+                self._counted = reader.execute(_TRIGGER_EXISTS).fetchone() is not None
+            if not self._counted:
+                return None
+            row = reader.execute(_REMOVED).fetchone()
         except sqlite3.DatabaseError:
             return None  # cannot tell: the caller reads the row instead
+        if row is None:
+            return None
         try:
             asyncio.get_running_loop().call_soon(self._forget_epoch)
         except RuntimeError:
-            return int(version)  # no event loop here: nothing to share with
-        self._epoch = int(version)
+            return int(row[0])  # no event loop here: nothing to share with
+        self._epoch = int(row[0])
         return self._epoch
 
     def _forget_epoch(self) -> None:
