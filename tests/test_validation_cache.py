@@ -297,3 +297,31 @@ async def test_a_store_without_the_removal_count_validates_without_the_cache_epo
     db.close()
     with pytest.raises(SessionNotFound):  # read every time: still refused at once
         await service.validate_view(auth, None, _render)
+
+
+async def test_sweeping_sessions_past_their_lifetime_leaves_the_cache_valid(
+    make_service: Any, tmp_path: Path
+) -> None:
+    """The sweeper's usual work (sessions past their lifetime) does not move the epoch; any
+    removal of a session still within its lifetime does, whoever makes it."""
+    service = await make_service()
+    cached = await _opened(service)
+    await _warm(service, cached)
+    ended = AuthToken.from_xml(await _opened(service)).session_id
+    still_open = AuthToken.from_xml(await _opened(service)).session_id
+    epoch = service.store.data_epoch()
+    db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
+    with db:
+        db.execute(
+            "UPDATE sessions SET expires = '2000-01-01 00:00:00.000000' WHERE id = ?",
+            (ended.hex,),
+        )
+    assert await service.sweep() == 1
+    await asyncio.sleep(0)
+    assert service.store.data_epoch() == epoch
+    assert await service.validate_view(cached, None, _render)  # from the cache
+    with db:
+        db.execute("DELETE FROM sessions WHERE id = ?", (still_open.hex,))
+    db.close()
+    await asyncio.sleep(0)
+    assert service.store.data_epoch() == epoch + 1

@@ -116,7 +116,9 @@ class Sessions:
 
     async def _end(self, which: SessionFilter, decide: SessionDecision) -> list[SessionRecord]:
         async with self.store.write() as tx:
-            return await tx.delete_sessions(which, decide)
+            # Sessions past their lifetime by this clock (the one the validation cache checks
+            # with) need not move the store's epoch: the cache serves none of them.
+            return await tx.delete_sessions(which, decide, lifetime_ended_by=self.clock())
 
     def _open_among(self, records: Sequence[SessionRecord], now: datetime) -> int:
         return sum(1 for record in records if self.ended(record, now) is None)

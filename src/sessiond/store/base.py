@@ -263,11 +263,16 @@ class Transaction(ABC):
 
     @abstractmethod
     async def delete_sessions(
-        self, which: SessionFilter, decide: SessionDecision
+        self,
+        which: SessionFilter,
+        decide: SessionDecision,
+        lifetime_ended_by: datetime | None = None,
     ) -> list[SessionRecord]:
         """Delete the sessions ``which`` finds and ``decide`` gives a record for; returns
         exactly those this transaction deleted (another node may be deleting some of them at
-        the same moment), each with its record written."""
+        the same moment), each with its record written. ``lifetime_ended_by``: the removal of
+        a session whose lifetime had ended by then is not counted in the store's epoch
+        (:meth:`Store.data_epoch`): no cached validation can be served for it anyway."""
 
     # licence
     @abstractmethod
@@ -337,8 +342,9 @@ class Store(ABC):
     def data_epoch(self) -> int | None:
         """A number that moves whenever a session's row may have been removed (None: no such
         number, so a cached session must be checked against the store every time). Touches
-        need not move it: a cached last activity is only ever older than the stored one, and
-        the cache refuses nothing on its own."""
+        need not move it (a cached last activity is only ever older than the stored one, and
+        the cache refuses nothing on its own), nor the removal of a session past its lifetime
+        (the cache checks the lifetime against the clock on every request)."""
         return None
 
     @abstractmethod

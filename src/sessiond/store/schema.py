@@ -145,7 +145,8 @@ throttle_attempts = sa.Table(
     sa.Index("ix_throttle_attempts_key", "key", "expires"),
 )
 
-# 0006: session rows ever removed, counted by a trigger on SQLite (the validation cache's epoch)
+# 0006: sessions removed before the end of their lifetime, counted by a trigger on SQLite (the
+# validation cache's epoch)
 session_removals = sa.Table(
     "session_removals",
     metadata,

@@ -7,8 +7,8 @@ The per-request session reads skip the async driver: a primary-key read from a W
 takes microseconds and never waits for writers, while handing it to aiosqlite's thread costs
 hundreds. So :meth:`SqliteStore.get_session` and :meth:`SqliteStore.session_activity` read on the
 calling thread with their own read-only connection. :meth:`SqliteStore.data_epoch` tells the
-service's validation cache when a session may have gone: the count of removed session rows,
-kept by a trigger (migration 0006) in the transaction of every removal, by whoever removes it.
+service's validation cache when a session may have gone: the count of removed sessions, kept
+by a trigger (migration 0006) in the transaction of every removal, by whoever removes it.
 """
 
 from __future__ import annotations
@@ -156,11 +156,13 @@ class SqliteStore(SqlStore):
         return conn
 
     def data_epoch(self) -> int | None:
-        """How many session rows have ever been removed from the file (``session_removals``,
-        counted by a trigger in the transaction that removes each row, whoever removes it: this
-        server, the command line, another process, plain SQL). It does not move for a touch or
-        a new session, so cached validations stay valid through them; a store without the
-        trigger (made some other way than by the migrations) answers None: no cache.
+        """How many sessions have been removed from the file (``session_removals``: a trigger
+        counts each removal in the transaction that makes it, whoever makes it: this server,
+        the command line, another process, plain SQL; sessiond takes back, in the same
+        transaction, its removals of sessions past their lifetime, which no cache serves). It
+        does not move for a touch or a new session, so cached validations stay valid through
+        them; a store without the trigger (made some other way than by the migrations)
+        answers None: no cache.
 
         On the event loop the value read is kept until the callbacks already queued have run
         (it is forgotten by a callback queued right after the read), so that requests handled

@@ -9,6 +9,7 @@ then the licence row — so that two transactions never wait on each other in a 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -216,7 +217,10 @@ class SqlTransaction(Transaction):
         )
 
     async def delete_sessions(
-        self, which: SessionFilter, decide: SessionDecision
+        self,
+        which: SessionFilter,
+        decide: SessionDecision,
+        lifetime_ended_by: datetime | None = None,
     ) -> list[SessionRecord]:
         candidates = [
             session_from_row(row) for row in await self.conn.execute(_select_sessions(which))
@@ -228,6 +232,16 @@ class SqlTransaction(Transaction):
         deleted = [session_from_row(row) for row in rows]
         await announce_revoked(self.conn, [r.id for r in deleted])  # sent at commit (notify.py)
         await self.add_audits([chosen[record.id] for record in deleted])
+        if lifetime_ended_by is not None and self.conn.dialect.name == "sqlite":
+            # The trigger of migration 0006 counted every removal; take back those of sessions
+            # past their lifetime, in this same transaction (the count never goes down).
+            ended = sum(1 for r in deleted if r.token.expires <= lifetime_ended_by)
+            if ended:
+                await self.conn.execute(
+                    schema.session_removals.update()
+                    .where(schema.session_removals.c.id == 1)
+                    .values(removed=schema.session_removals.c.removed - ended)
+                )
         return deleted
 
     # --- licence -------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""A count of session rows ever removed, kept by the database itself (SQLite): the validation
-cache's epoch. It moves with every removal — by sessiond, the command line, another process,
-or plain SQL — in the transaction that removes the row, and not with last-activity touches or
-new sessions, which leave every cached validation as it was.
+"""A count of session rows removed, kept by the database itself (SQLite): the validation cache's
+epoch. A trigger counts every removal — by sessiond, the command line, another process, or plain
+SQL — in the transaction that removes the row; sessiond's sweeper takes back, in its own
+transaction, the removals of sessions past their lifetime (no cached validation can be served
+for them: the cache checks the lifetime against the same clock on every request). Last-activity
+touches and new sessions do not move it.
 
 Revision ID: 0006
 Revises: 0005
