@@ -84,6 +84,12 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
         help="scale: distinct tokens of the large working set (100,000, quick 10,000)",
     )
     parser.add_argument(
+        "--scale-touch-interval",
+        type=int,
+        metavar="SECONDS",
+        help="scale: the sessiond servers' touch_interval (default: theirs, 60 s)",
+    )
+    parser.add_argument(
         "--compare-src",
         type=Path,
         metavar="PATH",
@@ -117,6 +123,7 @@ def _parse(argv: list[str] | None) -> tuple[Config, list[str]]:
         "writers",
         "scale_rows",
         "scale_tokens",
+        "scale_touch_interval",
     ):
         value = getattr(args, name)
         if value is not None:

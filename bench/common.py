@@ -58,6 +58,7 @@ class Config:
     compare_src: Path | None = None  # validate: a second sessiond from this source folder
     scale_rows: int = 1_000_000  # scale: live sessions in the large stores
     scale_tokens: int = 100_000  # scale: distinct tokens of the large working set
+    scale_touch_interval: int | None = None  # scale: the servers' touch_interval, seconds
 
 
 # --- statistics -----------------------------------------------------------------------------

@@ -285,6 +285,12 @@ def generate(signer: Signer, count: int, first: datetime, span: timedelta, auth:
     return rows
 
 
+def _touch_env(config: Config) -> dict[str, str]:
+    """``--scale-touch-interval``: the servers' touch_interval, in their environment."""
+    seconds = config.scale_touch_interval
+    return {"SESSIOND_TOUCH_INTERVAL": f"{seconds}s"} if seconds else {}
+
+
 def _quiet_worker() -> None:
     """A signing worker ends silently when the pool terminates it (the bench's own handlers,
     inherited by fork, would print a KeyboardInterrupt traceback)."""
@@ -769,7 +775,7 @@ def _sqlite_phase(
     config: Config, size: Size, wrk: ResumingWrk, root: Path, bare: Server, figures: Figures
 ) -> Rows:
     with contextlib.ExitStack() as stack:
-        env = {"SESSIOND_SWEEP_INTERVAL": SWEEP_INTERVAL}
+        env = {"SESSIOND_SWEEP_INTERVAL": SWEEP_INTERVAL, **_touch_env(config)}
         big = start_sessiond(stack, root, "sqlite-big", fast_argon2=True, extra_env=env)
         small = start_sessiond(stack, root, "sqlite-small", fast_argon2=True, extra_env=env)
         big_admin = _add_owner(big)
@@ -937,16 +943,16 @@ def _sqlite_phase(
             f"  ({names['every']} takes the tokens in turn, every run resuming where the last "
             "one stopped; the other targets draw each request's token at random from their "
             f"set; the bare target gets the {w} set; {names['working']} and its sweeping runs "
-            "are one server, "
-            f"{names['every']} and {names['few']} servers of their own on copies of its "
-            f"store; all run with SESSIOND_SWEEP_INTERVAL={SWEEP_INTERVAL} and the default "
-            f"touch_interval: {touched:,} sessions of the big store had a last-activity touch "
-            "written during the rounds, each touch batch a commit; the sweeping run starts once "
-            f"the sweeper has removed its first rows of {size.expired:,} inserted just before, "
-            "expired a day ago; after the run the bench deletes what is left, so that the next "
-            "round starts without a sweep; write lock held: the share of tries, every 0.1 s "
-            "from the bench, to take SQLite's write lock without waiting that found it taken; "
-            f"a sign-in: one POST /api/v1/sessions/open of {OWNER_LOGIN} (the fast Argon2 "
+            f"are one server, {names['every']} and {names['few']} servers of their own on "
+            "copies of its store; all run with "
+            f"SESSIOND_SWEEP_INTERVAL={SWEEP_INTERVAL} and the touch_interval above: "
+            f"{touched:,} sessions of the big store had a last-activity touch written during "
+            "the rounds, each touch batch a commit; the sweeping run starts once the sweeper "
+            f"has removed its first rows of {size.expired:,} inserted just before, expired a "
+            "day ago; after the run the bench deletes what is left, so that the next round "
+            "starts without a sweep; write lock held: the share of tries, every 0.1 s from "
+            "the bench, to take SQLite's write lock without waiting that found it taken; a "
+            f"sign-in: one POST /api/v1/sessions/open of {OWNER_LOGIN} (the fast Argon2 "
             "settings) 0.4 s into the run)"
         )
         _idle_sweep(big_db, expired, 30.0 if size.rows >= 1_000_000 else 10.0)
@@ -1175,7 +1181,7 @@ def _postgres_phase(
             "pg-big",
             fast_argon2=True,
             database_url=url,
-            extra_env={"SESSIOND_SIGNATURE_KEYS_FILE": str(keys)},
+            extra_env={"SESSIOND_SIGNATURE_KEYS_FILE": str(keys), **_touch_env(config)},
         )
         admin = sign_in(node.url, "admin", node.admin_password)
         node.server.stop()
@@ -1258,7 +1264,11 @@ def run_scale(config: Config, load: LoadGenerator) -> None:
     if not isinstance(load, Wrk):
         raise BenchError("scale needs wrk (Debian package wrk): the httpx fallback is too slow")
     print(f"  {_cache_settings()}")
-    print(f"  settings of the sessiond servers: SESSIOND_SWEEP_INTERVAL={SWEEP_INTERVAL} (SQLite)")
+    touch = " ".join(f"{k}={v}" for k, v in _touch_env(config).items())
+    print(
+        f"  settings of the sessiond servers: SESSIOND_SWEEP_INTERVAL={SWEEP_INTERVAL} (SQLite)"
+        + (f"; {touch} (all)" if touch else "; touch_interval their default")
+    )
     started = time.monotonic()
     figures = Figures()
     wrk = ResumingWrk(load.path)
