@@ -193,11 +193,17 @@ async def test_a_session_closed_on_another_node_is_refused_at_its_next_request(
             await node.close()
 
 
-async def test_a_cached_answer_is_given_back_byte_for_byte(make_service: Any) -> None:
-    """Answers are kept compressed; a hit gives back exactly what was rendered on the miss."""
+async def test_a_cached_answer_is_given_back_byte_for_byte(
+    make_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers of a large cache are kept compressed (here: from the third entry on); a hit
+    gives back exactly what was rendered on the miss, compressed or not."""
+    monkeypatch.setattr("sessiond.service.sessions.PACK_FROM", 2)
     service = await make_service()
     tokens = [await _opened(service) for _ in range(5)]
     first = [await service.validate_view(auth, None, _render) for auth in tokens]  # misses
+    kept = [service.sessions._known.get(AuthToken.from_xml(a).session_id.int) for a in tokens]
+    assert [k.packed for k in kept if k is not None] == [False, False, True, True, True]
     again = [await service.validate_view(auth, None, _render) for auth in tokens]  # hits
     assert again == first
     for view, auth in zip(again, tokens, strict=True):

@@ -38,6 +38,7 @@ class Configuration:
         self._on_reread = on_reread  # another node or the CLI may have installed a licence
         self._version = 0
         self._read_at = 0.0
+        self._interval = self.settings.configuration_poll_interval.total_seconds()  # per request
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._rereading: asyncio.Task[None] | None = None
@@ -112,11 +113,10 @@ class Configuration:
         """The current version, re-read from the store at most once per poll interval, so a
         change made by another node or by the CLI shows within that interval (at once when
         the store announces it: :meth:`changed`)."""
-        interval = self.settings.configuration_poll_interval.total_seconds()
-        if time.monotonic() - self._read_at < interval:
+        if time.monotonic() - self._read_at < self._interval:
             return self._version
         async with self._lock:
-            if time.monotonic() - self._read_at >= interval:
+            if time.monotonic() - self._read_at >= self._interval:
                 await self.read()
         return self._version
 

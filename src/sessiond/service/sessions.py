@@ -49,6 +49,7 @@ from .state import SessionState
 SWEEP_BATCH = 200
 SWEEP_PAUSE = 0.05  # seconds between two batches of a backlog
 TOUCH_SPACING = 1.0  # seconds between two touch batches: one commit a second at most
+PACK_FROM = 10_000  # validation cache entries from which new answers are kept compressed
 PAGE_LIMIT = 1000  # sessions in one page of a list
 log = logging.getLogger("sessiond.service")
 
@@ -64,6 +65,7 @@ class _Known:
     last_activity: datetime
     epoch: int | None
     view: bytes
+    packed: bool  # view compressed (once the cache is large), or as rendered
 
 
 class Sessions:
@@ -74,7 +76,7 @@ class Sessions:
         self.clock = clock
         self.state = SessionState(settings.security.session_inactivity_time)
         self._known: BoundedCache[int, _Known] = BoundedCache(settings.validation_cache_entries)
-        self._packer = Packer()  # cached answers are kept compressed (a third of the memory)
+        self._packer = Packer()  # answers of a large cache are kept compressed (PACK_FROM)
         self._digest_key = secrets.token_bytes(32)  # token texts are remembered by keyed digest
         self._touches: dict[UUID, datetime] = {}
         self._toucher: asyncio.Task[None] | None = None
@@ -227,8 +229,11 @@ class Sessions:
         # ``stored``: the last activity this node's own touch will write, so that writing it
         # does not make the entry look changed (the answer's LastActivity may lag by a touch).
         if self._known.size:
-            packed = self._packer.pack(view)
-            known = _Known(digest, record.token.expires, stored, epoch, packed)
+            # Small caches keep answers as rendered (no unpacking on a hit); from
+            # PACK_FROM entries on, new ones are kept compressed, a third of the memory.
+            pack = len(self._known) >= PACK_FROM
+            kept = self._packer.pack(view) if pack else view
+            known = _Known(digest, record.token.expires, stored, epoch, kept, pack)
             self._known.put(record.id.int, known)
         return view
 
@@ -249,7 +254,7 @@ class Sessions:
         touched = self._still_open(session_id, known.expires, known.last_activity, now)
         if touched is not None:
             known.last_activity = touched
-        return self._packer.unpack(known.view)
+        return self._packer.unpack(known.view) if known.packed else known.view
 
     def forget(self, session_ids: Iterable[UUID] | None) -> None:
         """Drop what the validation cache holds about these sessions (None: about every
