@@ -73,7 +73,9 @@ class FastValidation:
         except Exception:
             log.exception("unexpected error validating a session")
             status, payload = 500, _json(INTERNAL_ERROR_BODY)
-        version = await configuration_version(self.service)
+        version = self.service.configuration.fresh_version()
+        if version is None:  # due for a read (at most once per poll interval)
+            version = await configuration_version(self.service)
         await send(
             {
                 "type": "http.response.start",

@@ -109,6 +109,13 @@ class Configuration:
         """The version as last read, without reading: for answers while the store is down."""
         return self._version
 
+    def fresh_version(self) -> int | None:
+        """The version without reading or waiting, while the last read is fresher than the
+        poll interval; None when :meth:`version` would read it (every request asks)."""
+        if time.monotonic() - self._read_at < self._interval:
+            return self._version
+        return None
+
     async def version(self) -> int:
         """The current version, re-read from the store at most once per poll interval, so a
         change made by another node or by the CLI shows within that interval (at once when
