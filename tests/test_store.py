@@ -77,3 +77,28 @@ def test_the_head_revision_named_in_the_schema_is_alembics() -> None:
     from sessiond.store.schema import HEAD_REVISION
 
     assert newest_revision() == HEAD_REVISION
+
+
+@pytest.mark.parametrize("one_statement", [True, False])
+async def test_touches_move_last_activity_forward_only(
+    make_service: Any, monkeypatch: pytest.MonkeyPatch, one_statement: bool
+) -> None:
+    """Both ways of writing a batch (one statement, and row by row for an older SQLite)."""
+    from datetime import timedelta
+
+    from sessiond.auth import PasswordCredentials
+    from sessiond.models import ClientInfo
+    from sessiond.service import Actor
+
+    monkeypatch.setattr("sessiond.store.sqlite._ONE_STATEMENT", one_statement)
+    service = await make_service()
+    await service.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
+    credentials = PasswordCredentials("zoe", "Zoe-pw-1")
+    ids = [(await service.open_session(credentials, ClientInfo())).session_id for _ in range(3)]
+    before = {s.id: s.last_activity for s in await service.store.list_sessions()}
+    later, earlier = before[ids[0]] + timedelta(minutes=5), before[ids[1]] - timedelta(minutes=5)
+    await service.store.touch_sessions({ids[0]: later, ids[1]: earlier})
+    after = {s.id: s.last_activity for s in await service.store.list_sessions()}
+    assert after[ids[0]] == later  # forward
+    assert after[ids[1]] == before[ids[1]]  # never back
+    assert after[ids[2]] == before[ids[2]]  # not in the batch
