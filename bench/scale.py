@@ -109,6 +109,8 @@ LIFETIME = timedelta(days=7)  # session_expiration_time_span's default
 OPENED_OVER = timedelta(days=6)  # the live sessions were opened over the last six days
 CLIENT_ADDRESS = "10.20.30.40"
 SWEEP_INTERVAL = "1"  # seconds: SESSIOND_SWEEP_INTERVAL of the SQLite servers
+LOGOUTS_PER_SECOND = 5.0  # other sessions removed during each sqlite-100k run
+IDLE_POOL = 10_000  # sessions set aside for those removals
 SWEEP_START_WAIT = 30.0  # seconds for the sweeper to begin on the inserted expired rows
 SWEEP_END_WAIT = 120.0  # seconds the bench waits for the write lock to delete what is left
 CHECKED = 8  # tokens of each set validated one by one with httpx before the load
@@ -848,6 +850,8 @@ def _sqlite_phase(
         working = [rows.tokens[i] for i in order[: size.working]]
         every = [rows.tokens[i] for i in order]
         few_tokens = working[: size.small]
+        # Sessions of the big store outside every token set, for the logouts during the runs.
+        idle_ids = [rows.ids[i].hex for i in order[size.working : size.working + IDLE_POOL]]
         check_tokens(big.url, working, OWNER_LOGIN)
         check_tokens(misses.url, every, OWNER_LOGIN)
         check_tokens(few.url, few_tokens, OWNER_LOGIN)
@@ -895,13 +899,18 @@ def _sqlite_phase(
             parts = []
             for key, target in targets.items():
                 if key == "working":
-                    with WriteLockProbe(big_db) as probe, SignInProbe(big.url, 0.4) as signer:
+                    with (
+                        WriteLockProbe(big_db) as probe,
+                        SignInProbe(big.url, 0.4) as signer,
+                        Logouts(big_db, idle_ids, LOGOUTS_PER_SECOND) as logouts,
+                    ):
                         run = rounds.run(target, config.duration)
                     held[key].add(100 * probe.share)
                     signing[key].add(signer.seconds * 1e3)
                     parts.append(
                         rounds.record(target.name, run)
-                        + f" (write lock held {fmt(100 * probe.share, 0)} %, {signer.note()})"
+                        + f" (write lock held {fmt(100 * probe.share, 0)} %, {signer.note()}, "
+                        f"{logouts.removed} other sessions removed)"
                     )
                 else:
                     parts.append(rounds.record(target.name, rounds.run(target, config.duration)))
@@ -953,7 +962,9 @@ def _sqlite_phase(
             "starts without a sweep; write lock held: the share of tries, every 0.1 s from "
             "the bench, to take SQLite's write lock without waiting that found it taken; a "
             f"sign-in: one POST /api/v1/sessions/open of {OWNER_LOGIN} (the fast Argon2 "
-            "settings) 0.4 s into the run)"
+            f"settings) 0.4 s into the run; other sessions removed: {LOGOUTS_PER_SECOND:g} a "
+            "second, sessions outside every token set removed by plain SQL, as logouts and "
+            "closes elsewhere would be)"
         )
         _idle_sweep(big_db, expired, 30.0 if size.rows >= 1_000_000 else 10.0)
         for server in (big, misses, few, small):
@@ -1013,11 +1024,26 @@ def _sweep_begun(database: Path, expired: Rows) -> int:
 
 def _sweep_cleared(database: Path) -> None:
     """Delete the expired rows the sweeper has left, then give its batch in progress time to
-    end (it finds the rows gone), so that no sweep runs on."""
+    end (it finds the rows gone), so that no sweep runs on. As sessiond's sweeper does, the
+    removal of sessions past their lifetime is taken back from the file's count of removed
+    sessions (migration 0006) in the same transaction: the servers' validation caches need
+    not hear of it, and the next round starts with them as the sweeper would leave them."""
     conn = sqlite3.connect(database, isolation_level=None, timeout=SWEEP_END_WAIT)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(SWEEP_END_WAIT * 1000)}")
-        conn.execute("DELETE FROM sessions WHERE expires <= ?", (_sqlite_time(datetime.now(UTC)),))
+        counted = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'session_removals'"
+        ).fetchone()
+        now = _sqlite_time(datetime.now(UTC))
+        conn.execute("BEGIN IMMEDIATE")
+        if counted:  # per bucket (the id's first two hex digits), before the rows go
+            conn.execute(
+                "UPDATE session_removals SET removed = removed - (SELECT count(*) FROM "
+                "sessions WHERE expires <= ? AND substr(id, 1, 2) = bucket)",
+                (now,),
+            )
+        conn.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+        conn.execute("COMMIT")
     finally:
         conn.close()
     time.sleep(2 * float(SWEEP_INTERVAL))
@@ -1055,6 +1081,38 @@ class WriteLockProbe:
         return self.held / self.tries if self.tries else math.nan
 
     def __enter__(self) -> WriteLockProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+class Logouts:
+    """While in use, removes one session every ``1 / rate`` seconds from ``database`` (plain
+    SQL, one transaction each, as a close from the command line or another process would),
+    taking them from ``sessions`` (hex ids, none of the load's): the revocations a deployment
+    has going on while its sessions are validated."""
+
+    def __init__(self, database: Path, sessions: list[str], rate: float) -> None:
+        self.database = database
+        self.sessions = sessions
+        self.interval = 1.0 / rate
+        self.removed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._remove, daemon=True)
+
+    def _remove(self) -> None:
+        conn = sqlite3.connect(self.database, isolation_level=None, timeout=10)
+        try:
+            while self.sessions and not self._stop.wait(self.interval):
+                conn.execute("DELETE FROM sessions WHERE id = ?", (self.sessions.pop(),))
+                self.removed += 1
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Logouts:
         self._thread.start()
         return self
 

@@ -245,16 +245,39 @@ async def test_one_epoch_read_serves_one_turn_of_the_event_loop(
     service = await make_service()
     auth = await _opened(service)
     await _warm(service, auth)
-    first = service.store.data_epoch()
+    key = AuthToken.from_xml(auth).session_id.int
+    first = service.store.session_epoch(key)
+    assert first is not None
     db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
     with db:
         db.execute("DELETE FROM sessions WHERE id = ?", (AuthToken.from_xml(auth).session_id.hex,))
     db.close()
-    assert service.store.data_epoch() == first  # the same turn: the read is shared
+    assert service.store.session_epoch(key) == first  # the same turn: the read is shared
     await asyncio.sleep(0)
-    assert service.store.data_epoch() == first + 1  # the next turn reads again: one removed
+    assert service.store.session_epoch(key) == first + 1  # the next turn reads again
     with pytest.raises(SessionNotFound):
         await service.validate_view(auth, None, _render)
+
+
+async def test_a_removal_moves_only_its_buckets_epoch(make_service: Any, tmp_path: Path) -> None:
+    """A logout sends only the cached sessions of its bucket (first byte of the id) to the
+    database; the others stay confirmed without a read."""
+    service = await make_service()
+    tokens = [await _opened(service) for _ in range(40)]
+    ids = [AuthToken.from_xml(t).session_id for t in tokens]
+    gone = ids[0]
+    same = [i for i in ids[1:] if i.hex[:2] == gone.hex[:2]]
+    other = [i for i in ids[1:] if i.hex[:2] != gone.hex[:2]]
+    before = {i: service.store.session_epoch(i.int) for i in ids}
+    db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
+    with db:
+        db.execute("DELETE FROM sessions WHERE id = ?", (gone.hex,))
+    db.close()
+    await asyncio.sleep(0)
+    assert service.store.session_epoch(gone.int) == before[gone] + 1  # type: ignore[operator]
+    assert all(service.store.session_epoch(i.int) == before[i] + 1 for i in same)  # type: ignore[operator]
+    assert all(service.store.session_epoch(i.int) == before[i] for i in other)
+    assert other  # 40 random ids: some in other buckets
 
 
 async def test_touches_and_new_sessions_leave_the_cache_valid(
@@ -265,7 +288,8 @@ async def test_touches_and_new_sessions_leave_the_cache_valid(
     service = await make_service(security={"session_inactivity_time": "1h"})
     auth = await _opened(service)
     await _warm(service, auth)
-    epoch = service.store.data_epoch()
+    key = AuthToken.from_xml(auth).session_id.int
+    epoch = service.store.session_epoch(key)
     await _opened(service, "other")  # a sign-in: a commit, no removal
     clock.advance(minutes=50)
     db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
@@ -277,7 +301,7 @@ async def test_touches_and_new_sessions_leave_the_cache_valid(
         )
     db.close()
     await asyncio.sleep(0)
-    assert service.store.data_epoch() == epoch
+    assert service.store.session_epoch(key) == epoch
     clock.advance(minutes=20)  # 70 minutes after this node last saw it, 20 after the other
     view = await service.validate_view(auth, None, _render)
     assert json.loads(view)["SessionID"] == str(AuthToken.from_xml(auth).session_id)
@@ -295,7 +319,7 @@ async def test_a_store_without_the_removal_count_validates_without_the_cache_epo
         db.execute("DROP TRIGGER sessions_removed")
     db.close()
     service = await make_service()  # a second server on the file, started after the change
-    assert service.store.data_epoch() is None
+    assert service.store.session_epoch(AuthToken.from_xml(auth).session_id.int) is None
     await _warm(service, auth)
     db = sqlite3.connect(database)
     with db:
@@ -308,14 +332,12 @@ async def test_a_store_without_the_removal_count_validates_without_the_cache_epo
 async def test_sweeping_sessions_past_their_lifetime_leaves_the_cache_valid(
     make_service: Any, tmp_path: Path
 ) -> None:
-    """The sweeper's usual work (sessions past their lifetime) does not move the epoch; any
-    removal of a session still within its lifetime does, whoever makes it."""
+    """The sweeper's usual work (sessions past their lifetime) moves no epoch; any removal of
+    a session still within its lifetime does, whoever makes it."""
     service = await make_service()
-    cached = await _opened(service)
-    await _warm(service, cached)
     ended = AuthToken.from_xml(await _opened(service)).session_id
     still_open = AuthToken.from_xml(await _opened(service)).session_id
-    epoch = service.store.data_epoch()
+    epochs = {i: service.store.session_epoch(i.int) for i in (ended, still_open)}
     db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
     with db:
         db.execute(
@@ -324,10 +346,9 @@ async def test_sweeping_sessions_past_their_lifetime_leaves_the_cache_valid(
         )
     assert await service.sweep() == 1
     await asyncio.sleep(0)
-    assert service.store.data_epoch() == epoch
-    assert await service.validate_view(cached, None, _render)  # from the cache
+    assert service.store.session_epoch(ended.int) == epochs[ended]
     with db:
         db.execute("DELETE FROM sessions WHERE id = ?", (still_open.hex,))
     db.close()
     await asyncio.sleep(0)
-    assert service.store.data_epoch() == epoch + 1
+    assert service.store.session_epoch(still_open.int) == epochs[still_open] + 1  # type: ignore[operator]

@@ -196,7 +196,7 @@ class Sessions:
         Exact: an entry is used only for the very token text it was made from (a keyed digest
         of it), only while the session is open by the one rule, and only after the store has
         confirmed it — at no cost when the store's epoch has not moved since the entry was made
-        (SQLite: no session row has been removed since, by anyone), else by reading the
+        (SQLite: no session of its bucket, a 256th of them, has been removed since, by anyone), else by reading the
         session's last activity (every time on PostgreSQL, where another node may have closed
         it). A session whose row is gone is read afresh; a row that stays changes only its last
         activity, forward, which the entry takes over. The cache refuses nothing itself: a
@@ -211,7 +211,7 @@ class Sessions:
         if key is not None and known is not None and known.token == digest:
             view: bytes | None
             try:
-                if known.epoch is not None and self.store.data_epoch() == known.epoch:
+                if known.epoch is not None and self.store.session_epoch(key) == known.epoch:
                     # Confirmed without a word to the store: no await on the common path.
                     view = self._answer(fast_uuid(key), known, now)
                 else:
@@ -223,7 +223,8 @@ class Sessions:
                 view = None
             if view is not None:
                 return view
-        epoch = self.store.data_epoch()  # before the read: a commit after it shows next time
+        # Before the read: a removal after it shows next time.
+        epoch = self.store.session_epoch(key) if key is not None else None
         try:
             record, stored = await self._validate(auth_text, client_address)
         except (SessionExpired, SessionNotFound):
@@ -245,7 +246,7 @@ class Sessions:
     async def _confirm(self, key: int, known: _Known, now: datetime) -> bytes | None:
         """The cached answer if the session is still as cached; None to read it afresh."""
         session_id = fast_uuid(key)  # the pattern checked the text
-        epoch = self.store.data_epoch()
+        epoch = self.store.session_epoch(key)
         if epoch is None or epoch != known.epoch:
             activity = await self.store.session_activity(session_id)
             if activity is None:

@@ -272,7 +272,7 @@ class Transaction(ABC):
         exactly those this transaction deleted (another node may be deleting some of them at
         the same moment), each with its record written. ``lifetime_ended_by``: the removal of
         a session whose lifetime had ended by then is not counted in the store's epoch
-        (:meth:`Store.data_epoch`): no cached validation can be served for it anyway."""
+        (:meth:`Store.session_epoch`): no cached validation can be served for it anyway."""
 
     # licence
     @abstractmethod
@@ -339,12 +339,13 @@ class Store(ABC):
         """The session's last activity, or None when it is gone: the cheap check of a session
         a cache holds."""
 
-    def data_epoch(self) -> int | None:
-        """A number that moves whenever a session's row may have been removed (None: no such
-        number, so a cached session must be checked against the store every time). Touches
-        need not move it (a cached last activity is only ever older than the stored one, and
-        the cache refuses nothing on its own), nor the removal of a session past its lifetime
-        (the cache checks the lifetime against the clock on every request)."""
+    def session_epoch(self, session_key: int) -> int | None:
+        """A number that moves whenever a session that shares its epoch with the one whose id
+        is ``session_key`` (``UUID.int``) may have been removed (None: no such number, so a
+        cached session must be checked against the store every time). Touches need not move
+        it (a cached last activity is only ever older than the stored one, and the cache
+        refuses nothing on its own), nor the removal of a session past its lifetime (the
+        cache checks the lifetime against the clock on every request)."""
         return None
 
     @abstractmethod

@@ -145,12 +145,12 @@ throttle_attempts = sa.Table(
     sa.Index("ix_throttle_attempts_key", "key", "expires"),
 )
 
-# 0006: sessions removed before the end of their lifetime, counted by a trigger on SQLite (the
-# validation cache's epoch)
+# 0006: removed sessions counted per bucket (the first byte of the id) by a trigger on SQLite:
+# the validation cache's epochs
 session_removals = sa.Table(
     "session_removals",
     metadata,
-    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("bucket", sa.String(2), primary_key=True),
     sa.Column("removed", sa.BigInteger(), nullable=False),
 )
 

@@ -6,9 +6,10 @@ locks (which SQLite answers with "database is locked"); readers stay concurrent 
 The per-request session reads skip the async driver: a primary-key read from a WAL database
 takes microseconds and never waits for writers, while handing it to aiosqlite's thread costs
 hundreds. So :meth:`SqliteStore.get_session` and :meth:`SqliteStore.session_activity` read on the
-calling thread with their own read-only connection. :meth:`SqliteStore.data_epoch` tells the
-service's validation cache when a session may have gone: the count of removed sessions, kept
-by a trigger (migration 0006) in the transaction of every removal, by whoever removes it.
+calling thread with their own read-only connection. :meth:`SqliteStore.session_epoch` tells
+the service's validation cache when a session may have gone: counts of removed sessions in 256
+buckets, kept by a trigger (migration 0006) in the transaction of every removal, by whoever
+removes it.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def _prepare(database: Path) -> None:
 
 _SELECT_SESSION = f"SELECT {', '.join(SQLITE_SESSIONS.columns)} FROM sessions WHERE id = ?"
 _SELECT_ACTIVITY = "SELECT last_activity FROM sessions WHERE id = ?"
-_REMOVED = "SELECT removed FROM session_removals WHERE id = 1"
+_REMOVED = "SELECT removed FROM session_removals ORDER BY bucket"
+BUCKETS = 256  # session_removals: one count per first byte of a session id (migration 0006)
 _TRIGGER_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'sessions_removed'"
 # Times as SQLAlchemy keeps them in SQLite (naive UTC text), so that "<" compares like times.
 _TOUCH = "UPDATE sessions SET last_activity = ? WHERE id = ? AND last_activity < ?"
@@ -148,7 +150,7 @@ class SqliteStore(SqlStore):
         super().__init__(engine)
         self._database = database if database and database != ":memory:" else None
         self._local = threading.local()
-        self._epoch: int | None = None  # see data_epoch
+        self._epochs: tuple[int, ...] | None = None  # see session_epoch
         self._counted: bool | None = None  # whether the file counts removed sessions
         # Touches are written by one thread of their own, on one connection: a worker thread
         # of the default pool each would keep a connection and its page cache.
@@ -165,44 +167,48 @@ class SqliteStore(SqlStore):
             self._local.conn = conn
         return conn
 
-    def data_epoch(self) -> int | None:
-        """How many sessions have been removed from the file (``session_removals``: a trigger
-        counts each removal in the transaction that makes it, whoever makes it: this server,
-        the command line, another process, plain SQL; sessiond takes back, in the same
-        transaction, its removals of sessions past their lifetime, which no cache serves). It
-        does not move for a touch or a new session, so cached validations stay valid through
-        them; a store without the trigger (made some other way than by the migrations)
-        answers None: no cache.
+    def session_epoch(self, session_key: int) -> int | None:
+        """How many sessions of this session's bucket (the first byte of its id, one of 256)
+        have been removed from the file (``session_removals``: a trigger counts each removal
+        in the transaction that makes it, whoever makes it: this server, the command line,
+        another process, plain SQL; sessiond takes back, in the same transaction, its
+        removals of sessions past their lifetime, which no cache serves). It does not move
+        for a touch or a new session, and a removal moves only its own bucket's count, so a
+        logout sends a 256th of the cached validations to read their row. A store without
+        the trigger (made some other way than by the migrations) answers None: no epoch.
 
-        On the event loop the value read is kept until the callbacks already queued have run
-        (it is forgotten by a callback queued right after the read), so that requests handled
-        together share one read. Still exact: a request that arrived after the read has its
-        first step queued after that callback, so it reads afresh; the others had arrived
-        before the read, which therefore saw every removal committed before they were sent."""
+        On the event loop the counts read (all 256 in one query) are kept until the callbacks
+        already queued have run (they are forgotten by a callback queued right after the
+        read), so that requests handled together share one read. Still exact: a request that
+        arrived after the read has its first step queued after that callback, so it reads
+        afresh; the others had arrived before the read, which therefore saw every removal
+        committed before they were sent."""
+        epochs = self._epochs if self._epochs is not None else self._read_epochs()
+        return epochs[session_key >> 120] if epochs is not None else None
+
+    def _read_epochs(self) -> tuple[int, ...] | None:
         if self._database is None:
             return None
-        if self._epoch is not None:
-            return self._epoch
         try:
             reader = self._reader()
             if self._counted is None:
                 self._counted = reader.execute(_TRIGGER_EXISTS).fetchone() is not None
             if not self._counted:
                 return None
-            row = reader.execute(_REMOVED).fetchone()
+            epochs = tuple(count for (count,) in reader.execute(_REMOVED))
         except sqlite3.DatabaseError:
             return None  # cannot tell: the caller reads the row instead
-        if row is None:
-            return None
+        if len(epochs) != BUCKETS:
+            return None  # the counts were tampered with: no epoch
         try:
             asyncio.get_running_loop().call_soon(self._forget_epoch)
         except RuntimeError:
-            return int(row[0])  # no event loop here: nothing to share with
-        self._epoch = int(row[0])
-        return self._epoch
+            return epochs  # no event loop here: nothing to share with
+        self._epochs = epochs
+        return epochs
 
     def _forget_epoch(self) -> None:
-        self._epoch = None
+        self._epochs = None
 
     async def get_session(self, session_id: UUID) -> SessionRecord | None:
         if self._database is None:

@@ -8,6 +8,7 @@ then the licence row — so that two transactions never wait on each other in a 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -233,14 +234,17 @@ class SqlTransaction(Transaction):
         await announce_revoked(self.conn, [r.id for r in deleted])  # sent at commit (notify.py)
         await self.add_audits([chosen[record.id] for record in deleted])
         if lifetime_ended_by is not None and self.conn.dialect.name == "sqlite":
-            # The trigger of migration 0006 counted every removal; take back those of sessions
-            # past their lifetime, in this same transaction (the count never goes down).
-            ended = sum(1 for r in deleted if r.token.expires <= lifetime_ended_by)
+            # The trigger of migration 0006 counted every removal in its session's bucket;
+            # take back those of sessions past their lifetime, in this same transaction (a
+            # count never goes down).
+            ended = Counter(r.id.hex[:2] for r in deleted if r.token.expires <= lifetime_ended_by)
             if ended:
+                r = schema.session_removals
                 await self.conn.execute(
-                    schema.session_removals.update()
-                    .where(schema.session_removals.c.id == 1)
-                    .values(removed=schema.session_removals.c.removed - ended)
+                    r.update()
+                    .where(r.c.bucket == sa.bindparam("b"))
+                    .values(removed=r.c.removed - sa.bindparam("n")),
+                    [{"b": bucket, "n": n} for bucket, n in sorted(ended.items())],
                 )
         return deleted
 

@@ -1,9 +1,11 @@
-"""A count of session rows removed, kept by the database itself (SQLite): the validation cache's
-epoch. A trigger counts every removal — by sessiond, the command line, another process, or plain
-SQL — in the transaction that removes the row; sessiond's sweeper takes back, in its own
+"""Counts of removed sessions, kept by the database itself (SQLite): the validation cache's
+epochs. The sessions are spread over 256 buckets by the first byte of their id; a trigger counts
+every removal in its session's bucket — by sessiond, the command line, another process, or plain
+SQL — in the transaction that removes the row. sessiond's sweeper takes back, in its own
 transaction, the removals of sessions past their lifetime (no cached validation can be served
 for them: the cache checks the lifetime against the same clock on every request). Last-activity
-touches and new sessions do not move it.
+touches and new sessions move no count, and a removal moves only its bucket's, so a logout does
+not send every cached validation to the database.
 
 Revision ID: 0006
 Revises: 0005
@@ -19,21 +21,23 @@ branch_labels = None
 depends_on = None
 
 TRIGGER = "sessions_removed"
+BUCKETS = 256  # by the first byte of the session id: the first two of its 32 hex digits
 
 
 def upgrade() -> None:
     table = op.create_table(
         "session_removals",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("bucket", sa.String(2), primary_key=True),
         sa.Column("removed", sa.BigInteger(), nullable=False),
     )
-    op.bulk_insert(table, [{"id": 1, "removed": 0}])
+    op.bulk_insert(table, [{"bucket": f"{i:02x}", "removed": 0} for i in range(BUCKETS)])
     if op.get_bind().dialect.name == "sqlite":
-        # PostgreSQL validates every request against the row itself (no cache): no trigger,
-        # so that closes on several nodes do not all wait for one counter row.
+        # PostgreSQL validates every request against the row itself (no epoch): no trigger,
+        # so that closes on several nodes do not wait for these counter rows.
         op.execute(
             f"CREATE TRIGGER {TRIGGER} AFTER DELETE ON sessions BEGIN "
-            "UPDATE session_removals SET removed = removed + 1 WHERE id = 1; END"
+            "UPDATE session_removals SET removed = removed + 1 "
+            "WHERE bucket = substr(OLD.id, 1, 2); END"
         )
 
 
