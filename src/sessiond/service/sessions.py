@@ -196,12 +196,12 @@ class Sessions:
         Exact: an entry is used only for the very token text it was made from (a keyed digest
         of it), only while the session is open by the one rule, and only after the store has
         confirmed it — at no cost when the store's epoch has not moved since the entry was made
-        (SQLite: no session of its bucket, a 256th of them, has been removed since, by anyone), else by reading the
-        session's last activity (every time on PostgreSQL, where another node may have closed
-        it). A session whose row is gone is read afresh; a row that stays changes only its last
-        activity, forward, which the entry takes over. The cache refuses nothing itself: a
-        session it finds ended is decided again on the row as stored. ``render`` must be the
-        same function on every call."""
+        (SQLite: no session of its bucket, a 256th of them, has been removed since, by anyone),
+        else by reading the session's last activity (every time on PostgreSQL, where another
+        node may have closed it). A session whose row is gone is read afresh; a row that stays
+        changes only its last activity, forward, which the entry takes over. The cache refuses
+        nothing itself: a session it finds ended is decided again on the row as stored.
+        ``render`` must be the same function on every call."""
         canonical = CANONICAL_AUTH.match(auth_text)
         # Keyed by the session id as a number (44 bytes, against 85 for its text).
         key = int(canonical.group(1).replace("-", ""), 16) if canonical else None
