@@ -54,16 +54,7 @@ class States:
 
 @pytest.fixture(scope="module")
 def states(samba_domain: SambaDomain) -> States:
-    dc = samba_domain
-    users = {
-        state: dc.add_user(_unique(f"{state[:6]}-"), PASSWORD)
-        for state in ("ok", "disabled", "must", "pwexp", "acctexp", "locked")
-    }
-    dc.disable_user(users["disabled"].name)
-    dc.require_password_change(users["must"].name)
-    dc.expire_password(users["pwexp"].name)
-    dc.expire_account(users["acctexp"].name)
-    dc.lock_out(users["locked"].name)
+    users = samba_domain.add_users_in_each_state("", PASSWORD)
     return States(
         ok=users["ok"],
         disabled=users["disabled"],

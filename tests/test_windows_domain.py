@@ -68,15 +68,7 @@ class States:
 @pytest.fixture(scope="module")
 def states(samba_domain: SambaDomain) -> States:
     dc = samba_domain
-    made = {
-        state: dc.add_user(_unique(f"wd-{state[:5]}-"), PASSWORD)
-        for state in ("ok", "disabled", "must", "pwexp", "acctexp", "locked")
-    }
-    dc.disable_user(made["disabled"].name)
-    dc.require_password_change(made["must"].name)
-    dc.expire_password(made["pwexp"].name)
-    dc.expire_account(made["acctexp"].name)
-    dc.lock_out(made["locked"].name)
+    made = dc.add_users_in_each_state("wd-", PASSWORD)
     return States(
         ok=made["ok"],
         disabled=made["disabled"],

@@ -57,7 +57,7 @@ from tests.infra._net import LOOPBACK, free_port, stop_process, wait_for_ports
 DEFAULT_REALM = "SESSIOND.TEST"
 DEFAULT_HTTP_HOST = "localhost"
 
-_KRB5_ENV_VARS = (
+KRB5_ENV_VARS = (
     "KRB5_CONFIG",
     "KRB5_KDC_PROFILE",
     "KRB5CCNAME",
@@ -66,6 +66,24 @@ _KRB5_ENV_VARS = (
     "KRB5RCACHEDIR",
     "KRB5_TRACE",
 )
+
+
+@contextmanager
+def krb5_environment(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Every Kerberos variable of :data:`os.environ` cleared, ``env`` set, for the ``with``
+    block (in-process GSSAPI use); the previous values restored on exit. Not thread-safe."""
+    saved = {name: os.environ.get(name) for name in KRB5_ENV_VARS}
+    for name in KRB5_ENV_VARS:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class KinitError(RuntimeError):
@@ -353,19 +371,8 @@ class KerberosRealm:
         Acquire credentials / build security contexts inside the ``with`` block. Not
         thread-safe (it changes the process environment).
         """
-        env = self.env(ccache=ccache, keytab=keytab)
-        saved = {name: os.environ.get(name) for name in _KRB5_ENV_VARS}
-        for name in _KRB5_ENV_VARS:
-            os.environ.pop(name, None)
-        os.environ.update(env)
-        try:
+        with krb5_environment(self.env(ccache=ccache, keytab=keytab)) as env:
             yield env
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
     # ------------------------------------------------------------------ lifecycle
 

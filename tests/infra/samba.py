@@ -176,7 +176,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
 from tests.infra._net import port_answers
-from tests.infra.kerberos import KinitError
+from tests.infra.kerberos import KRB5_ENV_VARS, KinitError, krb5_environment
 from tests.infra.ldap import write_tls_files
 
 SAMBA = "/usr/sbin/samba"
@@ -208,14 +208,6 @@ NEVER = 0x7FFFFFFFFFFFFFFF
 #: Samba's control that lets pwdLastSet be written with any value (local ldb access only).
 BYPASS_LAST_SET_CONTROL = "local_oid:1.3.6.1.4.1.7165.4.3.20:0"
 
-_KRB5_ENV_VARS = (
-    "KRB5_CONFIG",
-    "KRB5CCNAME",
-    "KRB5_KTNAME",
-    "KRB5_CLIENT_KTNAME",
-    "KRB5RCACHEDIR",
-    "KRB5_TRACE",
-)
 _T = TypeVar("_T")
 _SUBCODE = re.compile(r"\bdata ([0-9a-fA-F]+)\b")
 _EPOCH_AS_FILETIME = 116444736000000000  # 1601-01-01 to 1970-01-01 in 100 ns units
@@ -472,7 +464,7 @@ class SambaDomain:
             )
 
     def _tool_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _KRB5_ENV_VARS}
+        env = {k: v for k, v in os.environ.items() if k not in KRB5_ENV_VARS}
         env.pop("LD_PRELOAD", None)
         env["KRB5_CONFIG"] = self.krb5_conf
         env["KRB5CCNAME"] = f"FILE:{self.ccache}"
@@ -956,6 +948,23 @@ class SambaDomain:
             name, datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
         )
 
+    ACCOUNT_STATES = ("ok", "disabled", "must", "pwexp", "acctexp", "locked")
+
+    def add_users_in_each_state(self, prefix: str, password: str) -> dict[str, DomainUser]:
+        """One new account per state of :data:`ACCOUNT_STATES` (named ``prefix``, the state's
+        first letters and a random part), put in that state: usable, disabled, must change its
+        password, password expired, account expired, locked out."""
+        made = {
+            state: self.add_user(f"{prefix}{state[:5]}-{secrets.token_hex(4)}", password)
+            for state in self.ACCOUNT_STATES
+        }
+        self.disable_user(made["disabled"].name)
+        self.require_password_change(made["must"].name)
+        self.expire_password(made["pwexp"].name)
+        self.expire_account(made["acctexp"].name)
+        self.lock_out(made["locked"].name)
+        return made
+
     def lock_out(self, name: str, *, threshold: int = 3) -> int:
         """Lock the account out the way users do: wrong-password binds past a lockout
         threshold. The threshold comes from a fine-grained password policy that applies to
@@ -1174,7 +1183,7 @@ class SambaDomain:
         less any other Kerberos variables) plus :meth:`env` and, with ``wrappers``,
         :meth:`wrapper_env`."""
         source = os.environ if base is None else base
-        env = {k: v for k, v in source.items() if k not in _KRB5_ENV_VARS}
+        env = {k: v for k, v in source.items() if k not in KRB5_ENV_VARS}
         env.update(self.env(ccache=ccache, keytab=keytab))
         if wrappers:
             env.update(self.wrapper_env())
@@ -1186,19 +1195,8 @@ class SambaDomain:
     ) -> Iterator[dict[str, str]]:
         """Set :meth:`env` in :data:`os.environ` for in-process GSSAPI use; restore on exit
         (same rules as :meth:`tests.infra.kerberos.KerberosRealm.activate`)."""
-        env = self.env(ccache=ccache, keytab=keytab)
-        saved = {name: os.environ.get(name) for name in _KRB5_ENV_VARS}
-        for name in _KRB5_ENV_VARS:
-            os.environ.pop(name, None)
-        os.environ.update(env)
-        try:
+        with krb5_environment(self.env(ccache=ccache, keytab=keytab)) as env:
             yield env
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
     # ------------------------------------------------------------------ tools
 
