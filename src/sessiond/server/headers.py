@@ -44,9 +44,6 @@ async def configuration_version(service: SessionService, *, read: bool = True) -
     per poll interval), or the last one known when the store cannot be read (or ``read`` is
     false), so that every answer, a 503 included, carries the header."""
     if read:
-        fresh = service.configuration.fresh_version()  # most requests: no await at all
-        if fresh is not None:
-            return fresh
         try:
             return await service.configuration_version()
         except SessiondError:

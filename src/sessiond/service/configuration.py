@@ -120,8 +120,9 @@ class Configuration:
         """The current version, re-read from the store at most once per poll interval, so a
         change made by another node or by the CLI shows within that interval (at once when
         the store announces it: :meth:`changed`)."""
-        if time.monotonic() - self._read_at < self._interval:
-            return self._version
+        fresh = self.fresh_version()
+        if fresh is not None:
+            return fresh
         async with self._lock:
             if time.monotonic() - self._read_at >= self._interval:
                 await self.read()

@@ -207,15 +207,17 @@ class Sessions:
         key = int(canonical.group(1).replace("-", ""), 16) if canonical else None
         digest = blake2b(auth_text.encode(), key=self._digest_key, digest_size=16).digest()
         now = self.clock()
+        # Read before any read of the row: a removal after it shows at the next request.
+        epoch = self.store.session_epoch(key) if key is not None else None
         known = self._known.get(key) if key is not None else None
         if key is not None and known is not None and known.token == digest:
             view: bytes | None
             try:
-                if known.epoch is not None and self.store.session_epoch(key) == known.epoch:
+                if epoch is not None and epoch == known.epoch:
                     # Confirmed without a word to the store: no await on the common path.
                     view = self._answer(fast_uuid(key), known, now)
                 else:
-                    view = await self._confirm(key, known, now)
+                    view = await self._confirm(key, known, now, epoch)
             except SessionExpired:
                 # The cache only ever confirms: an ended session is decided (and ended) below,
                 # on the row as stored (another process may have touched it since).
@@ -223,8 +225,6 @@ class Sessions:
                 view = None
             if view is not None:
                 return view
-        # Before the read: a removal after it shows next time.
-        epoch = self.store.session_epoch(key) if key is not None else None
         try:
             record, stored = await self._validate(auth_text, client_address)
         except (SessionExpired, SessionNotFound):
@@ -243,20 +243,21 @@ class Sessions:
             self._known.put(record.id.int, known)
         return view
 
-    async def _confirm(self, key: int, known: _Known, now: datetime) -> bytes | None:
-        """The cached answer if the session is still as cached; None to read it afresh."""
+    async def _confirm(
+        self, key: int, known: _Known, now: datetime, epoch: int | None
+    ) -> bytes | None:
+        """The cached answer of a session whose epoch has moved (or who has none), once its
+        row is found still there; None to read it afresh."""
         session_id = fast_uuid(key)  # the pattern checked the text
-        epoch = self.store.session_epoch(key)
-        if epoch is None or epoch != known.epoch:
-            activity = await self.store.session_activity(session_id)
-            if activity is None:
-                self._known.pop(key)
-                return None  # gone: read again, it answers session_not_found
-            # The row exists; only its last activity ever changes, and only forward (an
-            # older one here is this node's own touch, not written yet).
-            if activity > known.last_activity:
-                known.last_activity = activity
-            known.epoch = epoch
+        activity = await self.store.session_activity(session_id)
+        if activity is None:
+            self._known.pop(key)
+            return None  # gone: read again, it answers session_not_found
+        # The row exists; only its last activity ever changes, and only forward (an older one
+        # here is this node's own touch, not written yet).
+        if activity > known.last_activity:
+            known.last_activity = activity
+        known.epoch = epoch
         return self._answer(session_id, known, now)
 
     def _answer(self, session_id: UUID, known: _Known, now: datetime) -> bytes:

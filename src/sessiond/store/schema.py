@@ -153,6 +153,14 @@ session_removals = sa.Table(
     sa.Column("bucket", sa.String(2), primary_key=True),
     sa.Column("removed", sa.BigInteger(), nullable=False),
 )
+REMOVAL_BUCKETS = 256
+
+
+def removal_bucket(session_key: int) -> int:
+    """The bucket of ``session_removals`` a session counts in, by its id (``UUID.int``): its
+    first byte, which the trigger takes as the first two hex digits of the stored id."""
+    return session_key >> 120
+
 
 audit = sa.Table(
     "audit",

@@ -36,6 +36,7 @@ from ..settings import hide_password
 from .base import SessionRecord
 from .codec import SQLITE_SESSIONS
 from .health import unavailable
+from .schema import REMOVAL_BUCKETS, removal_bucket
 from .sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
@@ -126,7 +127,6 @@ def _prepare(database: Path) -> None:
 _SELECT_SESSION = f"SELECT {', '.join(SQLITE_SESSIONS.columns)} FROM sessions WHERE id = ?"
 _SELECT_ACTIVITY = "SELECT last_activity FROM sessions WHERE id = ?"
 _REMOVED = "SELECT removed FROM session_removals ORDER BY bucket"
-BUCKETS = 256  # session_removals: one count per first byte of a session id (migration 0006)
 _TRIGGER_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'sessions_removed'"
 # Times as SQLAlchemy keeps them in SQLite (naive UTC text), so that "<" compares like times.
 _TOUCH = "UPDATE sessions SET last_activity = ? WHERE id = ? AND last_activity < ?"
@@ -184,7 +184,7 @@ class SqliteStore(SqlStore):
         afresh; the others had arrived before the read, which therefore saw every removal
         committed before they were sent."""
         epochs = self._epochs if self._epochs is not None else self._read_epochs()
-        return epochs[session_key >> 120] if epochs is not None else None
+        return epochs[removal_bucket(session_key)] if epochs is not None else None
 
     def _read_epochs(self) -> tuple[int, ...] | None:
         if self._database is None:
@@ -198,7 +198,7 @@ class SqliteStore(SqlStore):
             epochs = tuple(count for (count,) in reader.execute(_REMOVED))
         except sqlite3.DatabaseError:
             return None  # cannot tell: the caller reads the row instead
-        if len(epochs) != BUCKETS:
+        if len(epochs) != REMOVAL_BUCKETS:
             return None  # the counts were tampered with: no epoch
         try:
             asyncio.get_running_loop().call_soon(self._forget_epoch)

@@ -46,6 +46,7 @@ from .codec import (
     user_values,
 )
 from .notify import announce_revoked
+from .schema import removal_bucket
 
 u, s, a = schema.users, schema.sessions, schema.audit
 
@@ -237,7 +238,11 @@ class SqlTransaction(Transaction):
             # The trigger of migration 0006 counted every removal in its session's bucket;
             # take back those of sessions past their lifetime, in this same transaction (a
             # count never goes down).
-            ended = Counter(r.id.hex[:2] for r in deleted if r.token.expires <= lifetime_ended_by)
+            ended = Counter(
+                f"{removal_bucket(r.id.int):02x}"
+                for r in deleted
+                if r.token.expires <= lifetime_ended_by
+            )
             if ended:
                 r = schema.session_removals
                 await self.conn.execute(
