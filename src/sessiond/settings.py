@@ -483,7 +483,7 @@ class Settings(BaseSettings):
     validation_cache_entries: int = Field(
         100_000,
         ge=0,
-        description="sessions whose validation answer a node remembers (about 1 KB each; "
+        description="sessions whose validation answer a node remembers (about 0.75 KB each; "
         "the least recently used goes first; 0: none)",
     )
     touch_interval: Duration = Field(
