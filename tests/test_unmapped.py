@@ -1,6 +1,11 @@
-"""Accounts that the domain or the directory knows and no user is mapped to: no password
-oracle, and a limit on refused attempts per account and per address that holds under parallel
-tries (SQLite, and two nodes on one PostgreSQL)."""
+"""Accounts that the domain or the directory knows and no user is mapped to.
+
+Without provisioning, the domain is never asked about them: a right password answers as a wrong
+one does, and nothing counts against the domain's own lockout. With provisioning, their
+passwords are checked within a limit on refused attempts per account and per address; the
+account's limit is kept under one identity for every spelling of it (``name`` + domain,
+``DOMAIN\\name``, ``name@REALM``) and every address, and holds under parallel tries (SQLite,
+and two nodes on one PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -24,24 +29,43 @@ from tests.infra.postgres import PostgresServer
 from .conftest import FAST_ARGON2
 
 DOMAIN = "SESSIOND"
+REALM = "SESSIOND.TEST"
+LIMITS = {"unmapped_account_failures": 5, "unmapped_address_failures": 20}
 
 
-def _windows(ldap_server: LdapServer) -> dict[str, Any]:
+def _windows(ldap_server: LdapServer, *, provision: bool = True) -> dict[str, Any]:
     """Windows passwords checked by a directory bind (slapd stands in for the domain here)."""
     return {
-        "realm": "SESSIOND.TEST",
+        "realm": REALM,
         "password_check": "ldap",
         "directory": {"url": ldap_server.uri, "start_tls": True, "ca_file": ldap_server.ca_file},
         "bind_format": "uid={login},ou=people,dc=sessiond,dc=test",
         "verify_kdc": False,
         "negotiate": False,
+        "auto_provision": provision,
     }
 
 
-async def _try(service: SessionService, login: str, password: str, address: str) -> str:
+def _spelling(account: str, i: int) -> tuple[str, str | None]:
+    """The same account, spelt one of the ways a person may type it."""
+    return [
+        (account, DOMAIN),
+        (f"{DOMAIN}\\{account}", None),
+        (f"{account}@{REALM}", None),
+        (f"{account.upper()}@{REALM.lower()}", None),
+    ][i % 4]
+
+
+async def _try(
+    service: SessionService,
+    login: str,
+    password: str,
+    address: str,
+    domain: str | None = DOMAIN,
+) -> str:
     try:
         await service.open_session(
-            PasswordCredentials(login, password, DOMAIN), ClientInfo(), address
+            PasswordCredentials(login, password, domain), ClientInfo(), address
         )
     except InvalidCredentials as refused:
         assert refused.to_dict() == {
@@ -52,8 +76,8 @@ async def _try(service: SessionService, login: str, password: str, address: str)
 
 
 KINDS = {
-    "unknown login;": "checked: wrong password",
-    "Windows account": "checked: right password, no user",
+    "unknown login; Windows account": "not mapped: not checked",
+    "unknown login; Windows:": "checked: wrong password",
     "limit of 5 refused sign-ins": "limit reached",
     "too many refused sign-ins from this account": "refused unchecked",
 }
@@ -64,26 +88,32 @@ async def _reasons(service: SessionService, login: str) -> Counter[str]:
     return Counter(
         next(kind for prefix, kind in KINDS.items() if r.details["reason"].startswith(prefix))
         for r in records
-        if login in (r.user_name or "")
+        if login.casefold() in (r.user_name or "").casefold()
     )
 
 
 async def _race(nodes: list[SessionService], ldap_server: LdapServer) -> None:
     account = f"unmapped{uuid.uuid4().hex[:6]}"
     ldap_server.add_user(account, "Right-pw-1")
-    # The right password tells no more than a wrong one.
-    assert await _try(nodes[0], account, "Right-pw-1", "10.9.0.1") == "refused"
-    assert await _try(nodes[0], account, "Wrong-pw-1", "10.9.0.2") == "refused"
-    tries = [_try(nodes[i % len(nodes)], account, f"Wrong-{i}", f"10.9.1.{i}") for i in range(30)]
+    # Parallel wrong passwords, in every spelling, from as many addresses.
+    tries = []
+    for i in range(32):
+        login, domain = _spelling(account, i)
+        node = nodes[i % len(nodes)]
+        tries.append(_try(node, login, f"Wrong-{i}", f"10.9.1.{i}", domain))
     assert set(await asyncio.gather(*tries)) == {"refused"}
+    # Once the account's limit is reached, even the right password is refused unchecked.
+    assert await _try(nodes[0], account, "Right-pw-1", "10.9.0.1") == "refused"
     reasons = await _reasons(nodes[0], account)
-    # Five checked with the directory (two before the race, three in it), then the limit.
-    assert reasons == {
-        "checked: right password, no user": 1,
-        "checked: wrong password": 4,
-        "limit reached": 1,
-        "refused unchecked": 27,
+    assert reasons == {"checked: wrong password": 5, "limit reached": 1, "refused unchecked": 28}
+    records = await nodes[0].audit_records(action=AuditAction.LOGIN_FAILED)
+    keys = {
+        r.details["reason"].split(" reached for ")[1].split(": refused")[0]
+        for r in records
+        if r.details["reason"].startswith("limit of 5")
+        and account.casefold() in (r.user_name or "").casefold()
     }
+    assert keys == {f"windows:{account}@{REALM}".casefold()}
 
     address = "10.9.2.1"
     logins = [f"addr{uuid.uuid4().hex[:6]}{i}" for i in range(25)]
@@ -99,10 +129,24 @@ async def _race(nodes: list[SessionService], ldap_server: LdapServer) -> None:
     assert by_address["too many refused sign-ins from this address"] == 5
 
 
+async def test_without_provisioning_the_domain_is_never_asked(
+    make_service: Any, ldap_server: LdapServer
+) -> None:
+    service = await make_service(windows=_windows(ldap_server, provision=False), security=LIMITS)
+    account = f"unmapped{uuid.uuid4().hex[:6]}"
+    ldap_server.add_user(account, "Right-pw-1")
+    answers = await asyncio.gather(
+        _try(service, account, "Right-pw-1", "10.9.3.1"),
+        *(_try(service, account, f"Wrong-{i}", f"10.9.3.{i + 2}") for i in range(30)),
+    )
+    assert set(answers) == {"refused"}
+    assert await _reasons(service, account) == {"not mapped: not checked": 31}
+
+
 async def test_unmapped_accounts_are_limited_under_parallel_tries(
     make_service: Any, ldap_server: LdapServer
 ) -> None:
-    service = await make_service(windows=_windows(ldap_server))
+    service = await make_service(windows=_windows(ldap_server), security=LIMITS)
     await _race([service], ldap_server)
 
 
@@ -119,6 +163,7 @@ async def test_the_limit_holds_on_two_nodes(
             signature_keys_file=tmp_path / "keys.json",
             argon2=FAST_ARGON2,
             windows=_windows(ldap_server),
+            security=LIMITS,
         ),
         create_store(url),
         KeyRing.load(tmp_path / "keys.json"),

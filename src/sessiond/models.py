@@ -67,6 +67,11 @@ class LoginType(WireEnum):
     WINDOWS = 2
     LDAP = 3
 
+    @property
+    def signs_in(self) -> bool:
+        """False for the login type that forbids sign-in whatever is configured."""
+        return self is not LoginType.NONE
+
 
 class LicenseType(WireEnum):
     """SessionLicenseType: the kind of seat a session holds."""

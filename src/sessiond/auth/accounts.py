@@ -40,6 +40,9 @@ class WindowsNames:
         return bool(domain) or "\\" in login or "@" in login
 
     def parse(self, login: str, domain: str | None = None) -> WindowsAccount:
+        """One account, whatever its spelling; a domain or realm this server is not set up for
+        (``windows.realm``, ``windows.domains``) is refused: it is not read as the default
+        realm, so that one account has one name in the limits and the audit."""
         login = login.strip()
         if "\\" in login:
             domain, login = login.split("\\", 1)
@@ -51,8 +54,16 @@ class WindowsNames:
         if not where:
             return WindowsAccount(login, self.domains.get(self.realm, ""), self.realm)
         if "." in where:  # a realm or DNS domain
-            return WindowsAccount(login, self.domains.get(where, where.split(".", 1)[0]), where)
-        return WindowsAccount(login, where, self.realms.get(where, self.realm))
+            if where not in self.domains:
+                raise InvalidCredentials(
+                    f"{where} is not a domain of this server", reason=f"unknown realm {where}"
+                )
+            return WindowsAccount(login, self.domains[where], where)
+        if where not in self.realms:
+            raise InvalidCredentials(
+                f"{where} is not a domain of this server", reason=f"unknown domain {where}"
+            )
+        return WindowsAccount(login, where, self.realms[where])
 
     def candidates(self, login: str, domain: str | None = None) -> list[str]:
         """Account spellings a user record may hold for this account."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Self
 
-from ..errors import InvalidCredentials, PasswordExpired
 from ..models import LoginType
 from ..settings import LdapSettings, Settings
 from ..store.base import UserRecord
-from .base import Authenticator, Identity, PasswordCredentials
-from .directory import WRONG, Directory, check_transport
+from .base import Authenticator, Claim, Identity, PasswordCredentials
+from .directory import Directory, check_transport
 
 
 class LdapAuthenticator(Authenticator):
     login_type = LoginType.LDAP
+    password_changed_in = "directory"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self | None:
@@ -25,16 +25,19 @@ class LdapAuthenticator(Authenticator):
         self.settings = settings
         self.directory = Directory(settings, section="ldap")
 
+    @property
+    def auto_provision(self) -> bool:
+        return self.settings.auto_provision
+
+    def claim(self, credentials: PasswordCredentials) -> Claim | None:
+        login = credentials.login.strip()
+        if credentials.domain or not login:
+            return None
+        return Claim(login, f"ldap:{login.casefold()}")
+
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
         account = (user.account or user.login) if user else credentials.login.strip()
-        try:
-            return await asyncio.to_thread(self._verify, account, credentials.password)
-        except PasswordExpired as exc:
-            if user is None and not self.settings.auto_provision:
-                # No user is mapped to the account: a right password tells no more than a
-                # wrong one (docs/security.md), an expired one included.
-                raise InvalidCredentials(WRONG, reason=f"{exc.reason}; password right") from None
-            raise
+        return await asyncio.to_thread(self._verify, account, credentials.password)
 
     def _verify(self, account: str, password: str) -> Identity:
         entry = self.directory.find(account)

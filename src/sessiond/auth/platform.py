@@ -7,15 +7,16 @@ token validation on it) free while a sign-in burns its configured cost.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Self
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .. import metrics
-from ..errors import InvalidCredentials
+from .. import metrics, passwords
+from ..errors import InvalidCredentials, PasswordExpired, SessiondError
 from ..models import LoginType
-from ..settings import Argon2Settings, Settings
+from ..settings import Argon2Settings, SecuritySettings, Settings
 from ..store.base import UserRecord
 from .base import Authenticator, Identity, PasswordCredentials
 
@@ -63,6 +64,39 @@ class PlatformAuthenticator(Authenticator):
         if self.hasher.check_needs_rehash(user.password_hash):
             return Identity(user.login, new_password_hash=await self.hash(credentials.password))
         return Identity(user.login)
+
+    def token_login(self, user: UserRecord) -> str:
+        return user.login
+
+    def after_check(
+        self,
+        row: UserRecord,
+        before: UserRecord,
+        now: datetime,
+        security: SecuritySettings,
+        *,
+        for_change: bool = False,
+    ) -> SessiondError | None:
+        """The password checked must still be the user's, and not one-time or expired (a
+        password change takes both)."""
+        if row.password_changed != before.password_changed:
+            return InvalidCredentials(
+                WRONG_CREDENTIALS, reason="the password changed during the sign-in"
+            )
+        if for_change:
+            return None
+        if row.password_changed is None:
+            return PasswordExpired(
+                "this is a one-time password: change it, then sign in",
+                details={"one_time": True},
+            )
+        expiry = passwords.expires_at(row.password_changed, security)
+        if expiry is not None and now >= expiry:
+            return PasswordExpired(
+                f"the password expired on {expiry:%Y-%m-%d}; change it, then sign in",
+                details={"expired": expiry.isoformat()},
+            )
+        return None
 
     async def burn(self, password: str) -> None:
         """Spend one verification's time on nothing (unknown login)."""

@@ -20,7 +20,7 @@ BACKENDS: Mapping[LoginType, tuple[str | None, str]] = {
     LoginType.WINDOWS: ("windows", "sessiond.auth.windows:WindowsAuthenticator"),
     LoginType.LDAP: ("ldap", "sessiond.auth.ldap:LdapAuthenticator"),
 }
-NEGOTIATE = "sessiond.auth.negotiate:NegotiateAcceptor"
+NEGOTIATE = "sessiond.auth.integrated:IntegratedWindows"
 
 
 def _load(path: str) -> Any:
@@ -46,7 +46,7 @@ def load_authenticators(
 
 
 def load_negotiate(settings: Settings) -> Any:
-    """The HTTP Negotiate acceptor, or None when integrated sign-in is off."""
+    """The integrated sign-in backend (HTTP Negotiate), or None when it is off."""
     if settings.windows is None or not settings.windows.negotiate:
         return None
     return _load(NEGOTIATE).from_settings(settings)

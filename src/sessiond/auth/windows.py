@@ -20,12 +20,12 @@ import logging
 import os
 from typing import Any, Self
 
-from ..errors import InvalidCredentials, PasswordExpired, ServiceUnavailable
+from ..errors import InvalidCredentials, ServiceUnavailable
 from ..models import LoginType
 from ..settings import Settings, WindowsSettings
 from ..store.base import UserRecord
 from .accounts import WindowsAccount, WindowsNames
-from .base import Authenticator, Identity, PasswordCredentials
+from .base import Authenticator, Claim, Identity, PasswordCredentials
 from .directory import WRONG, Directory, check_transport, must_change, warn_once
 
 log = logging.getLogger("sessiond.auth")
@@ -107,8 +107,19 @@ _WRONG_KEYS = (KRB5KRB_AP_ERR_BAD_INTEGRITY, KRB5KRB_AP_ERR_MODIFIED)
 _NO_KEY_OF_TYPE = (KRB5KRB_AP_ERR_NOKEY, *_ENCTYPES)
 
 
+WINDOWS_PASSWORDS_CHANGED_IN = "domain (Ctrl+Alt+Del on Windows, or the domain's tools)"
+
+
+def windows_claim(names: WindowsNames, login: str, domain: str | None) -> Claim:
+    """The account a Windows sign-in names, in whatever spelling: one key for every spelling
+    and every path (password, NTLM), the Kerberos principal the domain checks."""
+    account = names.parse(login, domain)
+    return Claim(account.down_level, f"windows:{account.principal}".casefold())
+
+
 class WindowsAuthenticator(Authenticator):
     login_type = LoginType.WINDOWS
+    password_changed_in = WINDOWS_PASSWORDS_CHANGED_IN
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self | None:
@@ -132,6 +143,15 @@ class WindowsAuthenticator(Authenticator):
                 "and keytab, and verify_kdc = true"
             )
 
+    @property
+    def auto_provision(self) -> bool:
+        return self.settings.auto_provision
+
+    def claim(self, credentials: PasswordCredentials) -> Claim | None:
+        if not self.names.looks_like_account(credentials.login, credentials.domain):
+            return None
+        return windows_claim(self.names, credentials.login, credentials.domain)
+
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
         if user is not None and user.account:
             account = self.names.parse(user.account)
@@ -140,14 +160,7 @@ class WindowsAuthenticator(Authenticator):
         if not credentials.password:
             raise InvalidCredentials(WRONG, reason="empty password: not sent to the domain")
         check = self._ldap_check if self.settings.password_check == "ldap" else self._kerberos_check
-        try:
-            await asyncio.to_thread(check, account, credentials.password)
-        except PasswordExpired as exc:
-            if user is None and not self.settings.auto_provision:
-                # No user is mapped to the account: a right password tells no more than a
-                # wrong one (docs/security.md), an expired one included.
-                raise InvalidCredentials(WRONG, reason=f"{exc.reason}; password right") from None
-            raise
+        await asyncio.to_thread(check, account, credentials.password)
         return Identity(account=account.down_level, display_name=account.name)
 
     def _ldap_check(self, account: WindowsAccount, password: str) -> None:

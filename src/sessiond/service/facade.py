@@ -73,6 +73,7 @@ class SessionService:
             clock,
             self.authenticators,
             load_negotiate(settings),
+            self.platform,
             self.users,
             self.sessions,
             self.licensing,
@@ -119,8 +120,8 @@ class SessionService:
             log.warning("shutting down with last-activity touches not written")
         for authenticator in self.authenticators.values():
             await authenticator.close()
-        if self.signin.negotiate is not None:  # ntlm_auth helpers
-            await self.signin.negotiate.close()
+        if self.signin.proof is not None:  # ntlm_auth helpers
+            await self.signin.proof.close()
         await self.store.close()
 
     # --- other nodes' changes ------------------------------------------------------------

@@ -76,6 +76,16 @@ class Users:
             return [f"{domain.strip()}\\{login}"]
         return [login]
 
+    async def find_account(self, account: str | None) -> UserRecord | None:
+        """The user mapped to an account a backend proved or claimed (any spelling)."""
+        if not account or not account.strip():
+            return None
+        for candidate in self._account_candidates(account.strip(), None):
+            user = await self.store.find_user_by_account(candidate)
+            if user is not None:
+                return user
+        return None
+
     def canonical_account(self, login_type: LoginType, account: str | None) -> str | None:
         """How an administrator's spelling of an account is stored (Windows: DOMAIN\\name)."""
         if account is None or not account.strip():
