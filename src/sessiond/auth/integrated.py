@@ -46,8 +46,12 @@ class IntegratedWindows(ProofBackend):
         answer = tokens.ntlm_authenticate(bytes(token))
         if answer is None:
             return None
-        self.acceptor._check_ntlm_answer(answer)  # anonymous, NTLMv1: refused as such
-        return windows_claim(self.names, answer.user, answer.domain or None)
+        try:
+            self.acceptor._check_ntlm_answer(answer)  # anonymous, NTLMv1: refused as such
+            return windows_claim(self.names, answer.user, answer.domain or None)
+        except InvalidCredentials as exc:  # the audit names who tried, as NTLM says
+            exc.reason = f"{answer.who}: {exc.reason or exc.message}"
+            raise
 
     async def step(self, token: bytes, handshake_id: str | None) -> ProofStep:
         result = await self.acceptor.step(token, handshake_id)

@@ -28,7 +28,7 @@ import os
 from collections import deque
 from dataclasses import dataclass
 
-from ..errors import InvalidCredentials, ServiceUnavailable, SessiondError
+from ..errors import InvalidCredentials, LoginForbidden, ServiceUnavailable, SessiondError
 from ..settings import WindowsSettings
 
 log = logging.getLogger("sessiond.negotiate")
@@ -79,6 +79,8 @@ ACCOUNT_STATES = {
     "NT_STATUS_INVALID_LOGON_HOURS": "the domain account may not sign in at this time",
     "NT_STATUS_INVALID_WORKSTATION": "the domain account may not sign in from here",
 }
+#: Statuses that say the password is right but must be changed first.
+MUST_CHANGE = frozenset({"NT_STATUS_PASSWORD_EXPIRED", "NT_STATUS_PASSWORD_MUST_CHANGE"})
 #: What libwbclient and ntlm_auth print when winbindd does not answer at all.
 _NO_WINBINDD = ("could not obtain winbind", "reading winbind reply failed", "winbindd not running")
 
@@ -339,8 +341,12 @@ class WinbindNtlm:
                 f"winbind cannot resolve require_membership_of = {group!r}",
                 "\n".join(stderr),
             )
-        if status in ACCOUNT_STATES:
-            return InvalidCredentials(
+        if status in MUST_CHANGE:  # as the password path answers it
+            from .directory import must_change  # (loads the directory library only here)
+
+            return must_change(ACCOUNT_STATES[status], f"the domain answered {status}")
+        if status in ACCOUNT_STATES:  # said only to the right password: tell it
+            return LoginForbidden(
                 f"the domain refused the sign-in: {ACCOUNT_STATES[status]}",
                 reason=f"the domain answered {status}",
             )

@@ -42,6 +42,7 @@ from ..errors import (
     AccountNotMapped,
     Conflict,
     InvalidCredentials,
+    LoginForbidden,
     NegotiateRequired,
     NotConfigured,
     PasswordExpired,
@@ -150,7 +151,11 @@ class SignIn:
                 raise
             last: list[bytes | None] = [None]
             if claim is None:  # a first leg, or a proof that needs no password (a ticket)
-                identity = await self._prove(proof, token, handshake_id, last, client_address)
+                try:
+                    identity = await self._prove(proof, token, handshake_id, last)
+                except InvalidCredentials as exc:
+                    await self._audit(None, f"({proof.title})", client_address, _said(exc))
+                    raise
                 user = await self.users.find_account(identity.account)
                 if user is None:
                     user = await self._provision(proof, identity, client_address)
@@ -303,7 +308,7 @@ class SignIn:
             self.pace.checked()
             await self.pace.hold()
             raise InvalidCredentials(WRONG) from None
-        except PasswordExpired as exc:  # the domain's answer to the right, but expired, password
+        except (PasswordExpired, LoginForbidden) as exc:  # said only to the right password
             await asyncio.shield(self.attempts.release(attempt, user.id, right=True))
             await self._audit(user, user.login, client_address, exc.reason or exc.code)
             raise
@@ -356,7 +361,7 @@ class SignIn:
         user = await self.users.find_account(claim.account)
 
         async def verify() -> Identity:
-            identity = await self._prove(proof, token, handshake_id, last, client_address)
+            identity = await self._prove(proof, token, handshake_id, last)
             proven = await self.users.find_account(identity.account)
             if user is not None and (proven is None or proven.id != user.id):
                 raise InvalidCredentials(
@@ -386,13 +391,8 @@ class SignIn:
         token: bytes,
         handshake_id: str | None,
         last: list[bytes | None],
-        client_address: str | None,
     ) -> Identity:
-        try:
-            step = await proof.step(token, handshake_id)
-        except InvalidCredentials as exc:
-            await self._audit(None, f"({proof.title})", client_address, _said(exc))
-            raise
+        step = await proof.step(token, handshake_id)
         if step.identity is None:
             raise NegotiateRequired(
                 f"{proof.title} continues: answer the challenge",
