@@ -27,7 +27,15 @@ from sessiond.errors import InvalidCredentials, NotConfigured, ServiceUnavailabl
 from tests.infra.samba import SambaDomain, ServiceAccount
 
 from .conftest import ServerProcess
-from .test_windows_ntlm import DOMAIN, PASSWORD, REALM, add_user, login_method, start_server
+from .test_windows_ntlm import (
+    DOMAIN,
+    PASSWORD,
+    REALM,
+    add_user,
+    failure_reasons,
+    login_method,
+    start_server,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -73,17 +81,20 @@ def kerberos(
     root = tmp_path_factory.mktemp("negotiate")
     keytab = root / "sessiond.keytab"
     svc = dc.add_service_account("HTTP", f"{_unique('sessiond-')}.samba.test", keytab=str(keytab))
-    config = f"""[sessiond.windows]
+    server = start_server(root / "server", _config(dc, svc.principal, keytab))
+    yield Kerberos(dc, server, svc, keytab)
+    server.stop()
+
+
+def _config(dc: SambaDomain, principal: str, keytab: Path) -> str:
+    return f"""[sessiond.windows]
 realm = "{REALM}"
 domains = {{ {DOMAIN} = "{REALM}" }}
-service_principal = "{svc.principal}"
+service_principal = "{principal}"
 keytab = "{keytab}"
 krb5_config = "{dc.krb5_conf}"
 ntlm = "off"
 """
-    server = start_server(root / "server", config)
-    yield Kerberos(dc, server, svc, keytab)
-    server.stop()
 
 
 def test_kerberos_signs_in_with_the_keytab_given_as_a_credential_store(kerberos: Kerberos) -> None:
@@ -142,13 +153,18 @@ def test_a_missing_keytab_is_a_503_and_its_return_is_noticed(kerberos: Kerberos)
 
 
 def _negotiate_by_hand(kerberos: Kerberos, host: str | None = None) -> httpx.Response:
+    return _negotiate_to(kerberos.server, host or kerberos.host)
+
+
+def _negotiate_to(server: ServerProcess, host: str, protocol: str = "negotiate") -> httpx.Response:
+    """One leg with a ticket for ``HTTP/host`` from the active credential cache."""
     import base64
 
     import spnego
 
-    context = spnego.client(hostname=host or kerberos.host, service="HTTP", protocol="negotiate")
+    context = spnego.client(hostname=host, service="HTTP", protocol=protocol)
     return httpx.post(
-        f"{kerberos.server.url}/api/v1/sessions/open-windows",
+        f"{server.url}/api/v1/sessions/open-windows",
         headers={"Authorization": "Negotiate " + base64.b64encode(context.step()).decode()},
     )
 
@@ -160,6 +176,45 @@ def test_a_ticket_for_another_service_is_the_callers_fault(kerberos: Kerberos) -
         answer = _negotiate_by_hand(kerberos, other.host)
     assert answer.status_code == 401, answer.text
     assert "another service" in answer.json()["error"]["message"]
+
+
+def test_only_the_service_principal_is_accepted_from_a_keytab_holding_others(
+    tmp_path: Path, samba_domain: SambaDomain
+) -> None:
+    """The keytab holds the keys of sessiond's service principal and of another service's
+    (a shared or host keytab): a ticket for the other is refused, and the audit names the
+    principal it was for; one for ``service_principal`` signs in. A keytab without
+    ``service_principal`` is this server's fault, a 503."""
+    dc = samba_domain
+    keytab = tmp_path / "shared.keytab"
+    ours = dc.add_service_account("HTTP", f"{_unique('ours-')}.samba.test", keytab=str(keytab))
+    other = dc.add_service_account("HTTP", f"{_unique('other-')}.samba.test")
+    dc.export_keytab(other.principal, str(keytab))  # appended: both principals' keys
+    server = start_server(tmp_path / "server", _config(dc, ours.principal, keytab))
+    try:
+        name = _unique("bound-")
+        dc.add_user(name, PASSWORD)
+        add_user(server, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
+        with dc.activate(ccache=dc.kinit(name, PASSWORD)):
+            for protocol in ("negotiate", "kerberos"):  # SPNEGO-wrapped, and bare
+                refused = _negotiate_to(server, other.host, protocol)
+                assert refused.status_code == 401, refused.text
+                error = refused.json()["error"]
+                assert error["code"] == "invalid_credentials"
+                assert "another service" in error["message"]
+            reasons = [r for r in failure_reasons(server) if other.principal.lower() in r.lower()]
+            assert len(reasons) == 2, failure_reasons(server)
+            assert all(ours.principal.lower() in r.lower() for r in reasons), reasons
+            signed_in = _negotiate_to(server, ours.host)
+            assert signed_in.status_code == 200, signed_in.text
+            assert f'UserLogin="{DOMAIN}\\{name}"' in signed_in.json()["Token"]
+            os.replace(other.keytab, keytab)  # now only the other service's keys
+            missing = _negotiate_to(server, ours.host)
+        assert missing.status_code == 503, missing.text
+        assert missing.json()["error"]["details"]["cause"] == "keytab_wrong_principal"
+        assert f"no key for {ours.principal}" in missing.json()["error"]["message"]
+    finally:
+        server.stop()
 
 
 def test_the_200_carries_the_mutual_authentication_token(kerberos: Kerberos) -> None:

@@ -9,6 +9,7 @@ The DC's winbindd is reached the way tests/infra/samba.py explains: ``ntlm_auth`
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -185,7 +187,7 @@ def test_the_ntlm_challenge_answers_in_the_scheme_the_client_used(domain: Domain
 
     name = domain.member("nt-scheme-")
     client = spnego.client(f"SAMBA\\{name}", PASSWORD, protocol="ntlm")
-    with httpx.Client() as http:  # one connection: the handshake is named by it
+    with httpx.Client() as http:
         first = http.post(
             _open_windows(domain.server),
             headers={"Authorization": "NTLM " + _b64(client.step())},
@@ -202,6 +204,73 @@ def test_the_ntlm_challenge_answers_in_the_scheme_the_client_used(domain: Domain
             },
         )
     assert second.status_code == 200, second.text
+
+
+def _ntlm_challenge(response: httpx.Response) -> bytes:
+    assert response.status_code == 401, response.text
+    scheme, _, challenge = response.headers["WWW-Authenticate"].partition(" ")
+    assert scheme == "NTLM" and challenge
+    return _unb64(challenge)
+
+
+def test_the_second_leg_continues_the_handshake_on_another_connection(domain: Domain) -> None:
+    """The server names each handshake by an id of its own: a leg carrying it continues the
+    handshake whatever connection it comes on (a client's pool, a proxy's)."""
+    import spnego
+
+    name = domain.member("nt-hop-")
+    client = spnego.client(f"{DOMAIN}\\{name}", PASSWORD, protocol="ntlm")
+    with httpx.Client() as http:  # the first leg's connection, closed before the second
+        first = http.post(
+            _open_windows(domain.server),
+            headers={"Authorization": "NTLM " + _b64(client.step())},
+        )
+    answer = "NTLM " + _b64(client.step(_ntlm_challenge(first)))
+    handshake = first.headers["Tessa-Negotiate-Id"]
+    with httpx.Client() as http:  # an id the server never issued continues nothing
+        stray = http.post(
+            _open_windows(domain.server),
+            headers={"Authorization": answer, "Tessa-Negotiate-Id": "no-such-handshake"},
+        )
+    assert stray.status_code == 401, stray.text
+    assert stray.json()["error"]["code"] == "invalid_credentials"
+    assert "no handshake in progress" in stray.json()["error"]["message"]
+    with httpx.Client() as http:  # a fresh connection, carrying the id
+        second = http.post(
+            _open_windows(domain.server),
+            headers={"Authorization": answer, "Tessa-Negotiate-Id": handshake},
+        )
+    assert second.status_code == 200, second.text
+    assert f'UserLogin="{DOMAIN}\\{name}"' in second.json()["Token"]
+
+
+@pytest.mark.usefixtures("no_kerberos")
+async def test_concurrent_ntlm_sign_ins_on_one_async_client_all_succeed(domain: Domain) -> None:
+    """Ten sign-ins at once share the client's connection pool, so a handshake's second leg
+    often goes out on another connection than its first: with the client's own pool, then
+    with a pool of four connections (where they must)."""
+    name = domain.member("nt-many-")
+    options: dict[str, Any] = {
+        "windows_username": f"{DOMAIN}\\{name}",
+        "windows_password": PASSWORD,
+        "windows_protocol": "ntlm",
+    }
+    sessions: set[object] = set()
+    async with (
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=4)) as four,
+        AsyncSessionClient(domain.server.url, **options) as own_pool,
+        AsyncSessionClient(domain.server.url, http=four, **options) as small_pool,
+    ):
+        for client in (own_pool, small_pool):
+            outcomes = await asyncio.gather(
+                *(client.open_session_windows_auth() for _ in range(10)), return_exceptions=True
+            )
+            failed = [repr(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
+            assert not failed, f"{len(failed)} of 10 sign-ins failed: {failed}"
+            sessions.update(
+                outcome.session_id for outcome in outcomes if not isinstance(outcome, BaseException)
+            )
+    assert len(sessions) == 20
 
 
 def _b64(data: bytes | None) -> str:

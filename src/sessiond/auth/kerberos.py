@@ -6,6 +6,11 @@ handshake: nothing in this process keeps its keys, so a keytab replaced on disk 
 after the service account's password was reset) is used from the next sign-in on, without a
 restart. ``KRB5_KTNAME`` is not used.
 
+The credentials are bound to ``windows.service_principal``: a ticket for any other principal,
+even one whose keys the keytab holds too (a host keytab, one shared with another service), is
+refused (``KRB5KRB_AP_ERR_NOT_US``: 401, the audit reason naming the principal it was for),
+and a keytab without ``service_principal`` is a 503 (``KG_KEYTAB_NOMATCH``).
+
 A failure is classified by its codes, never by its text: GSSAPI's major status and, for the
 Kerberos mechanism, the krb5 error code in the minor status. SPNEGO's Kerberos leg is
 unwrapped here (:mod:`.tokens`) and given to the Kerberos mechanism directly, because MIT's
@@ -54,6 +59,8 @@ KRB5_RC_IO_IO = -1765328214
 KRB5_RC_IO_UNKNOWN = -1765328213
 ENOENT = 2
 EACCES = 13
+# The GSSAPI krb5 mechanism's own table (MIT's gssapi_err_krb5.et): no key for the acceptor name.
+KG_KEYTAB_NOMATCH = 39756033
 
 # GSSAPI routine errors (RFC 2744: the major status shifted by 16).
 GSS_S_BAD_MECH = 1 << 16
@@ -75,8 +82,6 @@ _CALLER = {
     KRB5KRB_AP_ERR_TKT_EXPIRED: "the ticket has expired",
     KRB5KRB_AP_ERR_TKT_NYV: "the ticket is not yet valid",
     KRB5KRB_AP_ERR_REPEAT: "the request is a replay",
-    KRB5KRB_AP_ERR_NOT_US: "the ticket is for another service",
-    KRB5KRB_AP_WRONG_PRINC: "the ticket is for another service",
     KRB5KRB_AP_ERR_BADMATCH: "the ticket and the authenticator name different clients",
     KRB5KRB_AP_ERR_SKEW: "the client's clock and this server's differ by more than the "
     "allowed skew",
@@ -110,7 +115,9 @@ class KerberosAcceptor:
         self.service_principal = principal
 
     def _credentials(self, mechs: Any = None) -> Any:
-        """Acceptor credentials from the keytab, read now (a replaced file counts at once)."""
+        """Acceptor credentials from the keytab, read now (a replaced file counts at once),
+        for ``service_principal`` alone: a ticket for another principal the keytab holds keys
+        of is refused. (Without ``service_principal``, any principal of the keytab.)"""
         import gssapi
         from gssapi.raw.misc import GSSError
 
@@ -120,10 +127,20 @@ class KerberosAcceptor:
                 reason="a Kerberos token, but no keytab is configured (windows.keytab)",
             )
         try:
+            name = None
+            if self.service_principal:
+                name = gssapi.Name(self.service_principal, gssapi.NameType.kerberos_principal)
             return gssapi.Credentials(
-                usage="accept", store={"keytab": str(self.keytab)}, mechs=mechs
+                usage="accept", name=name, store={"keytab": str(self.keytab)}, mechs=mechs
             )
         except GSSError as exc:
+            if int(getattr(exc, "min_code", 0) or 0) == KG_KEYTAB_NOMATCH:
+                raise self._unavailable(
+                    "keytab_wrong_principal",
+                    f"the keytab {self.keytab} holds no key for {self.service_principal} "
+                    "(windows.service_principal)",
+                    exc,
+                ) from None
             raise self._keytab_unusable(exc) from None
 
     def accept(self, token: bytes, kind: tokens.TokenKind, context: Any = None) -> KerberosStep:
@@ -227,6 +244,13 @@ class KerberosAcceptor:
             return InvalidCredentials(
                 "integrated Windows sign-in failed: the ticket is for another service",
                 reason=f"a ticket for {server}, not for {ours}: {_text(exc)}",
+            )
+        if minor in (KRB5KRB_AP_ERR_NOT_US, KRB5KRB_AP_WRONG_PRINC):
+            server = tokens.ticket_server(krb5_token) if krb5_token else None
+            return InvalidCredentials(
+                "integrated Windows sign-in failed: the ticket is for another service",
+                reason=f"a ticket for {server or 'another principal'}, not for "
+                f"{self.service_principal or 'a principal of the keytab'}: {_text(exc)}",
             )
         if minor in _REPLAY_CACHE:
             return ServiceUnavailable(

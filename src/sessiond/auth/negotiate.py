@@ -12,8 +12,13 @@ Each token is routed by what it carries (:mod:`.tokens`):
 
 NTLM takes two legs, and its state must wait for the client's next message: pending
 handshakes are kept here, in this process, for ``HANDSHAKE_TTL`` at most and ``MAX_PENDING``
-in all (an ``ntlm_auth`` process bound to one is killed when it expires); the caller names a
-handshake by the id this class hands out (or by its TCP connection).
+in all (an ``ntlm_auth`` process bound to one is killed when it expires). Every new handshake
+gets a random id, issued by this class and sent to the client as ``Tessa-Negotiate-Id``; a leg
+that carries it continues that handshake whichever TCP connection it comes on (clients with a
+pool of connections, proxies that pool theirs). A leg that carries no id (browsers, curl)
+continues the handshake last started on its own connection (:class:`HandshakeId` names both):
+an alias from the connection to the issued id, kept as long as the handshake and never more
+than one per pending handshake.
 
 Which mechanism won is never the caller's concern: it gets a :class:`NegotiateResult` (a
 principal, or the next challenge) or a refusal, and the result carries what goes into the
@@ -40,8 +45,6 @@ from .kerberos import KerberosAcceptor
 HANDSHAKE_TTL = 60.0
 MAX_PENDING = 10_000
 MAX_TOKEN_BYTES = 64 * 1024
-#: Handshakes named by their TCP connection (clients that send no id) start with this.
-CONNECTION_PREFIX = "connection:"
 NEGOTIATE = "Negotiate"
 NTLM = "NTLM"
 
@@ -56,6 +59,18 @@ class AuthorizationToken(bytes):
         token = super().__new__(cls, data)
         token.scheme = NTLM if scheme.lower() == "ntlm" else NEGOTIATE
         return token
+
+
+class HandshakeId(str):
+    """The handshake id a leg names (its ``Tessa-Negotiate-Id``; empty: none), and the TCP
+    connection it came on (``host:port``), by which a leg without an id is matched."""
+
+    connection: str | None
+
+    def __new__(cls, given: str | None, connection: str | None = None) -> Self:
+        handshake = super().__new__(cls, given or "")
+        handshake.connection = connection
+        return handshake
 
 
 def negotiate_headers(
@@ -103,6 +118,7 @@ class _Pending:
     mech: str  # winbind | file | kerberos
     state: Any  # the ntlm_auth helper, or the pyspnego / GSSAPI context
     timer: asyncio.TimerHandle | None = field(default=None)
+    connection: str | None = None  # the connection of its last leg
 
 
 class NegotiateAcceptor:
@@ -116,6 +132,7 @@ class NegotiateAcceptor:
         self.ntlm = settings.ntlm_mode
         self.kerberos = KerberosAcceptor(settings)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._by_connection: dict[str, str] = {}  # connection -> the id of its handshake
         self._winbind: Any = None
         if self.ntlm == "winbind":
             from .winbind import WinbindNtlm
@@ -130,39 +147,63 @@ class NegotiateAcceptor:
         if pending.mech == "winbind":
             self._winbind.pool.kill(pending.state)
 
+    def _forget(self, key: str) -> _Pending:
+        """Take a handshake out of the table, with its connection's alias to it."""
+        pending = self._pending.pop(key)
+        if pending.connection is not None and self._by_connection.get(pending.connection) == key:
+            del self._by_connection[pending.connection]
+        return pending
+
     def _sweep(self) -> None:
         now = time.monotonic()
         while self._pending:
             key, pending = next(iter(self._pending.items()))
             if now - pending.started < HANDSHAKE_TTL:
                 break
-            self._drop(self._pending.pop(key))
+            self._drop(self._forget(key))
 
     def _expire(self, key: str, pending: _Pending) -> None:
         if self._pending.get(key) is pending:
-            self._drop(self._pending.pop(key))
+            self._drop(self._forget(key))
 
     def _keep(self, key: str, mech: str, state: Any) -> None:
         while len(self._pending) >= MAX_PENDING:
-            self._drop(self._pending.popitem(last=False)[1])
+            self._drop(self._forget(next(iter(self._pending))))
         if key in self._pending:
-            self._drop(self._pending.pop(key))
-        pending = _Pending(time.monotonic(), mech, state)
+            self._drop(self._forget(key))
+        connection = getattr(key, "connection", None)
+        pending = _Pending(time.monotonic(), mech, state, connection=connection)
         if mech == "winbind":  # its process is killed when the handshake expires
             loop = asyncio.get_running_loop()
             pending.timer = loop.call_later(HANDSHAKE_TTL, self._expire, key, pending)
         self._pending[key] = pending
+        if connection is not None:
+            self._by_connection[connection] = key
 
-    def _take(self, handshake_id: str | None) -> tuple[str, _Pending | None]:
+    def _take(self, handshake: str | None, first: bool) -> tuple[HandshakeId, _Pending | None]:
+        """The handshake a leg continues, out of the table, under its id; or ``None`` and a
+        new random id. A leg with an id continues the handshake it names, or none (an unknown
+        id never falls back to the connection, which may carry others' handshakes); a leg
+        without one continues its connection's. A first message always starts a new
+        handshake: one it names by its id is ended (the client started over); one it finds
+        only by its connection is left to the legs that name it, or to expire."""
         self._sweep()
-        if handshake_id and handshake_id in self._pending:
-            pending = self._pending.pop(handshake_id)
-            if pending.timer is not None:
-                pending.timer.cancel()
-            return handshake_id, pending
-        if handshake_id and handshake_id.startswith(CONNECTION_PREFIX):
-            return handshake_id, None
-        return secrets.token_urlsafe(18), None
+        given = str(handshake) if handshake else ""
+        connection = getattr(handshake, "connection", None)
+        key: str | None = None
+        if given:
+            key = given if given in self._pending else None
+        elif connection is not None and not first:
+            key = self._by_connection.get(connection)
+        pending = self._forget(key) if key is not None else None
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+        if pending is not None and first:  # an abandoned handshake: start anew
+            self._drop(pending)
+            pending = None
+        if pending is None or key is None:
+            return HandshakeId(secrets.token_urlsafe(18), connection), None
+        return HandshakeId(key, connection), pending
 
     @property
     def pending(self) -> int:
@@ -175,13 +216,9 @@ class NegotiateAcceptor:
             raise RequestError("the Negotiate token is empty or too large")
         scheme = getattr(token, "scheme", NEGOTIATE)
         token = bytes(token)
-        key, pending = self._take(handshake_id)
         kind = tokens.inspect(token)
-        if pending is not None and (
-            kind.kind == "spnego-init" or tokens.ntlm_message_type(token) == 1
-        ):  # a first message on a connection with an abandoned handshake: start anew
-            self._drop(pending)
-            pending = None
+        first = kind.kind == "spnego-init" or tokens.ntlm_message_type(token) == 1
+        key, pending = self._take(handshake_id, first)
         authenticate = tokens.ntlm_authenticate(token)
         try:
             if authenticate is not None:
@@ -191,6 +228,13 @@ class NegotiateAcceptor:
                     if pending is not None:
                         self._drop(pending)
                     raise
+                if pending is None:  # no challenge to check it against: ntlm_auth would
+                    raise InvalidCredentials(  # answer INVALID_PARAMETER
+                        "integrated Windows sign-in failed: the NTLM answer belongs to no "
+                        "handshake in progress here (it expired, or its Tessa-Negotiate-Id "
+                        "was not sent back); start the sign-in again",
+                        reason="an NTLM answer that continues no pending handshake",
+                    )
             if pending is not None:
                 return await self._resume(key, pending, token, kind, scheme)
             if kind.carries_ntlm:
@@ -288,5 +332,6 @@ class NegotiateAcceptor:
             with contextlib.suppress(Exception):
                 self._drop(pending)
         self._pending.clear()
+        self._by_connection.clear()
         if self._winbind is not None:
             await self._winbind.close()

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..auth import PasswordCredentials
-from ..auth.negotiate import CONNECTION_PREFIX, AuthorizationToken, negotiate_headers
+from ..auth.negotiate import AuthorizationToken, HandshakeId, negotiate_headers
 from ..errors import AuthenticationError, NegotiateRequired, RequestError, SessionRequired
 from ..models import (
     AccessLevel,
@@ -179,13 +179,11 @@ def _negotiate_token(authorization: str | None) -> AuthorizationToken | None:
         raise RequestError("the Authorization: Negotiate token is not base64") from None
 
 
-def _handshake_id(request: Request) -> str | None:
-    given = request.headers.get(NEGOTIATE_ID_HEADER)
-    if given and not given.startswith(CONNECTION_PREFIX):
-        return given
+def _handshake_id(request: Request) -> HandshakeId:
     # Browsers and curl send no Tessa-Negotiate-Id; NTLM's legs share their TCP connection.
     client = request.client
-    return f"{CONNECTION_PREFIX}{client.host}:{client.port}" if client else None
+    connection = f"{client.host}:{client.port}" if client else None
+    return HandshakeId(request.headers.get(NEGOTIATE_ID_HEADER), connection)
 
 
 @router.post(
