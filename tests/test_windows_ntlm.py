@@ -362,7 +362,8 @@ def test_a_disabled_domain_account_is_told_so_after_the_right_password(domain: D
     name = domain.member("nt-off-")
     domain.dc.disable_user(name)
     status, body = _curl_ntlm(domain.dc, _open_windows(domain.server), f"SAMBA\\{name}", PASSWORD)
-    assert status == 401
+    assert status == 403  # said only to the right password
+    assert json.loads(body)["error"]["code"] == "login_forbidden"
     assert "disabled" in json.loads(body)["error"]["message"]
     mine = [reason for reason in failure_reasons(domain.server) if name in reason]
     assert mine and "NT_STATUS_ACCOUNT_DISABLED" in mine[-1]
@@ -431,6 +432,8 @@ def _first_leg(server: ServerProcess, who: str) -> httpx.Response:
 def test_winbindd_not_running_is_a_503_naming_it(
     no_winbindd: ServerProcess, samba_domain: SambaDomain
 ) -> None:
+    # A mapped account: one no user is mapped to is refused before the domain is asked.
+    add_user(no_winbindd, "anyone", "--login-type", "Windows", "--account", f"{DOMAIN}\\anyone")
     status, body = _curl_ntlm(samba_domain, _open_windows(no_winbindd), "SAMBA\\anyone", PASSWORD)
     assert status == 503, body
     error = json.loads(body)["error"]
@@ -516,6 +519,7 @@ def test_no_access_to_the_privileged_pipe_is_a_503_naming_it(
     server = start_server(tmp_path / "server", config)
     name = _unique("nt-priv-")
     dc.add_user(name, PASSWORD)
+    add_user(server, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
     try:
         with _traversable(dc.tmpdir, dc.run_dir, dc.winbindd_socket_dir):
             status, body = _curl_ntlm(dc, _open_windows(server), f"SAMBA\\{name}", PASSWORD)

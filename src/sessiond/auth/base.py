@@ -138,7 +138,7 @@ class ProofBackend(Backend):
     title: ClassVar[str]
 
     @abstractmethod
-    def claim(self, token: bytes) -> Claim | None:
+    def claim(self, token: bytes, handshake_id: str | None) -> Claim | None:
         """The account this leg answers for with a password (NTLM's last leg), checked within
         the same rules as a password; None when the leg proves nothing by a password (a
         Kerberos ticket, a first leg)."""

@@ -42,16 +42,30 @@ class IntegratedWindows(ProofBackend):
     def auto_provision(self) -> bool:
         return self.settings.auto_provision
 
-    def claim(self, token: bytes) -> Claim | None:
+    def claim(self, token: bytes, handshake_id: str | None) -> Claim | None:
         answer = tokens.ntlm_authenticate(bytes(token))
         if answer is None:
             return None
         try:
             self.acceptor._check_ntlm_answer(answer)  # anonymous, NTLMv1: refused as such
+            if not self._pending(handshake_id):  # no password is checked: nothing to count
+                raise InvalidCredentials(
+                    "integrated Windows sign-in failed: the NTLM answer belongs to no handshake "
+                    "in progress here (it expired, or its Tessa-Negotiate-Id was not sent back); "
+                    "start the sign-in again",
+                    reason="an NTLM answer that continues no pending handshake",
+                )
             return windows_claim(self.names, answer.user, answer.domain or None)
         except InvalidCredentials as exc:  # the audit names who tried, as NTLM says
             exc.reason = f"{answer.who}: {exc.reason or exc.message}"
             raise
+
+    def _pending(self, handshake_id: str | None) -> bool:
+        given = str(handshake_id) if handshake_id else ""
+        if given:
+            return given in self.acceptor._pending
+        connection = getattr(handshake_id, "connection", None)
+        return connection is not None and connection in self.acceptor._by_connection
 
     async def step(self, token: bytes, handshake_id: str | None) -> ProofStep:
         result = await self.acceptor.step(token, handshake_id)
@@ -70,7 +84,7 @@ class IntegratedWindows(ProofBackend):
         return ProofStep(identity, result.output, result.handshake_id, result.scheme)
 
     def abandon(self, handshake_id: str | None) -> None:
-        _key, pending = self.acceptor._take(handshake_id)
+        _key, pending = self.acceptor._take(handshake_id, first=False)
         if pending is not None:
             self.acceptor._drop(pending)
 

@@ -144,7 +144,7 @@ class SignIn:
         self.pace.begin()
         with metrics.sign_in(proof.login_type):  # a challenge is not an outcome
             try:
-                claim = proof.claim(token)
+                claim = proof.claim(token, handshake_id)
             except InvalidCredentials as exc:
                 await self._audit(None, f"({proof.title})", client_address, _said(exc))
                 await self.pace.hold()
