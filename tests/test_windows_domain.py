@@ -279,6 +279,7 @@ def test_kerberos_unknown_and_unmapped_accounts_tell_nothing(
     nobody = _unique("wd-nobody-")
     # An account no user is mapped to whose right password must be changed: as a wrong one.
     unmapped = samba_domain.add_user(_unique("wd-unmapped-"), PASSWORD)
+    samba_domain.count_bad_passwords(unmapped.name)
     samba_domain.require_password_change(unmapped.name)
     answers = [_open(kerberos_server, name, PASSWORD, "SAMBA") for name in (nobody, unmapped.name)]
     for answer in answers:

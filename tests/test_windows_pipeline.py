@@ -72,10 +72,18 @@ def provisioning(
 
 
 def bad_passwords(dc: SambaDomain, name: str) -> int:
+    """How many wrong passwords reached the DC (see :meth:`SambaDomain.count_bad_passwords`)."""
     value = dc.attributes(name, "badPwdCount").get("badPwdCount")
     if isinstance(value, list):
         value = value[0] if value else 0
     return int(value or 0)
+
+
+def _domain_user(dc: SambaDomain, prefix: str) -> str:
+    name = _unique(prefix)
+    dc.add_user(name, PASSWORD)
+    dc.count_bad_passwords(name)
+    return name
 
 
 def _ntlm(
@@ -122,8 +130,7 @@ def test_ntlm_answers_an_unmapped_accounts_right_password_as_a_wrong_one_uncheck
     closed: ServerProcess, samba_domain: SambaDomain
 ) -> None:
     dc = samba_domain
-    name = _unique("nt-unmapped-")
-    dc.add_user(name, PASSWORD)
+    name = _domain_user(dc, "nt-unmapped-")
     right = _ntlm(closed, f"{DOMAIN}\\{name}", PASSWORD)
     wrong = [_ntlm(closed, f"{DOMAIN}\\{name}", f"Wrong-{i}-pw") for i in range(8)]
     assert {_refusal(r) for r in [right, *wrong]} == {(401, "invalid_credentials")}
@@ -139,8 +146,7 @@ def test_ntlm_wrong_passwords_are_held_to_the_users_lockout_under_50_parallel_tr
     closed: ServerProcess, samba_domain: SambaDomain
 ) -> None:
     dc = samba_domain
-    name = _unique("nt-guess-")
-    dc.add_user(name, PASSWORD)
+    name = _domain_user(dc, "nt-guess-")
     add_user(closed, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
     with ThreadPoolExecutor(16) as pool:
         answers = list(
@@ -168,8 +174,7 @@ def test_spellings_paths_and_addresses_share_one_limit(
     provisioning: ServerProcess, samba_domain: SambaDomain
 ) -> None:
     dc = samba_domain
-    name = _unique("nt-spell-")
-    dc.add_user(name, PASSWORD)
+    name = _domain_user(dc, "nt-spell-")
     spellings = [
         (name, DOMAIN),
         (f"{DOMAIN}\\{name}", None),
@@ -203,8 +208,7 @@ def test_a_provisioned_account_signs_in_by_ntlm(
     provisioning: ServerProcess, samba_domain: SambaDomain
 ) -> None:
     dc = samba_domain
-    name = _unique("nt-new-")
-    dc.add_user(name, PASSWORD)
+    name = _domain_user(dc, "nt-new-")
     answer = _ntlm(provisioning, f"{DOMAIN}\\{name}", PASSWORD, "192.0.2.200")
     assert answer.status_code == 200, answer.text
     logins = [r for r in audit(provisioning, "Login") if name in json.dumps(r)]
@@ -215,8 +219,7 @@ def test_an_unknown_domain_is_refused_and_not_read_as_the_default_realm(
     provisioning: ServerProcess, samba_domain: SambaDomain
 ) -> None:
     dc = samba_domain
-    name = _unique("nt-other-")
-    dc.add_user(name, PASSWORD)
+    name = _domain_user(dc, "nt-other-")
     for login, domain in ((f"OTHER\\{name}", None), (name, "D1"), (f"{name}@OTHER.TEST", None)):
         answer = _password(provisioning, login, PASSWORD, domain, "192.0.2.150")
         assert _refusal(answer) == (401, "invalid_credentials")

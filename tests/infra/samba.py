@@ -987,6 +987,17 @@ class SambaDomain:
         attrs = self.attributes(name, "lockoutTime", "badPwdCount")
         raise RuntimeError(f"{name} was not locked out after {threshold + 2} tries: {attrs}")
 
+    def count_bad_passwords(self, name: str, *, threshold: int = 1000) -> None:
+        """Make the DC keep the account's ``badPwdCount``: Samba counts wrong passwords only
+        for accounts under a lockout threshold, so apply a policy (PSO) whose threshold no test
+        reaches to this account alone."""
+        pso = self._ensure_lockout_pso(threshold)
+        try:
+            self._modify(pso, {"msDS-PSOAppliesTo": [(ldap3.MODIFY_ADD, [self.dn_of(name)])]})
+        except RuntimeError as exc:  # already applied by an earlier call
+            if "attributeOrValueExists" not in str(exc):
+                raise
+
     def _ensure_lockout_pso(self, threshold: int) -> str:
         container = f"CN=Password Settings Container,CN=System,{self.base_dn}"
         dn = f"CN=sessiond-lockout-{threshold},{container}"
