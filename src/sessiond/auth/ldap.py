@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Self
 
 from ..errors import InvalidCredentials, PasswordExpired
 from ..models import LoginType
 from ..settings import LdapSettings, Settings
 from ..store.base import UserRecord
+from . import outside
 from .base import Authenticator, Identity, PasswordCredentials
 from .directory import WRONG, Directory, check_transport
 
@@ -28,7 +28,8 @@ class LdapAuthenticator(Authenticator):
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
         account = (user.account or user.login) if user else credentials.login.strip()
         try:
-            return await asyncio.to_thread(self._verify, account, credentials.password)
+            pool = outside.directory(self.settings, "ldap")
+            return await pool.run(self._verify, account, credentials.password)
         except PasswordExpired as exc:
             if user is None and not self.settings.auto_provision:
                 # No user is mapped to the account: a right password tells no more than a

@@ -14,7 +14,6 @@ krb5.conf, the keytab, the service principal) are :class:`ServiceUnavailable` wi
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -24,6 +23,7 @@ from ..errors import InvalidCredentials, PasswordExpired, ServiceUnavailable
 from ..models import LoginType
 from ..settings import Settings, WindowsSettings
 from ..store.base import UserRecord
+from . import outside
 from .accounts import WindowsAccount, WindowsNames
 from .base import Authenticator, Identity, PasswordCredentials
 from .directory import WRONG, Directory, check_transport, must_change, warn_once
@@ -141,7 +141,7 @@ class WindowsAuthenticator(Authenticator):
             raise InvalidCredentials(WRONG, reason="empty password: not sent to the domain")
         check = self._ldap_check if self.settings.password_check == "ldap" else self._kerberos_check
         try:
-            await asyncio.to_thread(check, account, credentials.password)
+            await outside.windows_check(self.settings).run(check, account, credentials.password)
         except PasswordExpired as exc:
             if user is None and not self.settings.auto_provision:
                 # No user is mapped to the account: a right password tells no more than a
