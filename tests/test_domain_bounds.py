@@ -43,9 +43,10 @@ from tests.test_windows_ntlm import add_user, domain_config, start_server
 
 from .conftest import ServerProcess
 
-#: windows.kerberos_timeout of the server under test, and ntlm_auth_timeout.
+#: windows.kerberos_timeout, ntlm_auth_timeout and windows.directory.timeout of the servers.
 KERBEROS_TIMEOUT = 4.0
 NTLM_TIMEOUT = 3.0
+DIRECTORY_TIMEOUT = 4.0
 #: Windows sign-ins in flight while the DC is frozen: more than the 6 threads of asyncio's
 #: default executor on 2 cores, which the KDC and Argon2 used to share.
 IN_FLIGHT = 8
@@ -134,6 +135,52 @@ def test_a_frozen_dc_holds_only_the_kerberos_threads_and_sign_ins_get_kdc_timeou
     # The DC answers again, and so does sessiond: the threads stuck in libkrb5 came back.
     again = _open(server, account.name, PASSWORD, "SAMBA")
     assert again.status_code == 200, again.text
+
+
+def test_a_frozen_dc_answering_ldap_binds_gets_directory_timeout_within_its_timeout(
+    tmp_path: Path, samba_domain: SambaDomain, account: DomainUser
+) -> None:
+    dc = samba_domain
+    server = _server(
+        tmp_path / "server",
+        dc,
+        f"""
+[sessiond.windows]
+realm = "{dc.realm}"
+password_check = "ldap"
+negotiate = false
+
+[sessiond.windows.directory]
+url = "ldaps://{dc.dc_fqdn}:636"
+ca_file = "{dc.ca_file}"
+timeout = "{DIRECTORY_TIMEOUT:g}s"
+""",
+    )
+    try:
+        _map(server, account)
+        assert _open(server, account.name, PASSWORD, "SAMBA").status_code == 200
+        with dc.frozen(), ThreadPoolExecutor(IN_FLIGHT) as clients:
+            windows = [
+                clients.submit(_timed, _open, server, account.name, PASSWORD, "SAMBA")
+                for _ in range(IN_FLIGHT)
+            ]
+            time.sleep(0.5)
+            platform = _timed(_platform_open, server)
+            answers = [future.result() for future in windows]
+    finally:
+        server.stop()
+    took, response = platform
+    assert response.status_code == 200, response.text
+    assert took < PROMPT, f"a platform sign-in took {took:.1f} s while the DC was frozen"
+    for took, response in answers:
+        assert response.status_code == 503, response.text
+        # ldap3's own timeout on its first step (the TLS handshake here) and the whole
+        # check's, both windows.directory.timeout, run out together: either answers.
+        cause = _cause(response)
+        assert cause in ("directory_timeout", "directory_unreachable"), response.text
+        if cause == "directory_timeout":
+            assert "(windows.directory.timeout)" in response.json()["error"]["message"]
+        assert took < DIRECTORY_TIMEOUT + PROMPT, f"a Windows sign-in was answered in {took:.1f} s"
 
 
 def _b64(data: bytes | None) -> str:
