@@ -241,7 +241,14 @@ class DirectorySettings(BaseModel):
         "(uid={login})", description="{login} is replaced by the escaped account name"
     )
     name_attribute: str = Field("cn", description="display name for provisioned users")
-    timeout: Duration = timedelta(seconds=10)
+    timeout: Duration = Field(
+        timedelta(seconds=10),
+        description="each connect, bind or search; and one whole password check, after which "
+        "the caller gets 503 directory_timeout",
+    )
+    workers: int = Field(
+        8, ge=1, le=256, description="threads that wait on this directory at once (its own)"
+    )
 
     @property
     def bind_password_value(self) -> str | None:
@@ -326,6 +333,13 @@ class WindowsSettings(BaseModel):
     ntlm_auth_timeout: Duration = Field(
         timedelta(seconds=30), description="how long one ntlm_auth answer may take"
     )
+    kerberos_timeout: Duration = Field(
+        timedelta(seconds=10),
+        description="how long one Kerberos password check may take; then 503 kdc_timeout",
+    )
+    kerberos_workers: int = Field(
+        8, ge=1, le=256, description="threads that wait on the KDC at once (its own)"
+    )
     directory: DirectorySettings | None = Field(
         None, description="Active Directory LDAP, for password_check = ldap"
     )
@@ -342,6 +356,13 @@ class WindowsSettings(BaseModel):
     def _method(cls, value: str) -> str:
         if value not in ("kerberos", "ldap"):
             raise ValueError("must be kerberos or ldap")
+        return value
+
+    @field_validator("kerberos_timeout")
+    @classmethod
+    def _a_second_or_more(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1 second")
         return value
 
     @field_validator("ntlm")

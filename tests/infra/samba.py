@@ -1286,6 +1286,36 @@ class SambaDomain:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def processes(self) -> list[int]:
+        """The pids of samba and of every process it started, and they started: the prefork
+        workers (ldap, kdc) in its process group, and smbd and winbindd, which start sessions
+        of their own (``setsid``), with their children."""
+        return _descendants(self._proc.pid) if self._proc is not None else []
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the DC answers again as at its start: its ports, an LDAPS bind, a
+        ``kinit`` and ``wbinfo --ping-dc``."""
+        self._wait_ready(timeout)
+
+    @contextmanager
+    def frozen(self, *, ready_timeout: float = 60.0) -> Iterator[list[int]]:
+        """Stop every process of the DC (SIGSTOP to its process group: the kernel still
+        accepts connections on its ports, nothing answers), as a hung domain controller;
+        yields their pids. On leaving, whatever happened: SIGCONT, then :meth:`wait_ready`,
+        so the tests that share this DC find it working."""
+        assert self._proc is not None, "samba is not running"
+        pids = self.processes()
+        try:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            yield pids
+        finally:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            self.wait_ready(ready_timeout)
+
     def _log_tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_file, encoding="utf-8", errors="replace") as fh:
@@ -1413,6 +1443,27 @@ def _free_port_range(address: str, count: int) -> tuple[int, int]:
         if all(_tcp_port_free(address, port) for port in range(first, first + count)):
             return first, first + count - 1
     raise RuntimeError(f"no {count} consecutive free ports in {low}-{high}")
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every live process below it (by parent pid), root first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop(0)
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
 
 
 def _group_members(group: int) -> list[int]:

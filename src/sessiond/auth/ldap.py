@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Self
 
 from ..models import LoginType
 from ..settings import LdapSettings, Settings
 from ..store.base import UserRecord
+from . import outside
 from .base import Authenticator, Claim, Identity, PasswordCredentials
 from .directory import Directory, check_transport
 
@@ -37,7 +37,8 @@ class LdapAuthenticator(Authenticator):
 
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
         account = (user.account or user.login) if user else credentials.login.strip()
-        return await asyncio.to_thread(self._verify, account, credentials.password)
+        pool = outside.directory(self.settings, "ldap")
+        return await pool.run(self._verify, account, credentials.password)
 
     def _verify(self, account: str, password: str) -> Identity:
         entry = self.directory.find(account)

@@ -36,10 +36,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from ..errors import InvalidCredentials, NotConfigured, RequestError
+from ..errors import InvalidCredentials, NotConfigured, RequestError, ServiceUnavailable
 from ..settings import Settings, WindowsSettings
 from ..wire import NEGOTIATE_ID_HEADER
-from . import tokens
+from . import outside, tokens
 from .kerberos import KerberosAcceptor
 
 HANDSHAKE_TTL = 60.0
@@ -307,11 +307,13 @@ class NegotiateAcceptor:
         self, key: str, context: Any, token: bytes, scheme: str
     ) -> NegotiateResult:
         try:
-            output = await asyncio.to_thread(context.step, token)
+            output = await outside.kdc(self.settings).run(context.step, token)
             if not context.complete:
                 self._keep(key, "file", context)
                 return NegotiateResult(False, output, key, scheme=scheme)
             principal = str(context.client_principal)
+        except ServiceUnavailable:  # its threads are busy, or the step took too long
+            raise
         except Exception as exc:  # pyspnego's errors: a refusal of the NTLM answer
             raise InvalidCredentials(
                 "wrong login or password", reason=f"{type(exc).__name__}: {exc}"
@@ -321,7 +323,7 @@ class NegotiateAcceptor:
     async def _kerberos(
         self, key: str, token: bytes, kind: tokens.TokenKind, context: Any, scheme: str
     ) -> NegotiateResult:
-        step = await asyncio.to_thread(self.kerberos.accept, token, kind, context)
+        step = await outside.kdc(self.settings).run(self.kerberos.accept, token, kind, context)
         if not step.complete:
             self._keep(key, "kerberos", step.context)
             return NegotiateResult(False, step.output, key, scheme=scheme)

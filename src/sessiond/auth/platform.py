@@ -1,12 +1,13 @@
 """Platform users: Argon2id hashes in the store (argon2-cffi), checked in a worker thread.
 
 argon2-cffi releases the GIL while hashing, so a thread keeps the event loop (and every
-token validation on it) free while a sign-in burns its configured cost.
+token validation on it) free while a sign-in burns its configured cost. The threads are
+hashing's own (:func:`.outside.argon2`): a KDC or directory that stops answering holds its
+own threads, never these.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Self
 
@@ -18,6 +19,7 @@ from ..errors import InvalidCredentials, PasswordExpired, SessiondError
 from ..models import LoginType
 from ..settings import Argon2Settings, SecuritySettings, Settings
 from ..store.base import UserRecord
+from . import outside
 from .base import Authenticator, Identity, PasswordCredentials
 
 WRONG_CREDENTIALS = "wrong login or password"
@@ -37,17 +39,18 @@ class PlatformAuthenticator(Authenticator):
             parallelism=settings.parallelism,
             type=Type.ID,
         )
+        self._threads = outside.argon2()
         # A hash of nothing anyone knows: verifying against it makes an unknown login cost
         # exactly what a wrong password costs.
         self._decoy = self.hasher.hash("sessiond decoy password")
 
     async def hash(self, password: str) -> str:
         with metrics.hashing("hash").time():
-            return await asyncio.to_thread(self.hasher.hash, password)
+            return await self._threads.run(self.hasher.hash, password)
 
     async def matches(self, password_hash: str, password: str) -> bool:
         with metrics.hashing("verify").time():
-            return await asyncio.to_thread(self._check, password_hash, password)
+            return await self._threads.run(self._check, password_hash, password)
 
     def _check(self, password_hash: str, password: str) -> bool:
         try:
@@ -101,4 +104,4 @@ class PlatformAuthenticator(Authenticator):
     async def burn(self, password: str) -> None:
         """Spend one verification's time on nothing (unknown login)."""
         with metrics.hashing("decoy").time():
-            await asyncio.to_thread(self._check, self._decoy, password)
+            await self._threads.run(self._check, self._decoy, password)

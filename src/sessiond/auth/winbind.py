@@ -159,6 +159,13 @@ class Helper:
             await asyncio.wait_for(self._stderr_task, 2)
         return "\n".join(self.stderr)
 
+    def abort(self) -> str:
+        """Kill at once and return what it wrote on its standard error so far, waiting for
+        nothing: a helper that did not answer in time must not make its caller wait longer
+        (the event loop reaps the process)."""
+        self.kill()
+        return "\n".join(self.stderr)
+
     def kill(self) -> None:
         """Kill at once, from synchronous code (expiry, shutdown)."""
         if self.alive:
@@ -246,6 +253,11 @@ class HelperPool:
         self._live.discard(helper)
         return await helper.stop()
 
+    def abort(self, helper: Helper) -> str:
+        """Kill a helper that did not answer in time, without waiting for it."""
+        self._live.discard(helper)
+        return helper.abort()
+
     def kill(self, helper: Helper) -> None:
         self._live.discard(helper)
         helper.kill()
@@ -284,7 +296,7 @@ class WinbindNtlm:
             async with asyncio.timeout(self.pool.timeout):
                 line = await helper.ask(code, token)
         except TimeoutError:
-            stderr = await self.pool.discard(helper)
+            stderr = self.pool.abort(helper)  # stop() would wait seconds more for it
             raise self._unavailable(
                 "ntlm_auth_timeout",
                 f"ntlm_auth did not answer within {self.pool.timeout:g} s (winbindd or the "

@@ -14,7 +14,6 @@ krb5.conf, the keytab, the service principal) are :class:`ServiceUnavailable` wi
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -24,6 +23,7 @@ from ..errors import InvalidCredentials, ServiceUnavailable
 from ..models import LoginType
 from ..settings import Settings, WindowsSettings
 from ..store.base import UserRecord
+from . import outside
 from .accounts import WindowsAccount, WindowsNames
 from .base import Authenticator, Claim, Identity, PasswordCredentials
 from .directory import WRONG, Directory, check_transport, must_change, warn_once
@@ -160,7 +160,7 @@ class WindowsAuthenticator(Authenticator):
         if not credentials.password:
             raise InvalidCredentials(WRONG, reason="empty password: not sent to the domain")
         check = self._ldap_check if self.settings.password_check == "ldap" else self._kerberos_check
-        await asyncio.to_thread(check, account, credentials.password)
+        await outside.windows_check(self.settings).run(check, account, credentials.password)
         return Identity(account=account.down_level, display_name=account.name)
 
     def _ldap_check(self, account: WindowsAccount, password: str) -> None:
