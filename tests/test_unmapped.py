@@ -8,6 +8,8 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ from sessiond.errors import InvalidCredentials
 from sessiond.keys import KeyRing
 from sessiond.models import AuditAction, ClientInfo
 from sessiond.service import SessionService
+from sessiond.service.throttle import Limit
 from sessiond.settings import load_settings
-from sessiond.store import create_store
+from sessiond.store import Throttle, create_store
 from tests.infra.ldap import LdapServer
 from tests.infra.postgres import PostgresServer
 
@@ -54,7 +57,7 @@ async def _try(service: SessionService, login: str, password: str, address: str)
 KINDS = {
     "unknown login;": "checked: wrong password",
     "Windows account": "checked: right password, no user",
-    "limit of 5 refused sign-ins": "limit reached",
+    "limit of 3 refused sign-ins": "limit reached",
     "too many refused sign-ins from this account": "refused unchecked",
 }
 
@@ -77,12 +80,12 @@ async def _race(nodes: list[SessionService], ldap_server: LdapServer) -> None:
     tries = [_try(nodes[i % len(nodes)], account, f"Wrong-{i}", f"10.9.1.{i}") for i in range(30)]
     assert set(await asyncio.gather(*tries)) == {"refused"}
     reasons = await _reasons(nodes[0], account)
-    # Five checked with the directory (two before the race, three in it), then the limit.
+    # Three checked with the directory (two before the race, one in it), then the limit.
     assert reasons == {
         "checked: right password, no user": 1,
-        "checked: wrong password": 4,
+        "checked: wrong password": 2,
         "limit reached": 1,
-        "refused unchecked": 27,
+        "refused unchecked": 29,
     }
 
     address = "10.9.2.1"
@@ -131,3 +134,30 @@ async def test_the_limit_holds_on_two_nodes(
     finally:
         for node in nodes:
             await node.close()
+
+
+def test_the_count_starts_afresh_only_after_a_whole_window_without_a_refusal() -> None:
+    """Refusals straddling a window's end are counted together, as Active Directory counts
+    bad passwords until "Reset account lockout counter after" has passed without one: so no
+    more than the limit reach the domain close together (a count per fixed window let
+    2 x (limit - 1) through within seconds)."""
+    limit = Limit(3, timedelta(minutes=15))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    row = Throttle("Windows:corp\\ann", 0, start)
+    checked = []
+    for minutes in (0, 14.9, 15.1, 15.2, 15.3, 15.4):
+        now = start + timedelta(minutes=minutes)
+        if not limit.free(row, 0, now):
+            continue
+        checked.append(minutes)
+        changes, _ = limit.refused(row, now)
+        row = replace(row, **changes)
+    assert checked == [0, 14.9, 15.1]
+    # Blocked for a window after the limit; then counted afresh.
+    later = start + timedelta(minutes=15.1) + timedelta(minutes=15)
+    assert limit.free(row, 0, later)
+    assert limit.refused(row, later) == ({"failures": 1, "window_start": later}, False)
+    # A window without a refusal between two refusals: the second starts a new count.
+    quiet = Throttle(row.key, 2, start, None)
+    assert limit.counted(quiet, start + timedelta(minutes=15)) == 0
+    assert limit.counted(quiet, start + timedelta(minutes=14)) == 2
