@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from sessiond.errors import SettingsError
+from sessiond.service.lockout import domain_lockout_warning
 from sessiond.settings import load_settings
+
+from .conftest import ServerProcess, free_port, server_env
 
 
 def test_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,3 +79,96 @@ def test_every_settings_example_in_the_docs_loads(tmp_path: Path) -> None:
         config = tmp_path / f"example-{i}.toml"
         config.write_text(block)
         load_settings(config)
+
+
+WINDOWS = '[sessiond.windows]\nrealm = "CORP.EXAMPLE.COM"\nverify_kdc = false\nnegotiate = false\n'
+LDAP = '[sessiond.ldap]\nurl = "ldaps://ldap.example.com"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        # The defaults: 3 refusals of an unmapped account, below a threshold of 5.
+        (WINDOWS, None),
+        (LDAP, None),
+        ("[sessiond.security]\nunmapped_account_failures = 9\n", None),  # no domain configured
+        (
+            WINDOWS + "[sessiond.security]\nunmapped_account_failures = 5\n",
+            "security.unmapped_account_failures = 5 is not below "
+            "windows.domain_lockout_threshold = 5: ",
+        ),
+        (
+            WINDOWS + "domain_lockout_threshold = 10\n[sessiond.security]\n"
+            "unmapped_account_failures = 5\n",
+            None,
+        ),
+        (WINDOWS + "domain_lockout_threshold = 0\n", None),  # the domain locks no account
+        (
+            WINDOWS + "domain_lockout_threshold = 3\n",
+            "security.unmapped_account_failures = 3 is not below "
+            "windows.domain_lockout_threshold = 3: ",
+        ),
+        (
+            LDAP + "[sessiond.security]\nunmapped_account_failures = 0\n",
+            "security.unmapped_account_failures = 0 (no limit) is not below "
+            "ldap.domain_lockout_threshold = 5: ",
+        ),
+        # Mapped users: only when the lockout applies to them.
+        (WINDOWS + "[sessiond.security]\nmax_failed_login_attempts_in_series = 5\n", None),
+        (
+            WINDOWS + LDAP + "domain_lockout_threshold = 4\n[sessiond.security]\n"
+            "block_windows_and_ldap_users = true\nmax_failed_login_attempts_in_series = 5\n"
+            "max_failed_login_attempts_before_blocked = 3\n",
+            "security.max_failed_login_attempts_in_series = 5 is not below "
+            "ldap.domain_lockout_threshold = 4: ",
+        ),
+        (
+            WINDOWS + "[sessiond.security]\nblock_windows_and_ldap_users = true\n"
+            "unmapped_account_failures = 6\nmax_failed_login_attempts_before_blocked = 5\n",
+            "security.unmapped_account_failures = 6, "
+            "security.max_failed_login_attempts_before_blocked = 5 are not below "
+            "windows.domain_lockout_threshold = 5: ",
+        ),
+    ],
+)
+def test_limits_not_below_the_domains_lockout_threshold_are_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, warned: str | None
+) -> None:
+    monkeypatch.delenv("SESSIOND_CONFIG", raising=False)
+    config = tmp_path / "sessiond.toml"
+    config.write_text(text)
+    settings = load_settings(config)
+    if "unmapped_account_failures" not in text:
+        assert settings.security.unmapped_account_failures == 3
+    warning = domain_lockout_warning(settings)
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None and warning.startswith(warned), warning
+        assert "the domain's Account lockout threshold" in warning
+
+
+def test_serve_warns_of_it_once_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "sessiond.toml"
+    config.write_text(LDAP + "[sessiond.security]\nunmapped_account_failures = 5\n")
+    data_dir = tmp_path / "sessiond-data"
+    server = ServerProcess(
+        data_dir,
+        free_port(),
+        server_env(data_dir, SESSIOND_CONFIG=str(config)),
+        tmp_path / "server.log",
+    )
+    server.start()
+    try:
+        lines = [
+            line
+            for line in server.log_path.read_text().splitlines()
+            if "ldap.domain_lockout_threshold" in line
+        ]
+    finally:
+        server.stop()
+    assert len(lines) == 1, lines
+    assert (
+        "WARNING" in lines[0]
+        and "security.unmapped_account_failures = 5 is not below" in (lines[0])
+    )

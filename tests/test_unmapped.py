@@ -13,6 +13,8 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ from sessiond.errors import InvalidCredentials
 from sessiond.keys import KeyRing
 from sessiond.models import AuditAction, ClientInfo
 from sessiond.service import SessionService
+from sessiond.service.throttle import Limit
 from sessiond.settings import load_settings
-from sessiond.store import create_store
+from sessiond.store import Throttle, create_store
 from tests.infra.ldap import LdapServer
 from tests.infra.postgres import PostgresServer
 
@@ -176,3 +179,30 @@ async def test_the_limit_holds_on_two_nodes(
     finally:
         for node in nodes:
             await node.close()
+
+
+def test_the_count_starts_afresh_only_after_a_whole_window_without_a_refusal() -> None:
+    """Refusals straddling a window's end are counted together, as Active Directory counts
+    bad passwords until "Reset account lockout counter after" has passed without one: so no
+    more than the limit reach the domain close together (a count per fixed window let
+    2 x (limit - 1) through within seconds)."""
+    limit = Limit(3, timedelta(minutes=15))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    row = Throttle("Windows:corp\\ann", 0, start)
+    checked = []
+    for minutes in (0, 14.9, 15.1, 15.2, 15.3, 15.4):
+        now = start + timedelta(minutes=minutes)
+        if not limit.free(row, 0, now):
+            continue
+        checked.append(minutes)
+        changes, _ = limit.refused(row, now)
+        row = replace(row, **changes)
+    assert checked == [0, 14.9, 15.1]
+    # Blocked for a window after the limit; then counted afresh.
+    later = start + timedelta(minutes=15.1) + timedelta(minutes=15)
+    assert limit.free(row, 0, later)
+    assert limit.refused(row, later) == ({"failures": 1, "window_start": later}, False)
+    # A window without a refusal between two refusals: the second starts a new count.
+    quiet = Throttle(row.key, 2, start, None)
+    assert limit.counted(quiet, start + timedelta(minutes=15)) == 0
+    assert limit.counted(quiet, start + timedelta(minutes=14)) == 2

@@ -271,6 +271,10 @@ def test_kerberos_a_right_password_that_must_be_changed_says_where_to_change_it(
     assert (status, code) == (401, "password_expired")
     assert "Change a password" in message and "not changed through sessiond" in message
     assert response.json()["error"]["details"] == {"change_in_domain": True}
+    # Not counted as a failed sign-in, yet recorded, with the domain's answer.
+    assert _reasons(kerberos_server, user.name)[-1] == (
+        "KDC: password expired or must be changed (KRB5KDC_ERR_KEY_EXP: Password has expired)"
+    )
 
 
 def test_kerberos_unknown_and_unmapped_accounts_tell_nothing(

@@ -183,10 +183,11 @@ class SecuritySettings(BaseModel):
         False, description="a user's own password change leaves their other sessions open"
     )
     unmapped_account_failures: int = Field(
-        5,
+        3,
         ge=0,
         description="refused sign-ins allowed per domain or directory account that no user is "
-        "mapped to, within unmapped_failures_window; then refused unchecked (0: no limit)",
+        "mapped to, each within unmapped_failures_window of the one before; then refused "
+        "unchecked (0: no limit)",
     )
     unmapped_address_failures: int = Field(
         20,
@@ -276,6 +277,13 @@ class LdapSettings(DirectorySettings):
     auto_provision: bool = Field(
         False, description="create a Regular Ldap user on first successful sign-in"
     )
+    domain_lockout_threshold: int = Field(
+        5,
+        ge=0,
+        description="set it to the directory's lockout threshold (Active Directory: Account "
+        "lockout threshold; 0: it locks no account); lockout settings not below it are warned "
+        "of at start",
+    )
 
 
 class WindowsSettings(BaseModel):
@@ -287,6 +295,12 @@ class WindowsSettings(BaseModel):
     domains: dict[str, str] = Field(
         default_factory=dict,
         description="NetBIOS domain -> realm, e.g. {CORP = 'CORP.EXAMPLE.COM'}",
+    )
+    domain_lockout_threshold: int = Field(
+        5,
+        ge=0,
+        description="set it to your domain's Account lockout threshold (0: the domain locks "
+        "no account); lockout settings not below it are warned of at start",
     )
     password_check: str = Field(
         "kerberos", description="kerberos (ticket + KDC proof) or ldap (bind to the directory)"

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from .._version import __version__
 from ..errors import SessiondError, StoreOutdated
-from ..settings import load_settings
+from ..settings import Settings, load_settings
 from .common import (
     ConfigOption,
     DataDirOption,
@@ -40,6 +40,16 @@ def _announce_first_administrator(created: tuple[Any, str | None] | None) -> Non
         out.print(f"First administrator created: login {user.login} (password from settings)")
 
 
+def _warn_of_domain_lockout(settings: Settings) -> None:
+    """One start-up line when sessiond's limits could let the domain lock accounts out."""
+    from ..auth.directory import warn_once
+    from ..service.lockout import domain_lockout_warning
+
+    warning = domain_lockout_warning(settings)
+    if warning:
+        warn_once(warning)
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -58,6 +68,7 @@ def serve(
     except SessiondError as exc:
         raise _fail(exc) from None
     logs.configure(settings)
+    _warn_of_domain_lockout(settings)
     try:  # before the store is touched: a port in use ends the start here, in one line
         listener = bind(settings.host, settings.port)
     except CannotListen as exc:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import LoginType
-from ..settings import SecuritySettings
+from ..settings import SecuritySettings, Settings
 from ..store import UserRecord
 
 
@@ -121,3 +121,38 @@ class Lockout:
 
 
 CLEARED = {"failed_attempts": 0, "failed_series_count": 0, "failed_series_start": None}
+
+
+def domain_lockout_warning(settings: Settings) -> str | None:
+    """The start-up warning when a limit of sessiond's lets as many wrong passwords reach the
+    domain (or the directory) as its own lockout threshold, so that sessiond's refusals alone
+    could lock a domain account out; None when every limit is below it."""
+    thresholds = {
+        f"{name}.domain_lockout_threshold": section.domain_lockout_threshold
+        for name, section in (("windows", settings.windows), ("ldap", settings.ldap))
+        if section is not None and section.domain_lockout_threshold
+    }
+    if not thresholds:
+        return None
+    name, threshold = min(thresholds.items(), key=lambda item: item[1])
+    s = settings.security
+    limits = {"unmapped_account_failures": s.unmapped_account_failures}
+    if s.block_windows_and_ldap_users:
+        limits["max_failed_login_attempts_before_blocked"] = (
+            s.max_failed_login_attempts_before_blocked
+        )
+        limits["max_failed_login_attempts_in_series"] = s.max_failed_login_attempts_in_series
+    over = []
+    for key, value in limits.items():
+        if key == "unmapped_account_failures" and not value:
+            over.append(f"security.{key} = 0 (no limit)")
+        elif value >= threshold:
+            over.append(f"security.{key} = {value}")
+    if not over:
+        return None
+    return (
+        f"{', '.join(over)} {'is' if len(over) == 1 else 'are'} not below {name} = "
+        f"{threshold}: wrong passwords refused by sessiond alone can make the domain lock an "
+        f"account out; set {'it' if len(over) == 1 else 'them'} to at most {threshold - 1}, "
+        f"and {name} to the domain's Account lockout threshold"
+    )

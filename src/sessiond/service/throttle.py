@@ -4,10 +4,16 @@ Such an account has no user row to lock out, yet its password is checked with th
 the directory (auto-provisioning needs that). Without a limit anyone could guess domain
 passwords through sessiond, or lock domain accounts out by the domain's own policy. So each
 attempt holds a slot under two keys — the account, and the client address — and a key with
-``limit`` refusals within ``window`` refuses further attempts, unchecked, until the window has
-passed since the limit was reached. Slots are taken before the check and settled after it, in
-transactions that lock the keys' rows, as the lockout of known users does
-(:mod:`.lockout`): the limit holds under parallel tries, on one node or many.
+``limit`` refusals, each less than ``window`` after the one before, refuses further attempts,
+unchecked, until the window has passed since the limit was reached. The count starts afresh
+only after a whole window without a refusal: the rule Active Directory applies to its own bad
+password count ("Reset account lockout counter after"), so with a window at least that long
+and a limit below the domain's lockout threshold, sessiond's refusals alone cannot lock a domain
+account out. (A count per fixed window would not do: limit - 1 refusals at the end of one
+window and as many at the start of the next reach the domain close together.) The row's
+``window_start`` holds the time of the last refusal counted. Slots are taken before the check
+and settled after it, in transactions that lock the keys' rows, as the lockout of known users
+does (:mod:`.lockout`): the limit holds under parallel tries, on one node or many.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from ..store import Throttle
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    limit: int  # refusals per window; 0: no limit
+    limit: int  # refusals less than a window apart; 0: no limit
     window: timedelta
 
     def free(self, row: Throttle, in_progress: int, now: datetime) -> bool:
@@ -37,10 +43,7 @@ class Limit:
 
     def refused(self, row: Throttle, now: datetime) -> tuple[dict[str, Any], bool]:
         """One more refusal: the row's changed fields, and whether the limit is now reached."""
-        if row.window_start > now - self.window:
-            changes: dict[str, Any] = {"failures": row.failures + 1}
-        else:
-            changes = {"failures": 1, "window_start": now}
+        changes: dict[str, Any] = {"failures": self.counted(row, now) + 1, "window_start": now}
         reached = bool(self.limit) and changes["failures"] >= self.limit
         if reached:
             changes.update(blocked_until=now + self.window, failures=0, window_start=now)
