@@ -108,7 +108,7 @@ class Authenticator(Backend):
     def from_settings(cls, settings: Settings) -> Self | None:
         """Build from the settings, or None when this login type is not configured."""
 
-    def claim(self, credentials: PasswordCredentials) -> Claim | None:
+    async def claim(self, credentials: PasswordCredentials) -> Claim | None:
         """The account these credentials name when no user has them: None when it is no
         account of this login type's. Raise :class:`~sessiond.errors.InvalidCredentials`
         when they name one in a form or domain this server does not accept."""
@@ -138,7 +138,7 @@ class ProofBackend(Backend):
     title: ClassVar[str]
 
     @abstractmethod
-    def claim(self, token: bytes, handshake_id: str | None) -> Claim | None:
+    async def claim(self, token: bytes, handshake_id: str | None) -> Claim | None:
         """The account this leg answers for with a password (NTLM's last leg), checked within
         the same rules as a password; None when the leg proves nothing by a password (a
         Kerberos ticket, a first leg)."""

@@ -42,7 +42,7 @@ class IntegratedWindows(ProofBackend):
     def auto_provision(self) -> bool:
         return self.settings.auto_provision
 
-    def claim(self, token: bytes, handshake_id: str | None) -> Claim | None:
+    async def claim(self, token: bytes, handshake_id: str | None) -> Claim | None:
         answer = tokens.ntlm_authenticate(bytes(token))
         if answer is None:
             return None

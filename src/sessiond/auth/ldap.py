@@ -29,7 +29,7 @@ class LdapAuthenticator(Authenticator):
     def auto_provision(self) -> bool:
         return self.settings.auto_provision
 
-    def claim(self, credentials: PasswordCredentials) -> Claim | None:
+    async def claim(self, credentials: PasswordCredentials) -> Claim | None:
         login = credentials.login.strip()
         if credentials.domain or not login:
             return None

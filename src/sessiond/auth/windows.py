@@ -147,7 +147,7 @@ class WindowsAuthenticator(Authenticator):
     def auto_provision(self) -> bool:
         return self.settings.auto_provision
 
-    def claim(self, credentials: PasswordCredentials) -> Claim | None:
+    async def claim(self, credentials: PasswordCredentials) -> Claim | None:
         if not self.names.looks_like_account(credentials.login, credentials.domain):
             return None
         return windows_claim(self.names, credentials.login, credentials.domain)

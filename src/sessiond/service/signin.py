@@ -106,18 +106,23 @@ class SignIn:
         who, password = credentials.display, credentials.password
         with metrics.sign_in() as counted:  # counts the outcome, by the user's login type
             user = await self.users.find(credentials)
-            if user is None:
+            if user is None:  # a spelling only its backend reads (a UPN), or no user at all
                 backend, claim = await self._claim(credentials, client_address)
+                user = await self.users.find_account(claim.account)
+            if user is None:
+                await self._unmapped_may_be_checked(backend, claim, who, password, client_address)
                 checked = await self._check_unmapped(
                     backend, claim, lambda: backend.verify(None, credentials),
                     who, password, client_address,
                 )  # fmt: skip
             else:
-                counted.login_type = user.login_type
-                backend = await self._backend_of(user, who, password, client_address)
+                mapped = user
+                counted.login_type = mapped.login_type
+                backend = await self._backend_of(mapped, who, password, client_address)
                 checked = await self._check(
-                    user, lambda: backend.verify(user, credentials), who, password, client_address
-                )
+                    mapped, lambda: backend.verify(mapped, credentials), who, password,
+                    client_address,
+                )  # fmt: skip
             counted.login_type = checked.user.login_type
             return await self.admission.admit(
                 checked, checked.user.login_type, "a password", client, client_address
@@ -144,7 +149,7 @@ class SignIn:
         self.pace.begin()
         with metrics.sign_in(proof.login_type):  # a challenge is not an outcome
             try:
-                claim = proof.claim(token, handshake_id)
+                claim = await proof.claim(token, handshake_id)
             except InvalidCredentials as exc:
                 await self._audit(None, f"({proof.title})", client_address, _said(exc))
                 await self.pace.hold()
@@ -269,20 +274,30 @@ class SignIn:
         who, password = credentials.display, credentials.password
         for backend in self.authenticators.values():
             try:
-                claim = backend.claim(credentials)
+                claim = await backend.claim(credentials)
             except InvalidCredentials as exc:
                 reason = f"unknown login; {_said(exc)}"
                 await self._refuse(None, who, password, client_address, reason)
-            if claim is None:
-                continue
-            if not backend.auto_provision:
-                reason = (
-                    f"unknown login; {backend.login_type.wire} account {claim.account} is not "
-                    "mapped to a user (no provisioning: password not checked)"
-                )
-                await self._refuse(None, who, password, client_address, reason)
-            return backend, claim
+            if claim is not None:
+                return backend, claim
         await self._refuse(None, who, password, client_address, "unknown login")
+
+    async def _unmapped_may_be_checked(
+        self,
+        backend: Authenticator | ProofBackend,
+        claim: Claim,
+        who: str,
+        password: str,
+        client_address: str | None,
+    ) -> None:
+        """An account no user is mapped to is checked only if one may be provisioned for it;
+        otherwise it is refused as an unknown login is, without asking anyone."""
+        if not backend.auto_provision:
+            reason = (
+                f"unknown login; {backend.login_type.wire} account {claim.account} is not "
+                "mapped to a user (no provisioning: password not checked)"
+            )
+            await self._refuse(None, who, password, client_address, reason)
 
     # --- checks --------------------------------------------------------------------------
 
@@ -372,12 +387,7 @@ class SignIn:
         try:
             if user is not None:
                 return await self._check(user, verify, claim.account, "", client_address)
-            if not proof.auto_provision:
-                reason = (
-                    f"unknown login; {proof.login_type.wire} account {claim.account} is not "
-                    "mapped to a user (no provisioning: password not checked)"
-                )
-                await self._refuse(None, claim.account, "", client_address, reason)
+            await self._unmapped_may_be_checked(proof, claim, claim.account, "", client_address)
             return await self._check_unmapped(
                 proof, claim, verify, claim.account, "", client_address
             )
