@@ -17,13 +17,13 @@ a mapped user with a wrong password (the path's reference), an account the domai
 know, an account no user is mapped to with a wrong and with the right password, and a mapped
 user blocked by the administrator (right password). The lockout applies to domain users
 (``block_windows_and_ldap_users``, with a limit no run reaches) so that a blocked user is
-refused unchecked, as a blocked platform user is; the limits on unmapped accounts are off, so
-that every unmapped attempt is checked by the domain (their limit is a case of its own). Each
-answer must be the documented one (NTLM: ``403 account_not_mapped`` for the right password of
-an unmapped account and ``403 user_blocked`` for a blocked user, after the domain proved who it
-is; every other answer ``401 invalid_credentials``), and each refusal must leave its
+refused unchecked, as a blocked platform user is. No user may be provisioned, so an account
+no user is mapped to, known to the domain or not, right password or wrong, is refused without
+asking the domain, on every path (NTLM's last leg names the account before the domain checks
+it). Every answer must be ``401 invalid_credentials`` and each refusal must leave its
 ``LoginFailed`` record; the figures are medians of the per-round medians and ratios to the
-path's wrong password, never assertions.
+path's wrong password (each path's refusals are held to that path's own wrong-password time),
+never assertions.
 """
 
 from __future__ import annotations
@@ -87,6 +87,11 @@ class Case:
         return f"{self.path} {self.key}"
 
 
+#: No user may be provisioned: an account no user is mapped to (known to the domain or not) is
+#: refused without asking the domain, held to the path's wrong-password time.
+UNCHECKED = "(no provisioning: password not checked)"
+
+
 def _cases() -> list[Case]:
     cases = []
     for path in PATHS:
@@ -95,18 +100,13 @@ def _cases() -> list[Case]:
         cases += [
             Case(path, WRONG, "mapped user, wrong password", 401, "invalid_credentials",
                  "NT_STATUS_" if ntlm else "password incorrect" if kdc else "wrong password"),
-            Case(path, "unknown", "unknown account", 401, "invalid_credentials",
-                 "NT_STATUS_" if ntlm else "no such account" if kdc
-                 else "no directory entry for the account"),
+            Case(path, "unknown", "unknown account", 401, "invalid_credentials", UNCHECKED),
             Case(path, "unmapped+wrong", "unmapped account, wrong password", 401,
-                 "invalid_credentials",
-                 "NT_STATUS_" if ntlm else "password incorrect" if kdc else "wrong password"),
-            Case(path, "unmapped+right", "unmapped account, right password",
-                 403 if ntlm else 401, "account_not_mapped" if ntlm else "invalid_credentials",
-                 "not mapped to a user"),
-            Case(path, "blocked", "blocked user, right password", 403 if ntlm else 401,
-                 "user_blocked" if ntlm else "invalid_credentials",
-                 "user_blocked" if ntlm else "user blocked; password not checked"),
+                 "invalid_credentials", UNCHECKED),
+            Case(path, "unmapped+right", "unmapped account, right password", 401,
+                 "invalid_credentials", UNCHECKED),
+            Case(path, "blocked", "blocked user, right password", 401, "invalid_credentials",
+                 "user blocked; password not checked"),
         ]  # fmt: skip
     return cases
 

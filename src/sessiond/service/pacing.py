@@ -23,29 +23,36 @@ started: ContextVar[float | None] = ContextVar("sessiond_sign_in_started", defau
 
 
 class RefusalPace:
+    """Floors kept per path: each backend that checks passwords (Argon2, the KDC, the directory,
+    NTLM through the domain) has its own wrong-password time, and a refusal is held to the
+    floor of the path it would have been checked on."""
+
     def __init__(self) -> None:
-        self._recent: deque[float] = deque(maxlen=KEPT)
+        self._recent: dict[object, deque[float]] = {}
 
     def begin(self) -> None:
         started.set(time.monotonic())
 
-    def checked(self) -> None:
-        """A wrong password was checked and its failure settled: learn how long that took."""
+    def checked(self, path: object) -> None:
+        """A wrong password was checked on ``path`` and its failure settled: learn how long
+        that took."""
         began = started.get()
         if began is not None:
-            self._recent.append(time.monotonic() - began)
+            recent = self._recent.setdefault(path, deque(maxlen=KEPT))
+            recent.append(time.monotonic() - began)
 
-    def floor(self) -> float:
-        if not self._recent:
+    def floor(self, path: object) -> float:
+        recent = self._recent.get(path)
+        if not recent:
             return 0.0
-        ordered = sorted(self._recent)
+        ordered = sorted(recent)
         return min(CAP, ordered[int(0.9 * (len(ordered) - 1))])
 
-    async def hold(self) -> None:
-        """Wait until the floor has passed since the sign-in began."""
+    async def hold(self, path: object) -> None:
+        """Wait until the path's floor has passed since the sign-in began."""
         began = started.get()
         if began is None:
             return
-        remaining = began + self.floor() - time.monotonic()
+        remaining = began + self.floor(path) - time.monotonic()
         if remaining > 0:
             await asyncio.sleep(remaining)

@@ -32,6 +32,7 @@ from uuid import UUID
 from .. import metrics, passwords
 from ..auth import (
     Authenticator,
+    Backend,
     Claim,
     Identity,
     PasswordCredentials,
@@ -121,7 +122,7 @@ class SignIn:
                 backend = await self._backend_of(mapped, who, password, client_address)
                 checked = await self._check(
                     mapped, lambda: backend.verify(mapped, credentials), who, password,
-                    client_address,
+                    client_address, backend,
                 )  # fmt: skip
             counted.login_type = checked.user.login_type
             return await self.admission.admit(
@@ -152,7 +153,7 @@ class SignIn:
                 claim = await proof.claim(token, handshake_id)
             except InvalidCredentials as exc:
                 await self._audit(None, f"({proof.title})", client_address, _said(exc))
-                await self.pace.hold()
+                await self.pace.hold(proof)
                 raise
             last: list[bytes | None] = [None]
             if claim is None:  # a first leg, or a proof that needs no password (a ticket)
@@ -196,7 +197,7 @@ class SignIn:
         verify: Verify = lambda: backend.verify(user, credentials)  # noqa: E731
         if backend.password_changed_in is not None:
             await self._changed_elsewhere(user, backend, verify, client_address)
-        checked = await self._check(user, verify, login, old_password, client_address)
+        checked = await self._check(user, verify, login, old_password, client_address, backend)
         try:
             history = await self.store.password_history(user.id, security.unique_password_count)
             await passwords.check_reuse(new_password, history, self.hasher.matches, security)
@@ -238,7 +239,7 @@ class SignIn:
         """A password kept by the domain or a directory: once the old one is shown right (or
         right but expired), say where to change it."""
         try:
-            checked = await self._check(user, verify, user.login, "", client_address)
+            checked = await self._check(user, verify, user.login, "", client_address, backend)
         except PasswordExpired:
             pass
         else:
@@ -277,7 +278,7 @@ class SignIn:
                 claim = await backend.claim(credentials)
             except InvalidCredentials as exc:
                 reason = f"unknown login; {_said(exc)}"
-                await self._refuse(None, who, password, client_address, reason)
+                await self._refuse(None, who, password, client_address, reason, backend)
             if claim is not None:
                 return backend, claim
         await self._refuse(None, who, password, client_address, "unknown login")
@@ -297,7 +298,7 @@ class SignIn:
                 f"unknown login; {backend.login_type.wire} account {claim.account} is not "
                 "mapped to a user (no provisioning: password not checked)"
             )
-            await self._refuse(None, who, password, client_address, reason)
+            await self._refuse(None, who, password, client_address, reason, backend)
 
     # --- checks --------------------------------------------------------------------------
 
@@ -308,20 +309,22 @@ class SignIn:
         who: str,
         password: str,
         client_address: str | None,
+        path: Backend,
     ) -> Checked:
-        """Check within the user's lockout: a Checked, or the uniform refusal."""
+        """Check within the user's lockout: a Checked, or the uniform refusal (held to the
+        wrong-password time of ``path``, the backend that checks)."""
         try:
             attempt = await self.attempts.reserve(user)
         except NotChecked as exc:
-            await self._refuse(user, who, password, client_address, exc.reason)
+            await self._refuse(user, who, password, client_address, exc.reason, path)
         try:
             identity = await verify()
         except InvalidCredentials as exc:
             await asyncio.shield(
                 self.attempts.count_failure(user, attempt, client_address, _said(exc))
             )
-            self.pace.checked()
-            await self.pace.hold()
+            self.pace.checked(path)
+            await self.pace.hold(path)
             raise InvalidCredentials(WRONG) from None
         except (PasswordExpired, LoginForbidden) as exc:  # said only to the right password
             await asyncio.shield(self.attempts.release(attempt, user.id, right=True))
@@ -346,13 +349,14 @@ class SignIn:
         try:
             held = await self.unmapped.hold(claim, client_address)
         except NotChecked as exc:
-            await self._refuse(None, who, password, client_address, exc.reason)
+            await self._refuse(None, who, password, client_address, exc.reason, backend)
         try:
             identity = await verify()
         except InvalidCredentials as exc:
             reason = f"unknown login; {backend.login_type.wire}: {_said(exc)}"
             await asyncio.shield(self.unmapped.settle(held, who, client_address, reason))
-            await self.pace.hold()
+            self.pace.checked(backend)
+            await self.pace.hold(backend)
             raise InvalidCredentials(WRONG) from None
         except BaseException:
             await asyncio.shield(self.unmapped.settle(held, who, client_address, None))
@@ -386,7 +390,7 @@ class SignIn:
 
         try:
             if user is not None:
-                return await self._check(user, verify, claim.account, "", client_address)
+                return await self._check(user, verify, claim.account, "", client_address, proof)
             await self._unmapped_may_be_checked(proof, claim, claim.account, "", client_address)
             return await self._check_unmapped(
                 proof, claim, verify, claim.account, "", client_address
@@ -422,12 +426,17 @@ class SignIn:
         password: str,
         client_address: str | None,
         reason: str,
+        path: Backend | None = None,
     ) -> NoReturn:
-        """The answer every refusal gets before the right password is shown, after the same
-        work: a hash verified, a LoginFailed record written."""
-        await self.hasher.burn(password)
+        """The answer every refusal gets before the right password is shown, in the time a
+        wrong password takes on ``path`` (the backend that would have checked it; the
+        platform's passwords when none): a decoy hash where Argon2 would have run, a LoginFailed
+        record written, and the path's refusal floor (:mod:`.pacing`)."""
+        path = path or self.hasher
+        if path is self.hasher:
+            await self.hasher.burn(password)
         await self._audit(user, who, client_address, reason)
-        await self.pace.hold()
+        await self.pace.hold(path)
         raise InvalidCredentials(WRONG, reason=reason)
 
     async def _provision(
