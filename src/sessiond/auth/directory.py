@@ -185,7 +185,8 @@ _UNREACHED = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR)
 _GNUTLS_REFUSED = "(unknown error code)"
 #: A whole check (connection, TLS, bind, search) is given up after this many times
 #: ``timeout``: libldap 2.5 bounds the connection and each operation, but not a TLS handshake
-#: with a peer that accepts the connection and then says nothing (docs/windows.md).
+#: with a peer that accepts the connection and then says nothing (docs/windows.md): 503
+#: ``directory_unreachable``, as a connection that cannot be made.
 _DEADLINE_STEPS = 2
 _T = TypeVar("_T")
 
@@ -304,8 +305,9 @@ class Directory:
         return None
 
     def _bounded(self, work: Callable[[], _T]) -> _T:
-        """``work`` on a thread of its own, given up after the deadline: a 503 then, and the
-        thread left to end when the peer closes (it holds nothing else)."""
+        """``work`` on a thread of its own, given up after the deadline (a TLS handshake that
+        never ends: the directory is not reached), the thread left to end when the peer
+        closes (it holds nothing else)."""
         outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
         def run() -> None:
@@ -320,9 +322,10 @@ class Directory:
             return outcome.result(timeout=deadline)
         except concurrent.futures.TimeoutError:
             raise self._unavailable(
-                "directory_failed",
-                f"the directory {self.settings.url} failed: no answer within {deadline:g} s "
-                f"(twice {self.section}.timeout)",
+                "directory_unreachable",
+                f"the directory {self.settings.url} cannot be reached: no answer within "
+                f"{deadline:g} s (twice {self.section}.timeout)",
+                level=logging.WARNING,
             ) from None
 
     def bind(self, user: str, password: str) -> None:
