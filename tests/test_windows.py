@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from sessiond.auth import PasswordCredentials
 from sessiond.errors import AccountNotMapped, InvalidCredentials, LoginForbidden, RequestError
 from sessiond.models import AccessLevel, AuditAction, ClientInfo, LoginType
 from tests.infra.kerberos import KerberosRealm
-from tests.infra.ldap import LdapServer
+from tests.infra.ldap import LdapServer, write_tls_files
 from tests.infra.ntlm import NtlmUsers
 
 from .conftest import ServerProcess, free_port, server_env
@@ -281,6 +283,104 @@ def test_the_directory_never_accepts_an_empty_password(ldap_server: LdapServer) 
     for wrong in ("", "Kate-pw-2"):
         with pytest.raises(InvalidCredentials):
             directory.bind(dn, wrong)
+
+
+def test_directory_checks_over_tls_raise_no_warning_and_refuse_a_foreign_ca(
+    ldap_server: LdapServer, tmp_path: Path
+) -> None:
+    """python-ldap over LDAPS and StartTLS: no deprecation warning (ldap3 gave one per TLS
+    connection), a certificate from another CA refused as the certificate's fault."""
+    import warnings
+
+    from sessiond.auth.directory import Directory
+    from sessiond.errors import ServiceUnavailable
+    from sessiond.settings import DirectorySettings
+
+    uid = _unique("lena")
+    dn = ldap_server.add_user(uid, "Lena-pw-1", cn="Lena Lund")
+    other_ca, _, _ = write_tls_files(str(tmp_path), ["127.0.0.1"])
+    base = {"search_base": ldap_server.people_dn, "ca_file": Path(ldap_server.ca_file)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for url, start_tls in ((ldap_server.ldaps_uri, False), (ldap_server.uri, True)):
+            directory = Directory(DirectorySettings(url=url, start_tls=start_tls, **base))
+            assert directory.find(uid).dn == dn and directory.find(uid).name == "Lena Lund"
+            directory.bind(dn, "Lena-pw-1")
+            with pytest.raises(InvalidCredentials):
+                directory.bind(dn, "Lena-pw-2")
+            foreign = Directory(
+                DirectorySettings(url=url, start_tls=start_tls, **(base | {"ca_file": other_ca}))
+            )
+            with pytest.raises(ServiceUnavailable) as refused:
+                foreign.bind(dn, "Lena-pw-1")
+            assert refused.value.details == {"cause": "directory_certificate"}
+            assert "ldap.ca_file" in refused.value.message
+    # The server's code imports no ldap3 at all.
+    code = "import sys, sessiond.server.app, sessiond.auth.directory; print('ldap3' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "False"), result.stderr
+
+
+def test_a_directory_that_never_finishes_the_tls_handshake_is_a_503_in_bounded_time() -> None:
+    """libldap 2.5 does not bound a TLS handshake with a silent peer: the check is given up
+    after twice the timeout."""
+    import socket
+    import threading
+    import time
+
+    from sessiond.auth.directory import Directory
+    from sessiond.errors import ServiceUnavailable
+    from sessiond.settings import DirectorySettings
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(silent.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = silent.getsockname()[1]
+    try:
+        for url, start_tls in (
+            (f"ldaps://127.0.0.1:{port}", False),
+            (f"ldap://127.0.0.1:{port}", True),
+        ):
+            directory = Directory(DirectorySettings(url=url, start_tls=start_tls, timeout="1s"))
+            answers: list[BaseException | None] = []
+
+            def check(
+                directory: Directory = directory, answers: list[BaseException | None] = answers
+            ) -> None:
+                try:
+                    directory.bind("cn=someone", "pw")
+                    answers.append(None)
+                except BaseException as exc:
+                    answers.append(exc)
+
+            started = time.monotonic()
+            checking = threading.Thread(target=check, daemon=True)
+            checking.start()
+            checking.join(timeout=30)
+            assert not checking.is_alive(), "the check stalled"
+            assert time.monotonic() - started < 30  # did not stall
+            with pytest.raises(ServiceUnavailable) as refused:
+                if answers[0] is not None:
+                    raise answers[0]
+            # LDAPS: the handshake never ends, the check is given up after 2 s; StartTLS: the
+            # request has no answer in 1 s.
+            cause, within = (
+                ("directory_unreachable", "2 s") if not start_tls else ("directory_failed", "1 s")
+            )
+            assert refused.value.details == {"cause": cause}
+            assert f"no answer within {within}" in refused.value.message
+    finally:
+        silent.close()
+        for sock in held:  # ends the abandoned handshake
+            sock.close()
 
 
 def test_an_ntlm_handshake_opens_a_session(

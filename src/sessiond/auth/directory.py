@@ -1,9 +1,14 @@
-"""LDAPv3 binds and searches (ldap3), shared by the Ldap login type and Windows' LDAP check.
+"""LDAPv3 binds and searches (python-ldap over OpenLDAP's libldap), shared by the Ldap login
+type and Windows' LDAP check.
 
-ldap3 is synchronous: callers run these in a worker thread. A fresh connection per check keeps
-one user's bind from ever leaking into another's, and a fresh ``ldap3.Server`` per connection
-keeps one failed attempt from deciding the next: a Server remembers an address it could not
-reach and then refuses it without trying ("invalid server address").
+python-ldap's calls block: callers run these in a worker thread (libldap is thread-safe and
+python-ldap releases the GIL while it waits). A fresh connection per check keeps one user's
+bind from ever leaking into another's, and each connection gets its own TLS context
+(``OPT_X_TLS_NEWCTX``), so one connection's TLS settings or failure never decide the next.
+Every call is bounded: ``OPT_NETWORK_TIMEOUT`` the connection (TLS handshake included),
+``OPT_TIMEOUT`` each operation, and the search's own time limit the directory's side.
+Certificates are required (``OPT_X_TLS_REQUIRE_CERT = demand``) and libldap checks that the
+certificate names the host in ``url``.
 
 Every answer is classified (docs/windows.md, "Refusals and their audit reasons"): the caller's
 mistakes are :class:`InvalidCredentials` with a ``reason`` for the audit trail naming what the
@@ -15,23 +20,17 @@ setting, with one line in the log.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import re
-import ssl
-import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import ldap3
-from ldap3.core.exceptions import (
-    LDAPException,
-    LDAPInvalidFilterError,
-    LDAPSocketOpenError,
-    LDAPStartTLSError,
-)
-from ldap3.utils.conv import escape_filter_chars
+import ldap
+import ldap.filter
 
 from ..errors import InvalidCredentials, PasswordExpired, ServiceUnavailable, SettingsError
 from ..settings import DirectorySettings
@@ -40,7 +39,8 @@ log = logging.getLogger("sessiond.auth")
 
 WRONG = "wrong login or password"
 
-# LDAP result codes (RFC 4511) this module tells apart.
+# LDAP result codes (RFC 4511) this module tells apart: python-ldap raises one exception class
+# per code, and its first argument (a dict) carries the code as ``result``.
 _OPERATIONS_ERROR = 1
 _SIZE_LIMIT_EXCEEDED = 4
 _STRONGER_AUTH_REQUIRED = 8
@@ -55,6 +55,30 @@ _UNWILLING_TO_PERFORM = 53
 _OTHER = 80
 #: Results that say something about the server, never about the password: 503.
 _SERVER_SIDE = {_OPERATIONS_ERROR, _BUSY, _UNAVAILABLE, _UNWILLING_TO_PERFORM, _OTHER}
+#: RFC 4511's names of the result codes, as messages and audit reasons give them (libldap's own
+#: descriptions, "Invalid credentials", stand in for a code not listed).
+_NAMES: Mapping[int, str] = {
+    1: "operationsError",
+    2: "protocolError",
+    3: "timeLimitExceeded",
+    4: "sizeLimitExceeded",
+    7: "authMethodNotSupported",
+    8: "strongerAuthRequired",
+    10: "referral",
+    11: "adminLimitExceeded",
+    12: "unavailableCriticalExtension",
+    13: "confidentialityRequired",
+    32: "noSuchObject",
+    34: "invalidDNSyntax",
+    48: "inappropriateAuthentication",
+    49: "invalidCredentials",
+    50: "insufficientAccessRights",
+    51: "busy",
+    52: "unavailable",
+    53: "unwillingToPerform",
+    54: "loopDetect",
+    80: "other",
+}
 
 #: Active Directory's sub-codes of a refused bind: the ``data NNN`` in its diagnostic message,
 #: e.g. ``80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data 52e,
@@ -127,11 +151,44 @@ def check_transport(settings: DirectorySettings, section: str) -> None:
     )
 
 
+def _result(exc: ldap.LDAPError) -> dict[str, Any]:
+    """python-ldap's account of a failure: ``result`` (the code; negative: libldap's own, no
+    answer from the server), ``desc`` and the server's diagnostic message ``info``."""
+    said = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return {
+        "result": said.get("result", -1),
+        "desc": str(said.get("desc") or type(exc).__name__),
+        "info": str(said.get("info") or "").strip(),
+    }
+
+
 def _words(result: Mapping[str, Any]) -> str:
     """An LDAP result as the directory put it: ``description: message``."""
-    description = str(result.get("description") or result.get("result"))
-    message = str(result.get("message") or "").strip()
+    description = _NAMES.get(result["result"], result["desc"])
+    message = result["info"]
     return f"{description}: {message}" if message else description
+
+
+def _said(exc: ldap.LDAPError) -> str:
+    """What libldap says of a failure of its own (no answer): ``Can't contact LDAP server
+    (the TLS error)``."""
+    result = _result(exc)
+    info = result["info"].replace("\n", " ")
+    return f"{result['desc']} ({info})" if info else result["desc"]
+
+
+#: libldap's failures to connect: the server unreachable, the TLS handshake or the certificate.
+_UNREACHED = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR)
+#: All libldap built on GnuTLS (Debian's) says when its TLS handshake fails on its own checks —
+#: a certificate untrusted, expired, or not naming the host: its -1 has no GnuTLS text (a
+#: libldap built on OpenSSL says "certificate verify failed (...)" instead).
+_GNUTLS_REFUSED = "(unknown error code)"
+#: A whole check (connection, TLS, bind, search) is given up after this many times
+#: ``timeout``: libldap 2.5 bounds the connection and each operation, but not a TLS handshake
+#: with a peer that accepts the connection and then says nothing (docs/windows.md): 503
+#: ``directory_unreachable``, as a connection that cannot be made.
+_DEADLINE_STEPS = 2
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +202,9 @@ class Directory:
         self.settings = settings
         #: Where these settings live, for messages: ``ldap`` or ``windows.directory``.
         self.section = section
-        self.timeout = max(1, round(settings.timeout.total_seconds()))  # ldap3: whole seconds
-
-    def _server(self) -> ldap3.Server:
-        s = self.settings
-        tls = ldap3.Tls(
-            validate=ssl.CERT_REQUIRED if s.verify_certificate else ssl.CERT_NONE,
-            ca_certs_file=str(s.ca_file) if s.ca_file else None,
-            version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        return ldap3.Server(s.url, tls=tls, connect_timeout=self.timeout, get_info=ldap3.NONE)
+        #: Seconds for each step: connecting (TLS included), and every operation.
+        self.timeout = settings.timeout.total_seconds()
+        self._tls = settings.start_tls or settings.url.lower().startswith("ldaps://")
 
     def _unavailable(
         self, cause: str, message: str, level: int = logging.ERROR
@@ -163,11 +213,18 @@ class Directory:
         log.log(level, "%s [%s]", message, cause)
         return ServiceUnavailable(message, details={"cause": cause})
 
-    def _unreachable(self, exc: Exception) -> ServiceUnavailable:
-        text = str(exc).replace("\n", " ")
+    def _unreachable(self, exc: ldap.LDAPError) -> ServiceUnavailable:
+        text = _said(exc)
         url = self.settings.url
         lowered = text.lower()
-        if "certificate" in lowered or "doesn't match" in lowered or "hostname" in lowered:
+        if _result(exc)["info"] == _GNUTLS_REFUSED and self._tls:
+            text = (
+                f"{_result(exc)['desc']}: the TLS handshake or the check of the certificate "
+                "failed, libldap names no reason: a certificate issued by no CA of "
+                f"{self.section}.ca_file, out of its dates, or not for the host in the url"
+            )
+            lowered = "certificate"
+        if "certificate" in lowered or "does not match" in lowered or "hostname" in lowered:
             return self._unavailable(
                 "directory_certificate",
                 f"the certificate of the directory {url} cannot be verified ({text}): check "
@@ -180,58 +237,116 @@ class Directory:
             level=logging.WARNING,
         )
 
-    def _connection(self, user: str | None, password: str | None) -> ldap3.Connection:
-        s = self.settings
-        conn = ldap3.Connection(
-            self._server(),
-            user=user,
-            password=password,
-            authentication=ldap3.SIMPLE if user else ldap3.ANONYMOUS,
-            receive_timeout=self.timeout,
-            raise_exceptions=False,
-            read_only=True,
+    def _failed(self, exc: ldap.LDAPError) -> ServiceUnavailable:
+        """Any other failure: no answer in time, a protocol error, libldap's own."""
+        if isinstance(exc, ldap.TIMEOUT):
+            text = f"no answer within {self.timeout:g} s ({self.section}.timeout)"
+        else:
+            text = _words(_result(exc))
+        return self._unavailable(
+            "directory_failed", f"the directory {self.settings.url} failed: {text}"
         )
+
+    def _connection(self) -> Any:
+        """A new connection (an ``ldap.ldapobject.LDAPObject``), its TLS set up and, with
+        ``start_tls``, started; anything else connects at the first operation."""
+        s = self.settings
+        conn: Any = None
         try:
-            conn.open()
-            if s.start_tls and not conn.start_tls():
-                raise self._unavailable(
-                    "directory_starttls",
-                    f"StartTLS with the directory {s.url} failed: {_words(conn.result)}",
-                )
-        except (LDAPSocketOpenError, LDAPStartTLSError) as exc:
-            _close(conn)
-            raise self._unreachable(exc) from None
-        except (LDAPException, OSError, ValueError, struct.error) as exc:
+            conn = ldap.initialize(s.url)
+            conn.timeout = self.timeout  # python-ldap's own wait for each synchronous call
+            options = {
+                ldap.OPT_PROTOCOL_VERSION: ldap.VERSION3,
+                ldap.OPT_REFERRALS: 0,  # never follow AD's referrals, anonymously, elsewhere
+                ldap.OPT_NETWORK_TIMEOUT: self.timeout,
+                ldap.OPT_TIMEOUT: self.timeout,
+                ldap.OPT_X_TLS_REQUIRE_CERT: (
+                    ldap.OPT_X_TLS_DEMAND if s.verify_certificate else ldap.OPT_X_TLS_NEVER
+                ),
+                ldap.OPT_X_TLS_PROTOCOL_MIN: ldap.OPT_X_TLS_PROTOCOL_TLS1_2,
+            }
+            if s.ca_file:
+                options[ldap.OPT_X_TLS_CACERTFILE] = str(s.ca_file)
+            for option, value in options.items():
+                conn.set_option(option, value)
+            conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # last: the context takes the above
+        except ldap.LDAPError as exc:
             _close(conn)
             raise self._unavailable(
-                "directory_failed", f"the directory {s.url} failed: {exc}"
+                "directory_failed", f"the directory {s.url} cannot be used: {_said(exc)}"
             ) from None
-        except ServiceUnavailable:
-            _close(conn)
-            raise
+        if s.start_tls:
+            try:
+                conn.start_tls_s()
+            except ldap.LDAPError as exc:
+                _close(conn)
+                if isinstance(exc, _UNREACHED):
+                    raise self._unreachable(exc) from None
+                if _result(exc)["result"] < 0:
+                    raise self._failed(exc) from None
+                raise self._unavailable(
+                    "directory_starttls",
+                    f"StartTLS with the directory {s.url} failed: {_words(_result(exc))}",
+                ) from None
         return conn
+
+    def _bind_as(self, conn: Any, user: str, password: str) -> dict[str, Any] | None:
+        """Bind on ``conn``: None when the directory accepts, else its answer (a result);
+        :class:`ServiceUnavailable` when there is no answer."""
+        try:
+            conn.simple_bind_s(user, password)
+        except _UNREACHED as exc:
+            raise self._unreachable(exc) from None
+        except ldap.LDAPError as exc:
+            result = _result(exc)
+            if result["result"] < 0:
+                raise self._failed(exc) from None
+            return result
+        return None
+
+    def _bounded(self, work: Callable[[], _T]) -> _T:
+        """``work`` on a thread of its own, given up after the deadline (a TLS handshake that
+        never ends: the directory is not reached), the thread left to end when the peer
+        closes (it holds nothing else)."""
+        outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                outcome.set_result(work())
+            except BaseException as exc:
+                outcome.set_exception(exc)
+
+        threading.Thread(target=run, name="sessiond-directory", daemon=True).start()
+        deadline = _DEADLINE_STEPS * self.timeout
+        try:
+            return outcome.result(timeout=deadline)
+        except concurrent.futures.TimeoutError:
+            raise self._unavailable(
+                "directory_unreachable",
+                f"the directory {self.settings.url} cannot be reached: no answer within "
+                f"{deadline:g} s (twice {self.section}.timeout)",
+                level=logging.WARNING,
+            ) from None
 
     def bind(self, user: str, password: str) -> None:
         """Bind as ``user`` (a DN, or for Active Directory ``DOMAIN\\name`` or a UPN)."""
         if not password:
             # An empty password is an "unauthenticated bind", which succeeds: never allow it.
             raise InvalidCredentials(WRONG, reason="empty password: not sent to the directory")
-        conn = self._connection(user, password)
+        self._bounded(lambda: self._bind(user, password))
+
+    def _bind(self, user: str, password: str) -> None:
+        conn = self._connection()
         try:
-            if conn.bind():
-                return
-            result = dict(conn.result)
-        except LDAPException as exc:
-            raise self._unavailable(
-                "directory_failed", f"the directory {self.settings.url} failed: {exc}"
-            ) from None
+            refused = self._bind_as(conn, user, password)
         finally:
             _close(conn)
-        raise self._bind_refusal(result)
+        if refused is not None:
+            raise self._bind_refusal(refused)
 
     def _bind_refusal(self, result: Mapping[str, Any]) -> Exception:
-        code = result.get("result")
-        message = str(result.get("message") or "")
+        code = result["result"]
+        message = result["info"]
         url = self.settings.url
         if code == _INVALID_CREDENTIALS:
             sub = ad_subcode(message)
@@ -265,56 +380,65 @@ class Directory:
     def find(self, login: str) -> Entry:
         """The one entry the search filter finds for ``login``; :class:`InvalidCredentials`
         when there is none, or more than one (never guess whose password to check)."""
+        return self._bounded(lambda: self._find(login))
+
+    def _find(self, login: str) -> Entry:
         s = self.settings
-        conn = self._connection(s.bind_dn, s.bind_password_value)
+        conn = self._connection()
         try:
-            if s.bind_dn and not conn.bind():
-                result = dict(conn.result)
-                sub = ad_subcode(str(result.get("message") or ""))
-                said = f"{AD_BIND_SUBCODES[sub]}, " if sub and sub in AD_BIND_SUBCODES else ""
-                raise self._unavailable(
-                    "search_account_refused",
-                    f"the directory {s.url} refused sessiond's search account {s.bind_dn} "
-                    f"({self.section}.bind_dn): {said}{_words(result)}",
+            if s.bind_dn:
+                refused = self._bind_as(conn, s.bind_dn, s.bind_password_value or "")
+                if refused is not None:
+                    sub = ad_subcode(refused["info"])
+                    said = f"{AD_BIND_SUBCODES[sub]}, " if sub and sub in AD_BIND_SUBCODES else ""
+                    raise self._unavailable(
+                        "search_account_refused",
+                        f"the directory {s.url} refused sessiond's search account {s.bind_dn} "
+                        f"({self.section}.bind_dn): {said}{_words(refused)}",
+                    )
+            query = s.search_filter.replace("{login}", ldap.filter.escape_filter_chars(login))
+            several = False
+            try:
+                found = conn.search_ext_s(
+                    s.search_base,
+                    ldap.SCOPE_SUBTREE,
+                    query,
+                    [s.name_attribute],
+                    timeout=self.timeout,  # the directory's time limit and the wait here
+                    sizelimit=2,
                 )
-            query = s.search_filter.replace("{login}", escape_filter_chars(login))
-            conn.search(
-                s.search_base,
-                query,
-                search_scope=ldap3.SUBTREE,
-                attributes=[s.name_attribute],
-                size_limit=2,
-                time_limit=self.timeout,
-            )
-            result = dict(conn.result)
-            entries = list(conn.entries)
-        except LDAPInvalidFilterError as exc:
+            except ldap.SIZELIMIT_EXCEEDED:
+                found, several = [], True
+        except ldap.FILTER_ERROR as exc:
             raise self._unavailable(
-                "search_filter", f"{self.section}.search_filter is not a valid LDAP filter: {exc}"
+                "search_filter",
+                f"{self.section}.search_filter is not a valid LDAP filter: {_said(exc)}",
             ) from None
-        except LDAPException as exc:
-            raise self._unavailable(
-                "directory_failed", f"the directory {s.url} failed: {exc}"
-            ) from None
+        except _UNREACHED as exc:
+            raise self._unreachable(exc) from None
+        except ldap.LDAPError as exc:
+            result = _result(exc)
+            if result["result"] < 0:
+                raise self._failed(exc) from None
+            raise self._search_refusal(result) from None
         finally:
             _close(conn)
-        code = result.get("result")
-        if code not in (0, _SIZE_LIMIT_EXCEEDED):
-            raise self._search_refusal(result)
-        if not entries:
-            raise InvalidCredentials(WRONG, reason="no directory entry for the account")
-        if len(entries) > 1 or code == _SIZE_LIMIT_EXCEEDED:
+        # Search references (AD's referrals to its other partitions) have no DN: not entries.
+        entries = [(dn, attributes) for dn, attributes in found if dn is not None]
+        if len(entries) > 1 or several:
             raise InvalidCredentials(
                 WRONG, reason="several directory entries match the account: none is guessed"
             )
-        entry = entries[0]
-        values = entry[s.name_attribute].values if s.name_attribute in entry else []
-        return Entry(entry.entry_dn, str(values[0]) if values else None)
+        if not entries:
+            raise InvalidCredentials(WRONG, reason="no directory entry for the account")
+        dn, attributes = entries[0]
+        values = _values(attributes, s.name_attribute)
+        return Entry(str(dn), values[0] if values else None)
 
     def _search_refusal(self, result: Mapping[str, Any]) -> ServiceUnavailable:
         s = self.settings
-        code = result.get("result")
-        message = str(result.get("message") or "").lower()
+        code = result["result"]
+        message = result["info"].lower()
         if not s.bind_dn and (
             code in (_OPERATIONS_ERROR, _INAPPROPRIATE_AUTHENTICATION, _INSUFFICIENT_ACCESS_RIGHTS)
             or any(words in message for words in _NEEDS_BIND)
@@ -341,11 +465,16 @@ class Directory:
         )
 
 
-def _close(conn: ldap3.Connection) -> None:
-    """Unbind, and close the socket even when ldap3 cannot (a connection the peer dropped)."""
-    with contextlib.suppress(LDAPException, OSError):
-        conn.unbind()
-    sock = conn.socket
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
+def _values(attributes: Mapping[str, list[bytes]], name: str) -> list[str]:
+    """An attribute's values as text (python-ldap gives bytes; names match in any case)."""
+    for key, values in attributes.items():
+        if key.lower() == name.lower():
+            return [value.decode("utf-8", "replace") for value in values]
+    return []
+
+
+def _close(conn: Any) -> None:
+    """Unbind, which closes the socket (also of a connection the peer dropped)."""
+    if conn is not None:
+        with contextlib.suppress(ldap.LDAPError):
+            conn.unbind_ext_s()
