@@ -227,3 +227,21 @@ def test_an_unknown_domain_is_refused_and_not_read_as_the_default_realm(
     assert "OTHER" not in json.dumps(
         [r for r in audit(provisioning, "Login") if name in json.dumps(r)]
     )
+
+
+@pytest.mark.parametrize("state", ["must_change", "expired"])
+def test_an_expired_domain_password_gets_one_answer_on_every_path(
+    closed: ServerProcess, samba_domain: SambaDomain, state: str
+) -> None:
+    dc = samba_domain
+    name = _domain_user(dc, f"nt-{state[:4]}-")
+    add_user(closed, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
+    if state == "must_change":
+        dc.require_password_change(name)
+    else:
+        dc.expire_password(name)
+    by_ntlm = _ntlm(closed, f"{DOMAIN}\\{name}", PASSWORD)
+    by_password = _password(closed, name, PASSWORD, DOMAIN, "192.0.2.160")
+    assert _refusal(by_ntlm) == _refusal(by_password) == (401, "password_expired")
+    assert by_ntlm.json()["error"]["message"] == by_password.json()["error"]["message"]
+    assert bad_passwords(dc, name) == 0  # the right password: nothing counted, here or there

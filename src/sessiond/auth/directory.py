@@ -108,10 +108,16 @@ CHANGE_IN_DOMAIN = (
 )
 
 
-def must_change(what: str, reason: str) -> PasswordExpired:
-    """The refusal for a right password that has expired or must be changed in the domain."""
+#: What every path answers a right password that has expired or must be changed: Kerberos
+#: cannot tell the two apart, so no path does (the audit reason says which where it can).
+MUST_CHANGE = "the domain password has expired or must be changed"
+
+
+def must_change(reason: str) -> PasswordExpired:
+    """The refusal for a right password that has expired or must be changed in the domain: the
+    same answer on every path (password, Ldap bind, NTLM)."""
     return PasswordExpired(
-        f"{what}: {CHANGE_IN_DOMAIN}", details={"change_in_domain": True}, reason=reason
+        f"{MUST_CHANGE}: {CHANGE_IN_DOMAIN}", details={"change_in_domain": True}, reason=reason
     )
 
 
@@ -356,13 +362,8 @@ class Directory:
                 )
             meaning = AD_BIND_SUBCODES.get(sub, "refused")
             reason = f"directory: {meaning} (AD data {sub})"
-            if sub in AD_MUST_CHANGE:
-                what = (
-                    "the domain password has expired"
-                    if sub == "532"
-                    else "the domain password must be changed before the next sign-in"
-                )
-                return must_change(what, reason)
+            if sub in AD_MUST_CHANGE:  # which of the two: in the audit reason
+                return must_change(reason)
             return InvalidCredentials(WRONG, reason=reason)
         if code in (_STRONGER_AUTH_REQUIRED, _CONFIDENTIALITY_REQUIRED):
             return self._unavailable(

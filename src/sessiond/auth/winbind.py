@@ -356,7 +356,7 @@ class WinbindNtlm:
         if status in MUST_CHANGE:  # as the password path answers it
             from .directory import must_change  # (loads the directory library only here)
 
-            return must_change(ACCOUNT_STATES[status], f"the domain answered {status}")
+            return must_change(f"the domain answered {status}")
         if status in ACCOUNT_STATES:  # said only to the right password: tell it
             return LoginForbidden(
                 f"the domain refused the sign-in: {ACCOUNT_STATES[status]}",

@@ -241,8 +241,7 @@ class WindowsAuthenticator(Authenticator):
             if confirmed is not None:
                 return self._refusal_by_code(confirmed, "asking for kadmin/changepw", account)
             return must_change(
-                "the domain password has expired or must be changed",
-                f"KDC: password expired or must be changed (KRB5KDC_ERR_KEY_EXP: {text})",
+                f"KDC: password expired or must be changed (KRB5KDC_ERR_KEY_EXP: {text})"
             )
         if code is None:
             if getattr(exc, "maj_code", None) == GSS_S_BAD_NAME:
