@@ -161,7 +161,11 @@ class Directory:
     ) -> ServiceUnavailable:
         """A 503 naming the cause (``details.cause``), and one log line saying it."""
         log.log(level, "%s [%s]", message, cause)
-        return ServiceUnavailable(message, details={"cause": cause})
+        return ServiceUnavailable(
+            message,
+            details={"cause": cause},
+            sign_in="Windows" if self.section.startswith("windows") else "LDAP",
+        )
 
     def _unreachable(self, exc: Exception) -> ServiceUnavailable:
         text = str(exc).replace("\n", " ")
