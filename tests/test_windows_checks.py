@@ -18,10 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sessiond.auth.kerberos import KerberosAcceptor
+from sessiond.errors import ServiceUnavailable
+from sessiond.settings import WindowsSettings
 from tests.infra.samba import SambaDomain, ServiceAccount
 
 from .conftest import ServerProcess, free_port, server_env
-from .test_windows_domain import _kerberos_config, _service_account
+from .test_windows_domain import _in_process, _kerberos_config, _service_account
 from .test_windows_ntlm import (
     _curl_ntlm,
     _open_windows,
@@ -347,3 +350,40 @@ def _add_windows_user(server: ServerProcess, name: str) -> None:
     added = server.cli("users", "add", name, "--login-type", "Windows", "--account",
                        f"SAMBA\\{name}")  # fmt: skip
     assert added.returncode == 0, added.stderr
+
+
+# --- krb5.conf faults after start, in process -------------------------------------------------
+
+
+def test_a_krb5_conf_gone_after_start_is_krb5_config_not_realm_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, samba_domain: SambaDomain
+) -> None:
+    """MIT krb5 skips a krb5.conf it cannot open and then says only that it knows no KDC
+    (KRB5_REALM_UNKNOWN): the file itself is what is wrong."""
+    gone = tmp_path / "gone-krb5.conf"
+    auth = _in_process(monkeypatch, samba_domain, verify_kdc=False, krb5_config=str(gone))
+    with pytest.raises(ServiceUnavailable) as refused:
+        auth._kerberos_check(auth.names.parse("SAMBA\\someone"), PASSWORD)
+    assert refused.value.details == {"cause": "krb5_config"}
+    assert f"{gone} (windows.krb5_config) does not exist" in refused.value.message
+    assert "KRB5_REALM_UNKNOWN" in refused.value.message
+
+
+def test_a_malformed_krb5_conf_is_krb5_config_for_integrated_sign_in_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, samba_domain: SambaDomain, svc: ServiceAccount
+) -> None:
+    broken = tmp_path / "krb5.conf"
+    broken.write_text("[libdefaults\n default_realm = SAMBA.TEST\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(broken))
+    acceptor = KerberosAcceptor(
+        WindowsSettings(
+            realm=samba_domain.realm,
+            service_principal=svc.principal,
+            keytab=Path(svc.keytab),
+            krb5_config=broken,
+            verify_kdc=False,
+        )
+    )
+    with pytest.raises(ServiceUnavailable) as refused:
+        acceptor._credentials()
+    assert refused.value.details == {"cause": "krb5_config"}, refused.value.message
