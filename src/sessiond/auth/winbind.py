@@ -273,6 +273,11 @@ class HelperPool:
                 while other and len(self._live) >= self.limit:
                     await self.discard(other.pop())
         if len(self._live) >= self.limit:
+            log.warning(
+                "NTLM sign-in refused: all %d ntlm_auth helpers are bound to handshakes in "
+                "progress [ntlm_helpers_busy]; raise windows.ntlm_helpers if this recurs",
+                self.limit,
+            )
             raise ServiceUnavailable(
                 f"all {self.limit} NTLM helper processes are busy with sign-ins in progress; "
                 "try again shortly",
