@@ -451,6 +451,7 @@ def test_ntlm_auth_processes_are_bounded(no_winbindd: ServerProcess) -> None:
     third = _first_leg(no_winbindd, "SAMBA\\three")
     assert third.status_code == 503
     assert third.json()["error"]["details"]["cause"] == "ntlm_helpers_busy"
+    assert "[ntlm_helpers_busy]" in no_winbindd.log_path.read_text()  # what the body leaves out
     assert len(_children(no_winbindd, "ntlm_auth")) == 2
 
 

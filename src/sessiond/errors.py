@@ -62,8 +62,13 @@ class SessiondError(Exception):
         #: For the audit trail and the server log only: never sent to the caller.
         self.reason = reason
 
+    @property
+    def public_message(self) -> str:
+        """What the caller is told (the HTTP body, the console's page)."""
+        return self.message
+
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body: dict[str, Any] = {"code": self.code, "message": self.public_message}
         if self.details:
             body["details"] = self.details
         return {"error": body}
@@ -219,6 +224,30 @@ class NotConfigured(SessiondError):
 class ServiceUnavailable(SessiondError):
     code = "service_unavailable"
     status = 503
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        reason: str | None = None,
+        sign_in: str | None = None,
+    ) -> None:
+        super().__init__(message, details=details, reason=reason or (message if sign_in else None))
+        #: Set by an authenticator ("Windows", "LDAP"): its message names files, hosts and
+        #: certificates, so it goes to the log and the audit trail only; callers are told the
+        #: cause (``details.cause``) and where the details are.
+        self.sign_in = sign_in
+
+    @property
+    def public_message(self) -> str:
+        if self.sign_in is None:
+            return self.message
+        cause = self.details.get("cause", "unknown")
+        return (
+            f"{self.sign_in} sign-in is unavailable on this server: cause {cause}; the "
+            "administrator will find details in the log"
+        )
 
 
 class SettingsError(SessiondError):

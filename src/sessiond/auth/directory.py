@@ -217,7 +217,11 @@ class Directory:
     ) -> ServiceUnavailable:
         """A 503 naming the cause (``details.cause``), and one log line saying it."""
         log.log(level, "%s [%s]", message, cause)
-        return ServiceUnavailable(message, details={"cause": cause})
+        return ServiceUnavailable(
+            message,
+            details={"cause": cause},
+            sign_in="Windows" if self.section.startswith("windows") else "LDAP",
+        )
 
     def _unreachable(self, exc: ldap.LDAPError) -> ServiceUnavailable:
         text = _said(exc)
@@ -377,6 +381,28 @@ class Directory:
                 "directory_refused", f"the directory {url} refused the bind: {_words(result)}"
             )
         return InvalidCredentials(WRONG, reason=f"directory: bind refused ({_words(result)})")
+
+    def probe(self) -> str | None:
+        """Connect (TLS and StartTLS as set) and bind as the search account when one is set:
+        None when that works, else what the directory answered to the bind (the server's own
+        faults raise :class:`ServiceUnavailable` with a cause, as sign-ins meet them)."""
+        return self._bounded(self._probe)
+
+    def _probe(self) -> str | None:
+        s = self.settings
+        conn = self._connection()
+        try:
+            if not s.bind_dn:
+                conn.whoami_s()  # anonymous: the first operation connects
+                return None
+            refused = self._bind_as(conn, s.bind_dn, s.bind_password_value or "")
+        except ldap.LDAPError as exc:
+            if isinstance(exc, _UNREACHED):
+                raise self._unreachable(exc) from None
+            raise self._failed(exc) from None
+        finally:
+            _close(conn)
+        return None if refused is None else _words(refused)
 
     def find(self, login: str) -> Entry:
         """The one entry the search filter finds for ``login``; :class:`InvalidCredentials`

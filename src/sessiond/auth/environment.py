@@ -18,8 +18,9 @@ changes the environment.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from ..settings import Settings
+from ..settings import Settings, WindowsSettings
 
 
 def process_environment(settings: Settings) -> dict[str, str]:
@@ -44,3 +45,28 @@ def apply_process_environment(settings: Settings) -> dict[str, str]:
         os.environ.pop("NTLM_USER_FILE", None)
     os.environ.update(env)
     return env
+
+
+def krb5_config_path(windows: WindowsSettings) -> Path:
+    """The krb5.conf MIT krb5 reads for this server: ``windows.krb5_config``, else the first
+    file of ``KRB5_CONFIG``, else ``/etc/krb5.conf``."""
+    if windows.krb5_config:
+        return Path(windows.krb5_config)
+    named = os.environ.get("KRB5_CONFIG", "").split(":")[0]
+    return Path(named or "/etc/krb5.conf")
+
+
+def unreadable(path: Path) -> str | None:
+    """Why this process cannot read the file at ``path`` ("does not exist", "cannot be read by
+    this process (...)", "is not a file"), or None. MIT krb5 skips a krb5.conf it cannot open
+    without an error of its own, so this is asked of the file itself."""
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except FileNotFoundError:
+        return "does not exist"
+    except IsADirectoryError:
+        return "is not a file"
+    except OSError as exc:
+        return f"cannot be read by this process ({exc.strerror})"
+    return None

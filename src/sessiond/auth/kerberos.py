@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import InvalidCredentials, NotConfigured, ServiceUnavailable, SessiondError
 from ..settings import WindowsSettings
 from . import tokens
+from .environment import krb5_config_path
 
 log = logging.getLogger("sessiond.negotiate")
 
@@ -52,6 +53,8 @@ KRB5_KT_END = -1765328202
 KRB5_KT_IOERR = -1765328200
 KRB5_KT_KVNONOTFOUND = -1765328154
 KRB5_KT_FORMAT = -1765328149
+KRB5_CONFIG_CANTOPEN = -1765328249
+KRB5_CONFIG_BADFORMAT = -1765328248
 KRB5_RC_IO = -1765328220
 KRB5_RC_IO_PERM = -1765328215
 KRB5_RC_IO_SPACE = -1765328212
@@ -71,6 +74,7 @@ GSS_S_NO_CRED = 7 << 16
 GSS_S_FAILURE = 13 << 16
 GSS_ROUTINE_MASK = 0xFF << 16
 
+_CONFIG = {KRB5_CONFIG_CANTOPEN, KRB5_CONFIG_BADFORMAT}
 _STALE = {KRB5_KT_KVNONOTFOUND, KRB5KRB_AP_ERR_BADKEYVER}
 _WRONG_KEYS = {KRB5KRB_AP_ERR_BAD_INTEGRITY, KRB5KRB_AP_ERR_MODIFIED, KRB5KRB_AP_ERR_NOKEY}
 _KEYTAB_UNUSABLE = {
@@ -202,10 +206,19 @@ class KerberosAcceptor:
         return ServiceUnavailable(
             f"integrated Windows sign-in is unavailable: {what}",
             details={"cause": cause},
-            reason=_text(exc),
+            reason=f"{what} ({_text(exc)})",
+            sign_in="Windows",
         )
 
     def _keytab_unusable(self, exc: Any) -> ServiceUnavailable:
+        if _signed(int(getattr(exc, "min_code", 0) or 0)) in _CONFIG:
+            # libkrb5 could not read krb5.conf before it looked at the keytab at all.
+            return self._unavailable(
+                "krb5_config",
+                f"the Kerberos configuration {krb5_config_path(self.settings)} "
+                "(windows.krb5_config) cannot be used",
+                exc,
+            )
         return self._unavailable(
             "keytab_unusable",
             f"the keytab {self.keytab} is missing, empty or unreadable",
@@ -215,7 +228,9 @@ class KerberosAcceptor:
     def _refusal(self, exc: Any, krb5_token: bytes | None) -> SessiondError:
         major = int(getattr(exc, "maj_code", 0)) & GSS_ROUTINE_MASK
         minor = _signed(int(getattr(exc, "min_code", 0) or 0))
-        if major in (GSS_S_NO_CRED, GSS_S_DEFECTIVE_CREDENTIAL) and minor in _KEYTAB_UNUSABLE:
+        if minor in _CONFIG or (
+            major in (GSS_S_NO_CRED, GSS_S_DEFECTIVE_CREDENTIAL) and minor in _KEYTAB_UNUSABLE
+        ):
             return self._keytab_unusable(exc)
         if minor in _STALE:
             return self._unavailable(
@@ -257,7 +272,8 @@ class KerberosAcceptor:
                 "integrated Windows sign-in is unavailable: the Kerberos replay cache cannot "
                 "be written",
                 details={"cause": "replay_cache"},
-                reason=_text(exc),
+                reason=f"the Kerberos replay cache cannot be written ({_text(exc)})",
+                sign_in="Windows",
             )
         if minor in _CALLER:
             if minor == KRB5KRB_AP_ERR_SKEW:

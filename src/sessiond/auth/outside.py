@@ -1,6 +1,6 @@
 """The worlds outside the event loop a sign-in waits on, each on threads of its own.
 
-Password checks block in C libraries: libkrb5 asking the KDC, ldap3 talking to a directory,
+Password checks block in C libraries: libkrb5 asking the KDC, libldap (python-ldap) talking to a directory,
 libargon2 hashing. Each of these gets an :class:`Outside`: a ``ThreadPoolExecutor`` with a
 fixed number of workers, a bound on the callers waiting for one (beyond it: ``503
 service_unavailable`` at once, ``details.cause`` ``kdc_busy`` / ``directory_busy`` /

@@ -25,8 +25,11 @@ import base64
 import contextlib
 import logging
 import os
+import re
+import shutil
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import InvalidCredentials, LoginForbidden, ServiceUnavailable, SessiondError
 from ..settings import WindowsSettings
@@ -81,8 +84,76 @@ ACCOUNT_STATES = {
 }
 #: Statuses that say the password is right but must be changed first.
 MUST_CHANGE = frozenset({"NT_STATUS_PASSWORD_EXPIRED", "NT_STATUS_PASSWORD_MUST_CHANGE"})
-#: What libwbclient and ntlm_auth print when winbindd does not answer at all.
-_NO_WINBINDD = ("could not obtain winbind", "reading winbind reply failed", "winbindd not running")
+#: libwbclient's code (wbclient.h) for "winbindd does not answer on its socket".
+WBC_WINBIND_NOT_AVAILABLE = "WBC_ERR_WINBIND_NOT_AVAILABLE"
+_CODES = re.compile(r"\b(?:WBC_ERR_[A-Z_]+|NT_STATUS_[A-Z0-9_]+)\b")
+#: What each cause found by ``wbinfo --ping-dc`` means, for messages.
+PING_CAUSES = {
+    "winbindd_unreachable": "ntlm_auth and wbinfo cannot reach winbindd: start winbindd (this "
+    "machine must be joined to the domain), or point windows.ntlm_auth_environment at its socket",
+    "domain_unreachable": "winbindd answers but cannot reach a domain controller of its domain: "
+    "check that the domain controllers are up and reachable from this machine",
+    "domain_trust": "this machine's trust with the domain is broken: re-join it (`net ads join`)",
+    "winbind_no_answer": "wbinfo --ping-dc did not answer in time: winbindd or the domain "
+    "controller is hung or very slow",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """What ``wbinfo --ping-dc`` said: ``ok``, or the ``cause`` its codes name (None when it
+    could not be asked), and its words (``said``)."""
+
+    ok: bool
+    cause: str | None
+    said: str
+
+
+def wbinfo_path(settings: WindowsSettings) -> Path:
+    """Samba's ``wbinfo``: beside ``windows.ntlm_auth`` (both come with winbind), else on
+    PATH."""
+    beside = Path(settings.ntlm_auth).with_name("wbinfo")
+    if beside.exists():
+        return beside
+    return Path(shutil.which("wbinfo") or "/usr/bin/wbinfo")
+
+
+async def ping_dc(settings: WindowsSettings) -> Ping:
+    """``wbinfo --ping-dc`` in ntlm_auth's environment: is winbindd there, and does it reach a
+    domain controller? Classified by libwbclient's and the domain's codes (``WBC_ERR_*``,
+    ``NT_STATUS_*``), never by the words around them."""
+    wbinfo = wbinfo_path(settings)
+    timeout = settings.ntlm_auth_timeout.total_seconds()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(wbinfo),
+            "--ping-dc",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **settings.ntlm_auth_environment},
+        )
+    except OSError as exc:
+        return Ping(False, None, f"cannot run {wbinfo}: {exc}")
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return Ping(False, "winbind_no_answer", f"no answer within {timeout:g} s")
+    said = _tail((out + err).decode(errors="replace"))
+    if process.returncode == 0:
+        return Ping(True, None, said)
+    codes = set(_CODES.findall(said))
+    if WBC_WINBIND_NOT_AVAILABLE in codes:
+        return Ping(False, "winbindd_unreachable", said)
+    if codes & DOMAIN_TRUST:
+        return Ping(False, "domain_trust", said)
+    if codes:  # winbindd answered: its NETLOGON check of the domain controller failed
+        return Ping(False, "domain_unreachable", said)
+    return Ping(False, None, said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +282,16 @@ class HelperPool:
                 while other and len(self._live) >= self.limit:
                     await self.discard(other.pop())
         if len(self._live) >= self.limit:
+            log.warning(
+                "NTLM sign-in refused: all %d ntlm_auth helpers are bound to handshakes in "
+                "progress [ntlm_helpers_busy]; raise windows.ntlm_helpers if this recurs",
+                self.limit,
+            )
             raise ServiceUnavailable(
                 f"all {self.limit} NTLM helper processes are busy with sign-ins in progress; "
                 "try again shortly",
                 details={"cause": "ntlm_helpers_busy"},
+                sign_in="Windows",
             )
         env = {**os.environ, **self.settings.ntlm_auth_environment}
         try:
@@ -235,7 +312,8 @@ class HelperPool:
             raise ServiceUnavailable(
                 "NTLM sign-in is unavailable: the ntlm_auth helper cannot be run",
                 details={"cause": "ntlm_auth_missing"},
-                reason=str(exc),
+                reason=f"cannot run {self.settings.ntlm_auth}: {exc}",
+                sign_in="Windows",
             ) from None
         helper = Helper(protocol, process)
         self._live.add(helper)
@@ -329,7 +407,7 @@ class WinbindNtlm:
                 "integrated Windows sign-in failed: the NTLM message was refused",
                 reason=f"ntlm_auth: {reply.code} {reply.text} {_tail(stderr)}".strip(),
             )
-        raise self._broken(reply.text, stderr)
+        raise await self._broken(reply.text, stderr)
 
     def _refusal(self, status: str, stderr: list[str]) -> SessiondError:
         status = status.split()[0] if status else "NT_STATUS_UNSUCCESSFUL"
@@ -368,21 +446,34 @@ class WinbindNtlm:
             reason += f" (wrong password, unknown account, or not a member of {group})"
         return InvalidCredentials("wrong login or password", reason=reason)
 
-    def _broken(self, text: str, stderr: str) -> ServiceUnavailable:
-        lowered = stderr.lower()
-        if any(marker in lowered for marker in _NO_WINBINDD):
+    async def _broken(self, text: str, stderr: str) -> ServiceUnavailable:
+        """ntlm_auth answered ``BH``: it could not have the answer checked. Its status
+        (``NT_STATUS_UNSUCCESSFUL`` for any failed request to winbindd) does not say why, so
+        winbindd is asked directly (``wbinfo --ping-dc``, over its public pipe): winbindd
+        down, the domain controller unreachable and a broken trust each have their code.
+        Only when winbindd and the domain controller both answer is the privileged pipe,
+        which only the NTLM check uses, the one that failed."""
+        status = text.split()[0] if text.split() else "BH"
+        ping = await ping_dc(self.settings)
+        detail = f"{stderr}\nwbinfo --ping-dc: {ping.said}".strip()
+        if ping.cause is not None:
             return self._unavailable(
-                "winbindd_unreachable",
-                "ntlm_auth cannot reach winbindd (is winbindd running, and is this machine "
-                "joined to the domain?)",
-                stderr,
+                ping.cause, f"{PING_CAUSES[ping.cause]} (ntlm_auth: {status}; wbinfo --ping-dc: "
+                f"{ping.said})", detail,
+            )  # fmt: skip
+        if ping.ok and status == "NT_STATUS_UNSUCCESSFUL":
+            return self._unavailable(
+                "winbind_privileged_pipe",
+                "ntlm_auth reached winbindd, and winbindd its domain controller, but the NTLM "
+                f"answer could not be checked: the account sessiond runs as (uid {os.geteuid()}) "
+                "needs winbindd's privileged pipe (add it to the winbindd_priv group)",
+                detail,
             )
         return self._unavailable(
-            "winbind_privileged_pipe",
-            "ntlm_auth reached winbindd but could not have the NTLM answer checked: the "
-            f"account sessiond runs as (uid {os.geteuid()}) needs winbindd's privileged pipe "
-            "(add it to the winbindd_priv group)",
-            f"{text} {stderr}".strip(),
+            "ntlm_auth_failed",
+            f"ntlm_auth could not have the NTLM answer checked ({status}; wbinfo --ping-dc: "
+            f"{ping.said})",
+            detail,
         )
 
     def _unavailable(self, cause: str, what: str, stderr: str) -> ServiceUnavailable:
@@ -390,7 +481,8 @@ class WinbindNtlm:
         return ServiceUnavailable(
             f"NTLM sign-in is unavailable: {what}",
             details={"cause": cause},
-            reason=_tail(stderr) or None,
+            reason=f"{what} {_tail(stderr)}".strip(),
+            sign_in="Windows",
         )
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
+from pathlib import Path
 from typing import Any, Self
 
 from ..errors import InvalidCredentials, ServiceUnavailable
@@ -27,6 +27,7 @@ from . import outside
 from .accounts import WindowsAccount, WindowsNames
 from .base import Authenticator, Claim, Identity, PasswordCredentials
 from .directory import WRONG, Directory, check_transport, must_change, warn_once
+from .environment import krb5_config_path, unreadable
 
 log = logging.getLogger("sessiond.auth")
 
@@ -269,6 +270,13 @@ class WindowsAuthenticator(Authenticator):
                 level=logging.WARNING,
             )
         if code in (KRB5_REALM_UNKNOWN, KRB5_REALM_CANT_RESOLVE, KRB5_CONFIG_NODEFREALM):
+            missing = unreadable(Path(config))  # MIT krb5 skips a krb5.conf it cannot open
+            if missing:
+                return _unavailable(
+                    "krb5_config",
+                    f"the Kerberos configuration {config} (windows.krb5_config) {missing}, so "
+                    f"no KDC is known for {account.realm} ({said})",
+                )
             return _unavailable(
                 "realm_unknown",
                 f"no KDC is known for {account.realm} ({said}): name its domain controllers "
@@ -361,6 +369,12 @@ class WindowsAuthenticator(Authenticator):
             )
         if code in _SKEW:
             return _unavailable("clock_skew", _SKEW_MESSAGE.format(said=said))
+        if code in (KRB5_CONFIG_BADFORMAT, KRB5_CONFIG_CANTOPEN):
+            return _unavailable(
+                "krb5_config",
+                f"the Kerberos configuration {_krb5_conf(s)} (windows.krb5_config) cannot be "
+                f"used ({said})",
+            )
         if code == KRB5_KDC_UNREACH:
             return _unavailable(
                 "kdc_unreachable",
@@ -380,11 +394,11 @@ def _unavailable(
     """A 503 naming the cause (``details.cause``, the same names as integrated sign-in's),
     and one log line saying it (and how to fix it)."""
     log.log(level, "Windows sign-in: %s [%s]%s", message, cause, f"; fix: {fix}" if fix else "")
-    return ServiceUnavailable(message, details={"cause": cause})
+    return ServiceUnavailable(message, details={"cause": cause}, sign_in="Windows")
 
 
 def _krb5_conf(settings: WindowsSettings) -> str:
-    return str(settings.krb5_config or os.environ.get("KRB5_CONFIG") or "/etc/krb5.conf")
+    return str(krb5_config_path(settings))
 
 
 def _minor(exc: Exception) -> tuple[int | None, str]:

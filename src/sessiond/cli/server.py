@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .._version import __version__
-from ..errors import SessiondError, StoreOutdated
+from ..errors import SessiondError, SettingsError, StoreOutdated
 from ..settings import Settings, load_settings
 from .common import (
     ConfigOption,
@@ -69,6 +69,11 @@ def serve(
         raise _fail(exc) from None
     logs.configure(settings)
     _warn_of_domain_lockout(settings)
+    from ..auth.checks import refusal, startup_problems
+
+    problems = startup_problems(settings)  # a broken krb5.conf or keytab: refused now, not
+    if problems:  # at the first sign-in (one line: the first problem)
+        raise _fail(SettingsError(refusal(problems[0])))
     try:  # before the store is touched: a port in use ends the start here, in one line
         listener = bind(settings.host, settings.port)
     except CannotListen as exc:

@@ -67,7 +67,7 @@ async def _csrf(request: Request, exc: Exception) -> Response:
 
 async def _sessiond_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SessiondError)
-    return error_page(request, exc.status, exc.message)
+    return error_page(request, exc.status, exc.public_message)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -104,7 +104,7 @@ async def sign_in(request: Request) -> Response:
     except SessiondError as exc:
         return await _page(
             request, "signin.html", title="Sign in", login=login, status=exc.status,
-            error=exc.message,
+            error=exc.public_message,
         )  # fmt: skip
     return await _signed_in(request, token)
 
@@ -155,7 +155,7 @@ async def change_password(request: Request) -> Response:
             PasswordCredentials(login, new, None), _client(request), address
         )
     except SessiondError as exc:
-        return await _change_page(request, login, status=exc.status, error=exc.message)
+        return await _change_page(request, login, status=exc.status, error=exc.public_message)
     return await _signed_in(request, token)
 
 
@@ -182,7 +182,12 @@ async def windows_sign_in(request: Request) -> Response:
     except SessiondError as exc:
         status = exc.status if not isinstance(exc, AuthenticationError) else 401
         return await _page(
-            request, "signin.html", title="Sign in", login="", status=status, error=exc.message
+            request,
+            "signin.html",
+            title="Sign in",
+            login="",
+            status=status,
+            error=exc.public_message,
         )
     signed_in = await _signed_in(request, token)
     if mutual:
