@@ -1,13 +1,13 @@
 """The worlds outside the event loop a sign-in waits on, each on threads of its own.
 
-Password checks block in C libraries: libkrb5 asking the KDC, libldap (python-ldap) talking
-to a directory, libargon2 hashing. Each of these gets an :class:`Outside`: a
-``ThreadPoolExecutor`` with a fixed number of workers, a bound on the callers waiting for one
-(beyond it: ``503 service_unavailable`` at once, ``details.cause`` ``kdc_busy`` /
-``directory_busy`` / ``argon2_busy``), and a per-call timeout after which the caller gets ``503`` with
-``kdc_timeout`` / ``directory_timeout`` and a message naming the setting. So a domain
-controller that stops answering takes the Kerberos threads, never the Argon2 ones: a platform
-administrator still signs in, and a Windows sign-in is answered within its timeout.
+Password checks block in C libraries: libkrb5 asking the KDC, libldap (python-ldap) talking to a
+directory, libargon2 hashing. Each of these gets an :class:`Outside`: a ``ThreadPoolExecutor``
+with a fixed number of workers, a bound on the callers waiting for one (beyond it: ``503
+service_unavailable`` at once, ``details.cause`` ``kdc_busy`` / ``directory_busy`` /
+``argon2_busy``), and a per-call timeout after which the caller gets ``503`` with
+``kdc_timeout`` / ``directory_timeout`` and a message naming the setting. So a domain controller
+that stops answering takes the Kerberos threads, never the Argon2 ones: a platform administrator
+still signs in, and a Windows sign-in is answered within its timeout.
 
 A thread blocked in libkrb5 or in a socket read cannot be cancelled from Python: after the
 timeout the caller is answered, but the thread stays busy until the library gives up by
