@@ -29,6 +29,7 @@ from .test_windows_ntlm import (
     _curl_ntlm,
     _open_windows,
     _toml_table,
+    add_user,
     domain_config,
     start_server,
 )
@@ -248,6 +249,8 @@ def test_winbindd_unreachable_is_named_so_when_ntlm_auth_says_nothing(
         _toml_table({**dc.wrapper_env(), "SELFTEST_WINBINDD_SOCKET_DIR": str(empty)}),
     )
     server = start_server(tmp_path / "server", config)
+    # A mapped account: one no user is mapped to is refused before the domain is asked.
+    add_user(server, "anyone", "--login-type", "Windows", "--account", "SAMBA\\anyone")
     try:
         status, body = _curl_ntlm(dc, _open_windows(server), "SAMBA\\anyone", PASSWORD)
     finally:
