@@ -1,6 +1,6 @@
 """Sign-in cost with the default Argon2 settings (time_cost 3, 64 MiB, parallelism 4).
 
-``open``: sessions opened per second through ``SessionService.open_session`` (in this process,
+``open``: sessions opened per second through ``service.signin.open_session`` (in this process,
 SQLite store in a temporary folder) and over HTTP (a ``sessiond serve`` process), against the
 hash-only rate: ``PasswordHasher.verify`` with the same parameters, the same concurrency, also
 in threads through ``asyncio.to_thread``. Rounds alternate hash, service, HTTP.
@@ -95,7 +95,7 @@ async def _open_rounds(config: Config, root: Path, server: Sessiond) -> None:
     try:
         logins = [f"opener{i}" for i in range(config.openers)]
         for login in logins:
-            await service.add_user(Actor.system(), login, password=PASSWORD)
+            await service.users.add_user(Actor.system(), login, password=PASSWORD)
         hasher = PasswordHasher(
             time_cost=defaults.time_cost,
             memory_cost=defaults.memory_cost,
@@ -110,7 +110,7 @@ async def _open_rounds(config: Config, root: Path, server: Sessiond) -> None:
 
         async def open_in_service(index: int) -> None:
             credentials = PasswordCredentials(logins[index % len(logins)], PASSWORD)
-            await service.open_session(credentials, client_info, "127.0.0.1")
+            await service.signin.open_session(credentials, client_info, "127.0.0.1")
 
         limits = httpx.Limits(max_connections=config.openers)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
@@ -170,14 +170,14 @@ def run_open(config: Config) -> None:
 async def _unknown_login_samples(config: Config, root: Path) -> None:
     service = await _service(root)
     try:
-        await service.add_user(Actor.system(), "known", password=PASSWORD)
+        await service.users.add_user(Actor.system(), "known", password=PASSWORD)
         client_info = ClientInfo()
 
         async def attempt(login: str) -> float:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(config.round_timeout):
-                    await service.open_session(
+                    await service.signin.open_session(
                         PasswordCredentials(login, "not the password"), client_info, "127.0.0.1"
                     )
             except InvalidCredentials:

@@ -28,30 +28,30 @@ SYSTEM = Actor.system()
 
 
 async def _actions(service: SessionService) -> list[str]:
-    return [r.action.wire for r in await service.audit_records()]
+    return [r.action.wire for r in await service.audit.records()]
 
 
 async def test_every_change_is_recorded_with_its_actor(make_service: Any) -> None:
     service = await make_service()
-    await service.add_user(
+    await service.users.add_user(
         SYSTEM, "chief", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
     )
-    token = await service.open_session(PasswordCredentials("chief", "pw-1234"), ClientInfo())
-    chief = Actor.of(await service.validate(token.to_auth_xml()), "10.0.0.7")
-    await service.add_user(chief, "olga", password="pw-1234")
-    await service.update_user(chief, "olga", name="Olga K.", time_zone_utc_offset=180)
-    await service.install_licence(
+    token = await service.signin.open_session(PasswordCredentials("chief", "pw-1234"), ClientInfo())
+    chief = Actor.of(await service.sessions.validate(token.to_auth_xml()), "10.0.0.7")
+    await service.users.add_user(chief, "olga", password="pw-1234")
+    await service.users.update_user(chief, "olga", name="Olga K.", time_zone_utc_offset=180)
+    await service.licensing.install(
         json.dumps({"Licence": licences.body(PersonalWeb=2)}), actor=chief
     )
-    await service.set_personal_licence(chief, "olga", LicenseType.PERSONAL_WEB, True)
-    await service.set_password(chief, "olga", "pw-5678")
-    await service.change_password("olga", "pw-5678", "pw-9012")
-    await service.set_blocked(chief, "olga", True)
-    await service.set_blocked(chief, "olga", False)
-    await service.remove_user(chief, "olga")
+    await service.users.set_personal_licence(chief, "olga", LicenseType.PERSONAL_WEB, True)
+    await service.users.set_password(chief, "olga", "pw-5678")
+    await service.signin.change_password("olga", "pw-5678", "pw-9012")
+    await service.users.set_blocked(chief, "olga", True)
+    await service.users.set_blocked(chief, "olga", False)
+    await service.users.remove_user(chief, "olga")
     records = [
         r
-        for r in await service.audit_records()
+        for r in await service.audit.records()
         if r.actor_id == chief.id or r.user_name in ("olga", "Olga K.")
     ]
     by_action = {r.action: r for r in records}
@@ -74,15 +74,15 @@ async def test_every_change_is_recorded_with_its_actor(make_service: Any) -> Non
     # The records about the removed user stay, with her id.
     assert {r.user_id for r in records if r.user_name == "Olga K."} == {removed.user_id}
     with pytest.raises(InvalidCredentials):
-        await service.open_session(PasswordCredentials("olga", "pw-9012"), ClientInfo())
-    assert (await service.verify_audit()).ok
+        await service.signin.open_session(PasswordCredentials("olga", "pw-9012"), ClientInfo())
+    assert (await service.audit.verify()).ok
 
 
 async def test_a_licence_installed_twice_is_recorded_once(make_service: Any) -> None:
     service = await make_service()
     body = json.dumps({"Licence": licences.body(ConcurrentClient=3)})
-    await service.install_licence(body)
-    await service.install_licence(body)
+    await service.licensing.install(body)
+    await service.licensing.install(body)
     assert (await _actions(service)).count("LicenceInstalled") == 1
 
 
@@ -95,7 +95,7 @@ async def test_settings_are_recorded_when_they_change_between_starts(make_servic
         await service.close()
     service = await make_service(server_code="node-1", touch_interval="30s")
     await service.start(install_licence_file=True)
-    records = [r for r in await service.audit_records(action=AuditAction.SETTINGS_CHANGED)]
+    records = [r for r in await service.audit.records(action=AuditAction.SETTINGS_CHANGED)]
     assert len(records) == 2  # the first start, and the change of touch_interval
     assert records[1].details["changed"] == {"touch_interval": ["PT1M", "PT30S"]}
     assert records[0].actor_name == "System"
@@ -197,18 +197,20 @@ async def test_two_nodes_writing_at_once_keep_one_chain(
         nodes.append(node)
     a, b = nodes
     try:
-        await a.add_user(SYSTEM, "pat", password="pw-1234")
+        await a.users.add_user(SYSTEM, "pat", password="pw-1234")
         attempts = []
         for i in range(60):
             node = nodes[i % 2]
             password = "pw-1234" if i % 3 else "wrong"
-            attempts.append(node.open_session(PasswordCredentials("pat", password), ClientInfo()))
+            attempts.append(
+                node.signin.open_session(PasswordCredentials("pat", password), ClientInfo())
+            )
         results = await asyncio.gather(*attempts, return_exceptions=True)
         assert Counter(type(r).__name__ for r in results) == {
             "SessionToken": 40,
             "InvalidCredentials": 20,
         }
-        report = await b.verify_audit()
+        report = await b.audit.verify()
         assert report.ok, report.problem
         assert report.checked == report.last_id >= 61
     finally:

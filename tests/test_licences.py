@@ -27,12 +27,12 @@ WEB = ClientInfo(service_type=ServiceType.WEB_CLIENT)
 async def _users(service: SessionService, count: int, prefix: str = "u") -> list[str]:
     logins = [f"{prefix}{i}" for i in range(count)]
     for login in logins:
-        await service.add_user(SYSTEM, login, password="pw-1234")
+        await service.users.add_user(SYSTEM, login, password="pw-1234")
     return logins
 
 
 async def _open(service: SessionService, login: str, client: ClientInfo = DESKTOP) -> Any:
-    return await service.open_session(PasswordCredentials(login, "pw-1234"), client)
+    return await service.signin.open_session(PasswordCredentials(login, "pw-1234"), client)
 
 
 # --- the file --------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ async def test_a_bad_licence_file_names_the_problem_and_the_last_good_one_stays(
 ) -> None:
     service = await make_service()
     good = licences.write_unsigned(tmp_path / "good.json")
-    assert (await service.install_licence_file(str(good))).seats_of(
+    assert (await service.licensing.install_file(str(good))).seats_of(
         LicenseType.CONCURRENT_CLIENT
     ) == 10
     cases = {
@@ -70,11 +70,11 @@ async def test_a_bad_licence_file_names_the_problem_and_the_last_good_one_stays(
         else:
             licences.write(path, document)
         with pytest.raises(LicenceInvalid, match=problem):
-            await service.install_licence_file(str(path))
+            await service.licensing.install_file(str(path))
         kept = await service.store.get_licence()
         assert kept is not None and kept.id == "L-2026-1", name
     with pytest.raises(LicenceInvalid, match="cannot read licence file"):
-        await service.install_licence_file(str(tmp_path / "missing.json"))
+        await service.licensing.install_file(str(tmp_path / "missing.json"))
 
 
 async def test_only_licences_signed_by_the_configured_key_are_accepted(
@@ -82,17 +82,17 @@ async def test_only_licences_signed_by_the_configured_key_are_accepted(
 ) -> None:
     issuer, stranger = licences.Issuer(), licences.Issuer()
     service = await make_service(licence_public_key=issuer.public_key)
-    signed = await service.install_licence_file(str(issuer.write(tmp_path / "signed.json")))
+    signed = await service.licensing.install_file(str(issuer.write(tmp_path / "signed.json")))
     assert signed.signed
     tampered = json.loads((tmp_path / "signed.json").read_text())
     tampered["Licence"]["ConcurrentClient"] = 10_000
     licences.write(tmp_path / "tampered.json", tampered)
     with pytest.raises(LicenceInvalid, match="signature does not match"):
-        await service.install_licence_file(str(tmp_path / "tampered.json"))
+        await service.licensing.install_file(str(tmp_path / "tampered.json"))
     with pytest.raises(LicenceInvalid, match="signature does not match"):
-        await service.install_licence_file(str(stranger.write(tmp_path / "other.json")))
+        await service.licensing.install_file(str(stranger.write(tmp_path / "other.json")))
     with pytest.raises(LicenceInvalid, match="not signed"):
-        await service.install_licence_file(str(licences.write_unsigned(tmp_path / "plain.json")))
+        await service.licensing.install_file(str(licences.write_unsigned(tmp_path / "plain.json")))
     installed = await service.store.get_licence()
     assert installed is not None and installed.seats_of(LicenseType.CONCURRENT_CLIENT) == 10
 
@@ -101,7 +101,7 @@ async def test_an_expired_licence_refuses_new_sessions(
     make_service: Any, tmp_path: Path, clock: Clock
 ) -> None:
     service = await make_service()
-    await service.install_licence_file(
+    await service.licensing.install_file(
         str(licences.write_unsigned(tmp_path / "l.json", ValidTo="2026-11-25T00:00:00Z"))
     )
     [login] = await _users(service, 1)
@@ -119,7 +119,7 @@ async def test_web_and_desktop_clients_take_their_own_seats(
     make_service: Any, tmp_path: Path
 ) -> None:
     service = await make_service()
-    await service.install_licence(
+    await service.licensing.install(
         json.dumps({"Licence": licences.body(ConcurrentClient=2, ConcurrentWeb=1)})
     )
     logins = await _users(service, 3)
@@ -131,33 +131,33 @@ async def test_web_and_desktop_clients_take_their_own_seats(
     assert refused.value.status == 429
     desktop = await _open(service, logins[1])
     assert desktop.license_type == LicenseType.CONCURRENT_CLIENT
-    usage = await service.licence_usage(SYSTEM)
+    usage = await service.licensing.usage(SYSTEM)
     assert usage["Seats"]["ConcurrentWeb"] == {"InUse": 1, "Seats": 1}
     assert usage["Seats"]["ConcurrentClient"] == {"InUse": 1, "Seats": 2}
 
 
 async def test_personal_licences_belong_to_named_users(make_service: Any) -> None:
     service = await make_service()
-    await service.install_licence(
+    await service.licensing.install(
         json.dumps({"Licence": licences.body(ConcurrentClient=0, PersonalClient=1)})
     )
     alice, bob = await _users(service, 2)
     with pytest.raises(LicenceLimitReached, match="0 of 0 concurrent client"):
         await _open(service, alice)
-    await service.set_personal_licence(SYSTEM, alice, LicenseType.PERSONAL_CLIENT, True)
+    await service.users.set_personal_licence(SYSTEM, alice, LicenseType.PERSONAL_CLIENT, True)
     with pytest.raises(LicenceLimitReached, match="1 of 1 personal client licences"):
-        await service.set_personal_licence(SYSTEM, bob, LicenseType.PERSONAL_CLIENT, True)
+        await service.users.set_personal_licence(SYSTEM, bob, LicenseType.PERSONAL_CLIENT, True)
     first, second = await _open(service, alice), await _open(service, alice)
     assert first.license_type == second.license_type == LicenseType.PERSONAL_CLIENT
-    await service.set_personal_licence(SYSTEM, alice, LicenseType.PERSONAL_CLIENT, False)
-    await service.set_personal_licence(SYSTEM, bob, LicenseType.PERSONAL_CLIENT, True)
+    await service.users.set_personal_licence(SYSTEM, alice, LicenseType.PERSONAL_CLIENT, False)
+    await service.users.set_personal_licence(SYSTEM, bob, LicenseType.PERSONAL_CLIENT, True)
 
 
 async def test_deactivate_oldest_keeps_exactly_the_seats_and_audits_each_displacement(
     make_service: Any,
 ) -> None:
     service = await make_service(licence_policy="deactivate_oldest")
-    await service.install_licence(json.dumps({"Licence": licences.body(ConcurrentClient=10)}))
+    await service.licensing.install(json.dumps({"Licence": licences.body(ConcurrentClient=10)}))
     logins = await _users(service, 5)
     results = await asyncio.gather(
         *(_open(service, logins[i % 5]) for i in range(200)), return_exceptions=True
@@ -167,7 +167,7 @@ async def test_deactivate_oldest_keeps_exactly_the_seats_and_audits_each_displac
     assert all(isinstance(r, LicenceLimitReached) for r in refused), refused[:3]
     assert all("none of them is yours" in r.message for r in refused)  # type: ignore[union-attr]
     assert len(await service.store.list_sessions()) == 10
-    displaced = await service.audit_records(action=AuditAction.SESSION_DEACTIVATED)
+    displaced = await service.audit.records(action=AuditAction.SESSION_DEACTIVATED)
     assert len(displaced) == len(opened) - 10 > 0
     assert len({r.session_id for r in displaced}) == len(displaced)
     assert all(r.details["license_type"] == "ConcurrentClient" for r in displaced)
@@ -178,7 +178,7 @@ async def test_deactivate_oldest_keeps_exactly_the_seats_and_audits_each_displac
 
 async def test_200_concurrent_opens_in_process_for_10_seats(make_service: Any) -> None:
     service = await make_service()
-    await service.install_licence(json.dumps({"Licence": licences.body(ConcurrentClient=10)}))
+    await service.licensing.install(json.dumps({"Licence": licences.body(ConcurrentClient=10)}))
     logins = await _users(service, 20)
     results = await asyncio.gather(
         *(_open(service, logins[i % 20]) for i in range(200)), return_exceptions=True
@@ -303,11 +303,11 @@ async def test_a_smaller_licence_warns_about_personal_licences_given_out(
     make_service: Any,
 ) -> None:
     service = await make_service()
-    await service.install_licence(json.dumps({"Licence": licences.body(PersonalWeb=2)}))
+    await service.licensing.install(json.dumps({"Licence": licences.body(PersonalWeb=2)}))
     for login in await _users(service, 2, prefix="p"):
-        await service.set_personal_licence(SYSTEM, login, LicenseType.PERSONAL_WEB, True)
-    await service.install_licence(json.dumps({"Licence": licences.body(PersonalWeb=1)}))
-    usage = await service.licence_usage(SYSTEM)
+        await service.users.set_personal_licence(SYSTEM, login, LicenseType.PERSONAL_WEB, True)
+    await service.licensing.install(json.dumps({"Licence": licences.body(PersonalWeb=1)}))
+    usage = await service.licensing.usage(SYSTEM)
     assert usage["Seats"]["PersonalWeb"] == {"InUse": 2, "Seats": 1}
     assert usage["Warnings"] == [
         "2 personal web licences are given out, more than the 1 licence L-2026-1 allows; take "

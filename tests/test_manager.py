@@ -25,7 +25,7 @@ async def app_client(make_service: Any) -> Any:
     service: SessionService = await make_service(
         security={"session_inactivity_time": "30m"}, session_expiration_time_span="8h"
     )
-    await service.add_user(SYSTEM, "uma", password="Uma-pw-1")
+    await service.users.add_user(SYSTEM, "uma", password="Uma-pw-1")
     app = create_asgi(service.settings, service)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     yield service, AsyncSessionClient("http://sessiond.test", http=http)
@@ -72,7 +72,7 @@ async def test_the_manager_reopens_after_absolute_expiry_and_reports_version_cha
             assert result["UserLogin"] == "uma"
         assert manager.reopened == 1  # the 8-hour lifetime ran out once
         before = client.configuration_version
-        await service.increment_configuration_version(SYSTEM)
+        await service.configuration.increment(SYSTEM)
         await manager.keep_alive()
         await manager.keep_alive()
         assert changes == [(before, before + 1)]
@@ -188,7 +188,7 @@ async def test_a_client_subscribes_to_configuration_changes(app_client: Any) -> 
     waiter = asyncio.create_task(client.wait_for_configuration_change(wait=20))
     await asyncio.sleep(0.1)  # let the long poll reach the server
     assert not waiter.done()
-    await service.increment_configuration_version(SYSTEM)
+    await service.configuration.increment(SYSTEM)
     assert await asyncio.wait_for(waiter, 10) == before + 1
     assert client.configuration_version == before + 1
     # with nothing changing, the wait ends after `wait` seconds with the same version

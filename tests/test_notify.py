@@ -14,7 +14,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -51,8 +51,9 @@ RECONNECT_WAIT = 30.0  # the listener's backoff is at most 5 s between attempts
 
 
 class Node(SessionService):
-    """A node that keeps what it heard of revoked sessions: ``revoked`` is the hook where a
-    session cache drops what it holds; here it only records, so the test can wait for it."""
+    """A node that keeps what it heard of revoked sessions: the notices on which a session
+    cache drops what it holds (``revoked``, and ``resumed``: which went is not known); here it
+    also records them, so the test can wait for it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,8 +61,11 @@ class Node(SessionService):
         self._heard = asyncio.Condition()
         self._telling: set[asyncio.Task[None]] = set()
 
-    def revoked(self, session_ids: Collection[UUID] | None) -> None:
-        super().revoked(session_ids)
+    def notified(self, notice: Notice) -> None:
+        super().notified(notice)
+        if notice.kind not in ("revoked", "resumed"):
+            return
+        session_ids = notice.session_ids if notice.kind == "revoked" else None
         self.heard.append(None if session_ids is None else frozenset(session_ids))
         task = asyncio.get_running_loop().create_task(self._tell())
         self._telling.add(task)
@@ -159,7 +163,7 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> 
 
 
 async def _open(node: SessionService, login: str, password: str = "pw-1234") -> str:
-    token = await node.open_session(PasswordCredentials(login, password), CLIENT)
+    token = await node.signin.open_session(PasswordCredentials(login, password), CLIENT)
     return token.to_auth_xml()
 
 
@@ -171,83 +175,83 @@ async def test_an_increment_on_one_node_reaches_the_others_before_any_poll(
 ) -> None:
     a, b = await nodes(2, configuration_poll_interval=60)
     [deaf] = await nodes(1, name="deaf", listen=False, configuration_poll_interval=60)
-    before = await b.configuration_version()
-    assert await deaf.configuration_version() == before
-    waiting = asyncio.create_task(b.wait_for_configuration_change(before, WAIT))
+    before = await b.configuration.version()
+    assert await deaf.configuration.version() == before
+    waiting = asyncio.create_task(b.configuration.wait_for_change(before, WAIT))
     await asyncio.sleep(0)  # the long poll is waiting on b before the increment
-    info = await a.increment_configuration_version(SYSTEM)
+    info = await a.configuration.increment(SYSTEM)
     assert info.version == before + 1
     # b's long poll woke with the new version; every answer of b carries it from now on.
     assert await waiting == before + 1
-    assert await b.configuration_version() == before + 1
+    assert await b.configuration.version() == before + 1
     assert b.configuration.last_known == before + 1
     # A node that does not listen still answers the old version: only its poll (60 s) would
     # bring the new one, so b had it from the notification.
-    assert await deaf.configuration_version() == before
+    assert await deaf.configuration.version() == before
     assert b.store.listening is True and deaf.store.listening is False
 
 
 async def test_increments_on_several_nodes_reach_every_node_in_order(nodes: MakeNodes) -> None:
     made = await nodes(3, configuration_poll_interval=60)
-    before = await made[0].configuration_version()
+    before = await made[0].configuration.version()
     for round_no in range(1, 4):
         for node in made:
-            await node.increment_configuration_version(SYSTEM)
+            await node.configuration.increment(SYSTEM)
         target = before + 3 * round_no
         for node in made:
-            assert await node.wait_for_configuration_change(target - 1, WAIT) == target
+            assert await node.configuration.wait_for_change(target - 1, WAIT) == target
 
 
 async def test_a_close_on_one_node_is_refused_at_once_on_the_other_and_announced(
     nodes: MakeNodes,
 ) -> None:
     a, b = await nodes(2, configuration_poll_interval=60)
-    await a.add_user(SYSTEM, "nina", password="pw-1234")
+    await a.users.add_user(SYSTEM, "nina", password="pw-1234")
     auth = await _open(a, "nina")
-    session_id = (await b.validate(auth)).id
-    assert await a.close_session(auth) is True
+    session_id = (await b.sessions.validate(auth)).id
+    assert await a.sessions.close_session(auth) is True
     # Exact without waiting for anything: b reads the session row at its very next request.
     with pytest.raises(SessionNotFound):
-        await b.validate(auth)
+        await b.sessions.validate(auth)
     # And b's revocation hook hears of it, naming the session.
     await b.hear(lambda: b.heard_of(session_id))
 
 
 async def test_every_way_sessions_end_is_announced(nodes: MakeNodes, clock: Clock) -> None:
     a, b = await nodes(2, configuration_poll_interval=60)
-    await a.add_user(SYSTEM, "olga", password="pw-1234")
-    await a.add_user(SYSTEM, "petr", password="pw-1234")
-    left = (await a.validate(await _open(a, "olga"))).id
-    one = (await a.validate(await _open(a, "olga"))).id
-    assert await a.close_session_as_admin(SYSTEM, one) is True
+    await a.users.add_user(SYSTEM, "olga", password="pw-1234")
+    await a.users.add_user(SYSTEM, "petr", password="pw-1234")
+    left = (await a.sessions.validate(await _open(a, "olga"))).id
+    one = (await a.sessions.validate(await _open(a, "olga"))).id
+    assert await a.sessions.close_session_as_admin(SYSTEM, one) is True
     await b.hear(lambda: b.heard_of(one))
-    petr = [(await a.validate(await _open(a, "petr"))).id for _ in range(3)]
+    petr = [(await a.sessions.validate(await _open(a, "petr"))).id for _ in range(3)]
     assert await a.close_user_sessions(SYSTEM, "petr") == 3
     await b.hear(lambda: all(b.heard_of(s) for s in petr))
     # The sweeper, once the lifetime has passed.
     clock.advance(days=8)
-    assert await a.sweep() == 1
+    assert await a.sessions.sweep() == 1
     await b.hear(lambda: b.heard_of(left))
 
 
 async def test_a_rolled_back_deletion_is_never_announced(nodes: MakeNodes) -> None:
     a, b = await nodes(2, configuration_poll_interval=60)
-    await a.add_user(SYSTEM, "rita", password="pw-1234")
-    kept = (await a.validate(await _open(a, "rita"))).id
+    await a.users.add_user(SYSTEM, "rita", password="pw-1234")
+    kept = (await a.sessions.validate(await _open(a, "rita"))).id
     closed_auth = await _open(a, "rita")
-    closed = (await a.validate(closed_auth)).id
+    closed = (await a.sessions.validate(closed_auth)).id
     with pytest.raises(RuntimeError):
         async with a.store.write() as tx:
             decide = a.sessions.closing(a.clock(), AuditAction.LOGOUT, SYSTEM)
             gone = await tx.delete_sessions(SessionFilter(session_ids=(kept,)), decide)
             assert [r.id for r in gone] == [kept]  # deleted, and announced at a commit...
             raise RuntimeError("...that never comes")
-    assert await a.close_session(closed_auth) is True
+    assert await a.sessions.close_session(closed_auth) is True
     # Notifications arrive in commit order: once the later close is heard, the rolled-back
     # deletion would have been heard before it — and it was not.
     await b.hear(lambda: b.heard_of(closed))
     assert not b.heard_of(kept)
-    assert (await b.validate(await _auth_of(a, kept))).id == kept
+    assert (await b.sessions.validate(await _auth_of(a, kept))).id == kept
 
 
 async def _auth_of(node: SessionService, session_id: UUID) -> str:
@@ -260,9 +264,9 @@ async def test_many_revoked_sessions_are_named_in_several_notifications(
     nodes: MakeNodes,
 ) -> None:
     a, b = await nodes(2, configuration_poll_interval=60)
-    await a.add_user(SYSTEM, "sara", password="pw-1234")
+    await a.users.add_user(SYSTEM, "sara", password="pw-1234")
     count = IDS_PER_PAYLOAD + 8  # more than one payload holds
-    ids = {(await a.validate(await _open(a, "sara"))).id for _ in range(count)}
+    ids = {(await a.sessions.validate(await _open(a, "sara"))).id for _ in range(count)}
     assert await a.close_user_sessions(SYSTEM, "sara") == count
     await b.hear(lambda: all(b.heard_of(s) for s in ids))
     batches = [heard for heard in b.heard if heard is not None and heard & ids]
@@ -303,7 +307,7 @@ async def _warm(*made: SessionService) -> None:
     """Have each node's write pool hold several open connections, which keep working while the
     database refuses new ones (a node may use two at once: a request and a re-read)."""
     for node in made:
-        await asyncio.gather(*(node.list_users(SYSTEM) for _ in range(5)))
+        await asyncio.gather(*(node.users.list_users(SYSTEM) for _ in range(5)))
 
 
 async def _cut_listener(admin: asyncpg.Connection, database: str, node: str) -> int:
@@ -317,17 +321,17 @@ async def test_while_the_listener_is_down_polling_brings_changes(
     nodes: MakeNodes, admin: asyncpg.Connection, database: str
 ) -> None:
     a, b = await nodes(2, name="poll", configuration_poll_interval=0.2)
-    before = (await a.increment_configuration_version(SYSTEM)).version
-    assert await b.wait_for_configuration_change(before - 1, WAIT) == before
+    before = (await a.configuration.increment(SYSTEM)).version
+    assert await b.configuration.wait_for_change(before - 1, WAIT) == before
     await _warm(a, b)
     await _refuse_new_connections(admin, database, True)
     try:
         await _cut_listener(admin, database, "poll-1")
         await _until(lambda: _is(b.store.listening, False))
-        info = await a.increment_configuration_version(SYSTEM)
+        info = await a.configuration.increment(SYSTEM)
         assert info.version == before + 1
         # b cannot listen again (no new connection gets in), yet its poll brings the change.
-        assert await b.wait_for_configuration_change(before, WAIT) == before + 1
+        assert await b.configuration.wait_for_change(before, WAIT) == before + 1
         assert b.store.listening is False
     finally:
         await _refuse_new_connections(admin, database, False)
@@ -338,31 +342,31 @@ async def test_the_listener_comes_back_rereads_once_and_hears_again(
     nodes: MakeNodes, admin: asyncpg.Connection, database: str
 ) -> None:
     a, b = await nodes(2, name="back", configuration_poll_interval=60)
-    await a.add_user(SYSTEM, "tom", password="pw-1234")
+    await a.users.add_user(SYSTEM, "tom", password="pw-1234")
     missed_auth = await _open(a, "tom")
-    missed = (await a.validate(missed_auth)).id
-    before = await b.configuration_version()
+    missed = (await a.sessions.validate(missed_auth)).id
+    before = await b.configuration.version()
     await _warm(a, b)
     await _refuse_new_connections(admin, database, True)
     try:
         first = await _cut_listener(admin, database, "back-1")
         await _until(lambda: _is(b.store.listening, False))
         # Announced while b cannot hear: lost for b, and its poll is 60 s away.
-        await a.increment_configuration_version(SYSTEM)
-        assert await a.close_session(missed_auth) is True
-        assert await b.configuration_version() == before
+        await a.configuration.increment(SYSTEM)
+        assert await a.sessions.close_session(missed_auth) is True
+        assert await b.configuration.version() == before
     finally:
         await _refuse_new_connections(admin, database, False)
     # Back: b re-reads once (the long poll wakes with the version it missed) and forgets
     # every session it might keep, since it cannot know which were revoked meanwhile.
-    assert await b.wait_for_configuration_change(before, RECONNECT_WAIT) == before + 1
+    assert await b.configuration.wait_for_change(before, RECONNECT_WAIT) == before + 1
     await b.hear(lambda: None in b.heard)
     assert not b.heard_of(missed)
     second = await _listener_pid(admin, database, "back-1")
     assert second is not None and second != first
     # And it hears again: the next increment, long before its poll could run.
-    await a.increment_configuration_version(SYSTEM)
-    assert await b.wait_for_configuration_change(before + 1, WAIT) == before + 2
+    await a.configuration.increment(SYSTEM)
+    assert await b.configuration.wait_for_change(before + 1, WAIT) == before + 2
 
 
 async def test_a_cut_listener_reconnects_on_its_own(
@@ -376,9 +380,9 @@ async def test_a_cut_listener_reconnects_on_its_own(
         return pid is not None and pid != first and bool(b.store.listening)
 
     await _until(listening_again, RECONNECT_WAIT)
-    before = await b.configuration_version()
-    await a.increment_configuration_version(SYSTEM)
-    assert await b.wait_for_configuration_change(before, WAIT) == before + 1
+    before = await b.configuration.version()
+    await a.configuration.increment(SYSTEM)
+    assert await b.configuration.wait_for_change(before, WAIT) == before + 1
 
 
 async def _is(value: object, expected: bool) -> bool:
@@ -410,7 +414,7 @@ async def test_nodes_never_open_more_connections_than_their_budget(
     made = await nodes(3, name="budget", database_connections=budget)
     logins = [f"user{i}" for i in range(10)]
     for login in logins:
-        await made[0].add_user(SYSTEM, login, password="pw-1234")
+        await made[0].users.add_user(SYSTEM, login, password="pw-1234")
     peak: Counter[str] = Counter()
     done = asyncio.Event()
 
@@ -432,7 +436,7 @@ async def test_nodes_never_open_more_connections_than_their_budget(
     async def sign_in_and_validate(i: int) -> str:
         node = made[i % 3]
         auth = await _open(node, logins[i % 10])
-        await made[(i + 1) % 3].validate(auth)
+        await made[(i + 1) % 3].sessions.validate(auth)
         return auth
 
     results = await asyncio.gather(*(sign_in_and_validate(i) for i in range(100)))
@@ -450,10 +454,10 @@ async def test_no_free_connection_is_a_503_naming_the_setting(nodes: MakeNodes) 
     assert node.store.pools.write == 1  # type: ignore[attr-defined]
     async with node.store.write():  # holds the one write connection
         with pytest.raises(ServiceUnavailable) as refused:
-            await node.list_users(SYSTEM)
+            await node.users.list_users(SYSTEM)
     assert refused.value.status == 503
     assert "database_connections" in refused.value.message
-    assert [u.login for u in await node.list_users(SYSTEM)] == []  # free again
+    assert [u.login for u in await node.users.list_users(SYSTEM)] == []  # free again
 
 
 # --- 4. two server processes -----------------------------------------------------------------
@@ -636,14 +640,16 @@ async def test_a_hash_is_redone_at_sign_in_when_the_preset_changes(
         return found.time_cost, found.memory_cost, found.parallelism
 
     before = await make_service(argon2={"preset": "keycloak"})
-    await before.add_user(SYSTEM, "uma", password="Uma-pw-12")
-    user = await before.get_user_by_login("uma")
+    await before.users.add_user(SYSTEM, "uma", password="Uma-pw-12")
+    user = await before.users.get_user_by_login("uma")
     assert numbers(user.password_hash) == ARGON2_PRESETS["keycloak"]
-    await before.open_session(PasswordCredentials("uma", "Uma-pw-12"), CLIENT)
-    assert (await before.get_user_by_login("uma")).password_hash == user.password_hash
+    await before.signin.open_session(PasswordCredentials("uma", "Uma-pw-12"), CLIENT)
+    assert (await before.users.get_user_by_login("uma")).password_hash == user.password_hash
     # The same store, with the preset changed: the next sign-in redoes the hash.
     after = await make_service(argon2={"preset": "owasp"})
-    await after.open_session(PasswordCredentials("uma", "Uma-pw-12"), CLIENT)
-    rehashed = (await after.get_user_by_login("uma")).password_hash
+    await after.signin.open_session(PasswordCredentials("uma", "Uma-pw-12"), CLIENT)
+    rehashed = (await after.users.get_user_by_login("uma")).password_hash
     assert numbers(rehashed) == ARGON2_PRESETS["owasp"]
-    await after.open_session(PasswordCredentials("uma", "Uma-pw-12"), CLIENT)  # still signs in
+    await after.signin.open_session(
+        PasswordCredentials("uma", "Uma-pw-12"), CLIENT
+    )  # still signs in

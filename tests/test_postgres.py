@@ -83,51 +83,55 @@ async def test_a_session_closed_on_one_node_is_refused_by_the_others(
     nodes: Callable[..., Any],
 ) -> None:
     a, b = await nodes(2)
-    await a.add_user(SYSTEM, "nina", password="Nina-pw-1")
-    token = await a.open_session(PasswordCredentials("nina", "Nina-pw-1"), CLIENT)
+    await a.users.add_user(SYSTEM, "nina", password="Nina-pw-1")
+    token = await a.signin.open_session(PasswordCredentials("nina", "Nina-pw-1"), CLIENT)
     auth = token.to_auth_xml()
-    assert (await b.validate(auth)).token == token
-    assert await a.close_session(auth) is True
+    assert (await b.sessions.validate(auth)).token == token
+    assert await a.sessions.close_session(auth) is True
     with pytest.raises(SessionNotFound):
-        await b.validate(auth)
+        await b.sessions.validate(auth)
 
 
 async def test_two_nodes_closing_one_session_at_once_close_it_once(
     nodes: Callable[..., Any],
 ) -> None:
     a, b = await nodes(2)
-    await a.add_user(SYSTEM, "oleg", password="Oleg-pw-1")
+    await a.users.add_user(SYSTEM, "oleg", password="Oleg-pw-1")
     for _ in range(10):
         auth = (
-            await a.open_session(PasswordCredentials("oleg", "Oleg-pw-1"), CLIENT)
+            await a.signin.open_session(PasswordCredentials("oleg", "Oleg-pw-1"), CLIENT)
         ).to_auth_xml()
-        results = await asyncio.gather(a.close_session(auth), b.close_session(auth))
+        results = await asyncio.gather(
+            a.sessions.close_session(auth), b.sessions.close_session(auth)
+        )
         assert sorted(results) == [False, True]
-    assert len(await a.audit_records(action=AuditAction.LOGOUT)) == 10
+    assert len(await a.audit.records(action=AuditAction.LOGOUT)) == 10
 
 
 async def test_the_configuration_version_is_shared(nodes: Callable[..., Any]) -> None:
     a, b = await nodes(2)
-    before = await b.configuration_version()
-    await asyncio.gather(*(a.increment_configuration_version(SYSTEM) for _ in range(5)))
-    await asyncio.gather(*(b.increment_configuration_version(SYSTEM) for _ in range(5)))
-    assert await a.configuration_version() == await b.configuration_version() == before + 10
+    before = await b.configuration.version()
+    await asyncio.gather(*(a.configuration.increment(SYSTEM) for _ in range(5)))
+    await asyncio.gather(*(b.configuration.increment(SYSTEM) for _ in range(5)))
+    assert await a.configuration.version() == await b.configuration.version() == before + 10
 
 
 async def test_200_concurrent_opens_on_three_nodes_for_10_seats(
     nodes: Callable[..., Any],
 ) -> None:
     a, b, c = await nodes(3)
-    await a.install_licence(json.dumps({"Licence": licences.body(ConcurrentClient=10)}))
+    await a.licensing.install(json.dumps({"Licence": licences.body(ConcurrentClient=10)}))
     for node in (b, c):  # the other nodes read the licence from the database
-        await node.configuration_version()
+        await node.configuration.version()
     logins = [f"racer{i}" for i in range(20)]
     for login in logins:
-        await a.add_user(SYSTEM, login, password="pw-1234")
+        await a.users.add_user(SYSTEM, login, password="pw-1234")
     services = (a, b, c)
     results = await asyncio.gather(
         *(
-            services[i % 3].open_session(PasswordCredentials(logins[i % 20], "pw-1234"), CLIENT)
+            services[i % 3].signin.open_session(
+                PasswordCredentials(logins[i % 20], "pw-1234"), CLIENT
+            )
             for i in range(200)
         ),
         return_exceptions=True,
@@ -141,20 +145,22 @@ async def test_deactivate_oldest_across_nodes_keeps_the_seat_count(
     nodes: Callable[..., Any],
 ) -> None:
     a, b = await nodes(2, licence_policy="deactivate_oldest")
-    await a.install_licence(json.dumps({"Licence": licences.body(ConcurrentClient=4)}))
-    await b.configuration_version()
+    await a.licensing.install(json.dumps({"Licence": licences.body(ConcurrentClient=4)}))
+    await b.configuration.version()
     for i in range(2):
-        await a.add_user(SYSTEM, f"pair{i}", password="pw-1234")
+        await a.users.add_user(SYSTEM, f"pair{i}", password="pw-1234")
     results = await asyncio.gather(
         *(
-            (a, b)[i % 2].open_session(PasswordCredentials(f"pair{i % 2}", "pw-1234"), CLIENT)
+            (a, b)[i % 2].signin.open_session(
+                PasswordCredentials(f"pair{i % 2}", "pw-1234"), CLIENT
+            )
             for i in range(40)
         ),
         return_exceptions=True,
     )
     opened = [r for r in results if not isinstance(r, BaseException)]
     assert len(await a.store.list_sessions()) == 4
-    displaced = await a.audit_records(action=AuditAction.SESSION_DEACTIVATED)
+    displaced = await a.audit.records(action=AuditAction.SESSION_DEACTIVATED)
     assert len(displaced) == len(opened) - 4
 
 
@@ -222,16 +228,17 @@ async def test_concurrent_validations_each_get_their_own_session(
     nodes: Callable[..., Any],
 ) -> None:
     a, b = await nodes(2)
-    await a.add_user(SYSTEM, "vlad", password="Vlad-pw-1")
+    await a.users.add_user(SYSTEM, "vlad", password="Vlad-pw-1")
     tokens = [
-        (await a.open_session(PasswordCredentials("vlad", "Vlad-pw-1"), CLIENT)) for _ in range(60)
+        (await a.signin.open_session(PasswordCredentials("vlad", "Vlad-pw-1"), CLIENT))
+        for _ in range(60)
     ]
     closed = tokens[::3]
     for token in closed:
-        assert await a.close_session(token.to_auth_xml()) is True
+        assert await a.sessions.close_session(token.to_auth_xml()) is True
     # Many validations at once on node b are read together; each must get its own answer.
     results = await asyncio.gather(
-        *(b.validate(t.to_auth_xml()) for t in tokens * 3), return_exceptions=True
+        *(b.sessions.validate(t.to_auth_xml()) for t in tokens * 3), return_exceptions=True
     )
     for token, result in zip(tokens * 3, results, strict=True):
         if token in closed:
@@ -251,19 +258,19 @@ async def test_two_administrators_demoting_each_other_on_two_nodes_leave_one(
     for round_no in range(5):
         pair = (f"ann{round_no}", f"bob{round_no}")
         for login in pair:
-            await a.add_user(
+            await a.users.add_user(
                 SYSTEM, login, password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
             )
-        for user in await a.list_users(SYSTEM):  # only this pair may administer
+        for user in await a.users.list_users(SYSTEM):  # only this pair may administer
             if user.is_administrator and user.login not in pair:
-                await a.update_user(SYSTEM, user.login, access_level=AccessLevel.REGULAR)
+                await a.users.update_user(SYSTEM, user.login, access_level=AccessLevel.REGULAR)
         results = await asyncio.gather(
-            a.update_user(SYSTEM, pair[0], access_level=AccessLevel.REGULAR),
-            b.update_user(SYSTEM, pair[1], access_level=AccessLevel.REGULAR),
+            a.users.update_user(SYSTEM, pair[0], access_level=AccessLevel.REGULAR),
+            b.users.update_user(SYSTEM, pair[1], access_level=AccessLevel.REGULAR),
             return_exceptions=True,
         )
         kinds = sorted(type(r).__name__ for r in results)
         assert kinds == ["Conflict", "UserRecord"], results
         assert any(isinstance(r, Conflict) for r in results)
-        admins = [u.login for u in await b.list_users(SYSTEM) if u.is_administrator]
+        admins = [u.login for u in await b.users.list_users(SYSTEM) if u.is_administrator]
         assert len(admins) == 1 and admins[0] in pair

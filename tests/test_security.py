@@ -26,7 +26,7 @@ SYSTEM = Actor.system()
 
 
 async def _sign_in(service: SessionService, login: str, password: str) -> Any:
-    return await service.open_session(PasswordCredentials(login, password), ClientInfo())
+    return await service.signin.open_session(PasswordCredentials(login, password), ClientInfo())
 
 
 async def _fail(service: SessionService, login: str, times: int) -> None:
@@ -36,7 +36,7 @@ async def _fail(service: SessionService, login: str, times: int) -> None:
 
 
 async def _reasons(service: SessionService, login: str) -> list[str]:
-    failed = await service.audit_records(action=AuditAction.LOGIN_FAILED)
+    failed = await service.audit.records(action=AuditAction.LOGIN_FAILED)
     return [r.details["reason"] for r in failed if r.details.get("login") == login]
 
 
@@ -47,7 +47,7 @@ async def test_a_user_is_blocked_after_n_failures_until_an_administrator_unblock
     make_service: Any, clock: Clock
 ) -> None:
     service = await make_service(security={"max_failed_login_attempts_before_blocked": 3})
-    await service.add_user(SYSTEM, "ivan", password="right-pw")
+    await service.users.add_user(SYSTEM, "ivan", password="right-pw")
     await _fail(service, "ivan", 2)
     await _sign_in(service, "ivan", "right-pw")  # a success starts the count again
     await _fail(service, "ivan", 3)
@@ -58,10 +58,10 @@ async def test_a_user_is_blocked_after_n_failures_until_an_administrator_unblock
     with pytest.raises(InvalidCredentials):
         await _sign_in(service, "ivan", "right-pw")
     assert await _reasons(service, "ivan") == ["wrong login or password"] * 5 + [NOT_CHECKED] * 2
-    [record] = await service.audit_records(action=AuditAction.USER_BLOCKED)
+    [record] = await service.audit.records(action=AuditAction.USER_BLOCKED)
     assert record.user_name == "ivan" and "3 failed sign-ins" in record.details["reason"]
     assert record.details["until"] is None and record.actor_name == "System"
-    await service.set_blocked(SYSTEM, "ivan", False)
+    await service.users.set_blocked(SYSTEM, "ivan", False)
     await _sign_in(service, "ivan", "right-pw")
 
 
@@ -75,7 +75,7 @@ async def test_failures_in_a_series_block_for_the_block_duration(
             "blocked_series_due_date_time": "15m",
         }
     )
-    await service.add_user(SYSTEM, "olga", password="right-pw")
+    await service.users.add_user(SYSTEM, "olga", password="right-pw")
     for _ in range(4):  # slow failures never make a series
         await _fail(service, "olga", 1)
         clock.advance(minutes=3)
@@ -83,9 +83,9 @@ async def test_failures_in_a_series_block_for_the_block_duration(
     await _fail(service, "olga", 2)
     clock.advance(minutes=4)
     await _fail(service, "olga", 1)  # the third inside five minutes
-    user = await service.get_user_by_login("olga")
+    user = await service.users.get_user_by_login("olga")
     assert user.blocked and user.blocked_due_date == clock.now + timedelta(minutes=15)
-    [record] = await service.audit_records(action=AuditAction.USER_BLOCKED)
+    [record] = await service.audit.records(action=AuditAction.USER_BLOCKED)
     assert record.details["until"] == user.blocked_due_date.isoformat()
     with pytest.raises(InvalidCredentials):
         await _sign_in(service, "olga", "right-pw")
@@ -94,7 +94,7 @@ async def test_failures_in_a_series_block_for_the_block_duration(
         await _sign_in(service, "olga", "right-pw")
     clock.advance(minutes=2)
     await _sign_in(service, "olga", "right-pw")
-    user = await service.get_user_by_login("olga")
+    user = await service.users.get_user_by_login("olga")
     assert not user.blocked and user.failed_series_count == 0
 
 
@@ -103,9 +103,9 @@ async def test_a_blocked_user_sees_the_block_only_after_the_right_password(
 ) -> None:
     """Without a lockout the password is checked as for anyone; only the right one is told
     about the block."""
-    await service.add_user(SYSTEM, "vera", password="right-pw")
+    await service.users.add_user(SYSTEM, "vera", password="right-pw")
     until = clock.now + timedelta(hours=1)
-    await service.set_blocked(SYSTEM, "vera", True, until)
+    await service.users.set_blocked(SYSTEM, "vera", True, until)
     with pytest.raises(InvalidCredentials):
         await _sign_in(service, "vera", "wrong")
     with pytest.raises(UserBlocked) as blocked:
@@ -121,10 +121,10 @@ async def test_unblocking_clears_every_failure_count(make_service: Any) -> None:
             "max_failed_login_attempts_in_series": 3,
         }
     )
-    await service.add_user(SYSTEM, "petr", password="right-pw")
+    await service.users.add_user(SYSTEM, "petr", password="right-pw")
     await _fail(service, "petr", 3)
-    await service.set_blocked(SYSTEM, "petr", False)
-    user = await service.get_user_by_login("petr")
+    await service.users.set_blocked(SYSTEM, "petr", False)
+    user = await service.users.get_user_by_login("petr")
     assert (user.failed_attempts, user.failed_series_count, user.blocked) == (0, 0, False)
     await _fail(service, "petr", 2)  # a fresh series: two more do not block
     await _sign_in(service, "petr", "right-pw")
@@ -149,7 +149,7 @@ async def test_lockout_spares_directory_users_unless_asked(
         )
         uid = f"{prefix}-ldap"
         ldap_server.add_user(uid, "Ldap-pw-1")
-        await service.add_user(SYSTEM, uid, login_type=LoginType.LDAP)
+        await service.users.add_user(SYSTEM, uid, login_type=LoginType.LDAP)
         await _fail(service, uid, 2)
         if block_them:
             with pytest.raises(InvalidCredentials):
@@ -177,19 +177,19 @@ async def test_password_rules_refuse_short_weak_and_reused_passwords(make_servic
         ("Abcdefgh12", "strength"),
     ):
         with pytest.raises(PasswordRejected) as refused:
-            await service.add_user(SYSTEM, "pavel", password=weak)
+            await service.users.add_user(SYSTEM, "pavel", password=weak)
         assert refused.value.code == "password_rejected" and refused.value.status == 422
         assert refused.value.details["rule"] == rule
-    await service.add_user(SYSTEM, "pavel", password="First-pw-1")
-    await service.change_password("pavel", "First-pw-1", "Second-pw-2")
+    await service.users.add_user(SYSTEM, "pavel", password="First-pw-1")
+    await service.signin.change_password("pavel", "First-pw-1", "Second-pw-2")
     for reused in ("First-pw-1", "Second-pw-2"):
         with pytest.raises(PasswordRejected, match="used recently") as refused:
-            await service.change_password("pavel", "Second-pw-2", reused)
+            await service.signin.change_password("pavel", "Second-pw-2", reused)
         assert refused.value.details["rule"] == "reuse"
-    await service.change_password("pavel", "Second-pw-2", "Third-pw-3")
-    await service.change_password("pavel", "Third-pw-3", "First-pw-1")  # three back: allowed
+    await service.signin.change_password("pavel", "Second-pw-2", "Third-pw-3")
+    await service.signin.change_password("pavel", "Third-pw-3", "First-pw-1")  # three back: allowed
     with pytest.raises(InvalidCredentials):
-        await service.change_password("pavel", "not-mine", "Fourth-pw-4")
+        await service.signin.change_password("pavel", "not-mine", "Fourth-pw-4")
 
 
 async def test_an_expired_password_is_refused_until_it_is_changed(
@@ -201,13 +201,13 @@ async def test_an_expired_password_is_refused_until_it_is_changed(
             "password_expiration_notification_time": "5d",
         }
     )
-    user = await service.add_user(SYSTEM, "rita", password="Rita-pw-1")
+    user = await service.users.add_user(SYSTEM, "rita", password="Rita-pw-1")
     clock.advance(days=24)
     await _sign_in(service, "rita", "Rita-pw-1")
-    assert await service.password_expires(user.id) is None
+    assert await service.users.password_expires(user.id) is None
     clock.advance(days=2)  # inside the warning period
     await _sign_in(service, "rita", "Rita-pw-1")
-    assert await service.password_expires(user.id) == user.created + timedelta(days=30)
+    assert await service.users.password_expires(user.id) == user.created + timedelta(days=30)
     clock.advance(days=5)
     with pytest.raises(PasswordExpired) as expired:
         await _sign_in(service, "rita", "Rita-pw-1")
@@ -215,7 +215,7 @@ async def test_an_expired_password_is_refused_until_it_is_changed(
     assert "change it" in expired.value.message
     with pytest.raises(InvalidCredentials):  # a wrong password is not told it has expired
         await _sign_in(service, "rita", "wrong")
-    await service.change_password("rita", "Rita-pw-1", "Rita-pw-2")
+    await service.signin.change_password("rita", "Rita-pw-1", "Rita-pw-2")
     await _sign_in(service, "rita", "Rita-pw-2")
 
 
@@ -225,39 +225,39 @@ async def test_the_sweeper_removes_expired_and_idle_sessions_and_audits_them(
     service = await make_service(
         session_expiration_time_span="8h", security={"session_inactivity_time": "1h"}
     )
-    await service.add_user(SYSTEM, "sam", password="Sam-pw-1")
+    await service.users.add_user(SYSTEM, "sam", password="Sam-pw-1")
     busy = (await _sign_in(service, "sam", "Sam-pw-1")).to_auth_xml()
     idle = (await _sign_in(service, "sam", "Sam-pw-1")).to_auth_xml()
-    assert await service.sweep() == 0
+    assert await service.sessions.sweep() == 0
     for _ in range(3):
         clock.advance(minutes=40)
-        await service.validate(busy)
-    assert await service.sweep() == 1  # the idle one
+        await service.sessions.validate(busy)
+    assert await service.sessions.sweep() == 1  # the idle one
     with pytest.raises(SessionNotFound):
-        await service.validate(idle)
+        await service.sessions.validate(idle)
     for _ in range(12):
         clock.advance(minutes=40)
         try:
-            await service.validate(busy)
+            await service.sessions.validate(busy)
         except SessionExpired:
             break
     else:
         pytest.fail("the session outlived its absolute lifetime")
-    records = await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+    records = await service.audit.records(action=AuditAction.SESSION_EXPIRED)
     reasons = [(r.details["reason"], r.details.get("by")) for r in records]
     assert reasons == [("inactivity", "sweeper"), ("absolute lifetime", None)]
-    assert await service.sweep() == 0
+    assert await service.sessions.sweep() == 0
 
 
 async def test_an_administrator_closes_all_sessions_of_a_user(make_service: Any) -> None:
     service = await make_service()
-    await service.add_user(SYSTEM, "tom", password="Tom-pw-1")
+    await service.users.add_user(SYSTEM, "tom", password="Tom-pw-1")
     tokens = [(await _sign_in(service, "tom", "Tom-pw-1")).to_auth_xml() for _ in range(3)]
     assert await service.close_user_sessions(SYSTEM, "tom") == 3
     for token in tokens:
         with pytest.raises(SessionNotFound):
-            await service.validate(token)
-    closed = await service.audit_records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
+            await service.sessions.validate(token)
+    closed = await service.audit.records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
     assert len(closed) == 3 and all(r.actor_name == "System" for r in closed)
 
 
@@ -298,13 +298,13 @@ async def test_closing_a_users_sessions_counts_only_those_still_open(
     make_service: Any, clock: Clock
 ) -> None:
     service = await make_service(session_expiration_time_span="1h")
-    await service.add_user(SYSTEM, "una", password="Una-pw-1")
+    await service.users.add_user(SYSTEM, "una", password="Una-pw-1")
     await _sign_in(service, "una", "Una-pw-1")
     clock.advance(minutes=61)  # the first has ended, but the sweeper has not come by
     for _ in range(2):
         await _sign_in(service, "una", "Una-pw-1")
     assert await service.close_user_sessions(SYSTEM, "una") == 2
-    closed = await service.audit_records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
-    expired = await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+    closed = await service.audit.records(action=AuditAction.SESSION_CLOSED_BY_ADMIN)
+    expired = await service.audit.records(action=AuditAction.SESSION_EXPIRED)
     assert len(closed) == 2 and len(expired) == 1
     assert expired[0].details == {"reason": "absolute lifetime"}

@@ -39,11 +39,11 @@ async def test_the_database_file_is_in_wal_mode_and_migrated(
 
 async def test_starting_twice_on_the_same_file_keeps_the_data(make_service: Any) -> None:
     first = await make_service()
-    created = await first.ensure_first_administrator()
+    created = await first.users.ensure_first_administrator()
     assert created is not None
     await first.close()
     second = await make_service()
-    assert await second.ensure_first_administrator() is None
+    assert await second.users.ensure_first_administrator() is None
     assert [u.login for u in await second.store.list_users()] == ["admin"]
 
 
@@ -60,16 +60,16 @@ async def test_a_session_removed_by_another_process_is_refused_at_once(
     from sessiond.models import ClientInfo
     from sessiond.service import Actor
 
-    await service.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
-    token = await service.open_session(PasswordCredentials("zoe", "Zoe-pw-1"), ClientInfo())
+    await service.users.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
+    token = await service.signin.open_session(PasswordCredentials("zoe", "Zoe-pw-1"), ClientInfo())
     auth = token.to_auth_xml()
     for _ in range(3):  # read, then remembered
-        await service.validate(auth)
+        await service.sessions.validate(auth)
     # Another process (here: another connection, as the CLI would be) deletes the row.
     with sqlite3.connect(tmp_path / "data" / "sessiond.db") as other:
         other.execute("DELETE FROM sessions WHERE id = ?", (token.session_id.hex,))
     with pytest.raises(SessionNotFound):
-        await service.validate(auth)
+        await service.sessions.validate(auth)
 
 
 def test_the_head_revision_named_in_the_schema_is_alembics() -> None:
@@ -92,9 +92,11 @@ async def test_touches_move_last_activity_forward_only(
 
     monkeypatch.setattr("sessiond.store.sqlite._ONE_STATEMENT", one_statement)
     service = await make_service()
-    await service.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
+    await service.users.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
     credentials = PasswordCredentials("zoe", "Zoe-pw-1")
-    ids = [(await service.open_session(credentials, ClientInfo())).session_id for _ in range(3)]
+    ids = [
+        (await service.signin.open_session(credentials, ClientInfo())).session_id for _ in range(3)
+    ]
     before = {s.id: s.last_activity for s in await service.store.list_sessions()}
     later, earlier = before[ids[0]] + timedelta(minutes=5), before[ids[1]] - timedelta(minutes=5)
     await service.store.touch_sessions({ids[0]: later, ids[1]: earlier})

@@ -67,7 +67,7 @@ async def _try(
     domain: str | None = DOMAIN,
 ) -> str:
     try:
-        await service.open_session(
+        await service.signin.open_session(
             PasswordCredentials(login, password, domain), ClientInfo(), address
         )
     except InvalidCredentials as refused:
@@ -87,7 +87,7 @@ KINDS = {
 
 
 async def _reasons(service: SessionService, login: str) -> Counter[str]:
-    records = await service.audit_records(action=AuditAction.LOGIN_FAILED)
+    records = await service.audit.records(action=AuditAction.LOGIN_FAILED)
     return Counter(
         next(kind for prefix, kind in KINDS.items() if r.details["reason"].startswith(prefix))
         for r in records
@@ -109,7 +109,7 @@ async def _race(nodes: list[SessionService], ldap_server: LdapServer) -> None:
     assert await _try(nodes[0], account, "Right-pw-1", "10.9.0.1") == "refused"
     reasons = await _reasons(nodes[0], account)
     assert reasons == {"checked: wrong password": 5, "limit reached": 1, "refused unchecked": 28}
-    records = await nodes[0].audit_records(action=AuditAction.LOGIN_FAILED)
+    records = await nodes[0].audit.records(action=AuditAction.LOGIN_FAILED)
     keys = {
         r.details["reason"].split(" reached for ")[1].split(": refused")[0]
         for r in records
@@ -124,7 +124,7 @@ async def _race(nodes: list[SessionService], ldap_server: LdapServer) -> None:
         *(_try(nodes[i % len(nodes)], login, "x", address) for i, login in enumerate(logins))
     )
     assert set(results) == {"refused"}
-    records = await nodes[0].audit_records(action=AuditAction.LOGIN_FAILED)
+    records = await nodes[0].audit.records(action=AuditAction.LOGIN_FAILED)
     by_address = Counter(
         r.details["reason"].split(";")[0] for r in records if r.client_address == address
     )

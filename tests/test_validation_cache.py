@@ -40,14 +40,14 @@ def _render(record: SessionRecord) -> bytes:
 
 async def _opened(service: SessionService, login: str = "cached") -> str:
     if await service.store.find_user_by_login(login) is None:
-        await service.add_user(SYSTEM, login, password="pw-1234")
-    token = await service.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
+        await service.users.add_user(SYSTEM, login, password="pw-1234")
+    token = await service.signin.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
     return token.to_auth_xml()
 
 
 async def _warm(service: SessionService, auth: str) -> None:
     for _ in range(3):
-        assert await service.validate_view(auth, None, _render)
+        assert await service.sessions.validate_view(auth, None, _render)
     assert len(service.sessions._known) >= 1
 
 
@@ -59,15 +59,15 @@ async def test_an_ended_session_is_refused_at_once_though_cached(
     )
     closed = await _opened(service)
     await _warm(service, closed)
-    assert await service.close_session(closed) is True
+    assert await service.sessions.close_session(closed) is True
     with pytest.raises(SessionNotFound):
-        await service.validate_view(closed, None, _render)
+        await service.sessions.validate_view(closed, None, _render)
 
     blocked = await _opened(service, "blocked")
     await _warm(service, blocked)
-    await service.set_blocked(SYSTEM, "blocked", True)
+    await service.users.set_blocked(SYSTEM, "blocked", True)
     with pytest.raises(SessionNotFound):
-        await service.validate_view(blocked, None, _render)
+        await service.sessions.validate_view(blocked, None, _render)
 
     # Deleted by another process (the command line, a second server on the same file).
     elsewhere = await _opened(service)
@@ -83,20 +83,20 @@ async def test_an_ended_session_is_refused_at_once_though_cached(
     # the validations of one turn; see the test below).
     await asyncio.sleep(0)
     with pytest.raises(SessionNotFound):
-        await service.validate_view(elsewhere, None, _render)
+        await service.sessions.validate_view(elsewhere, None, _render)
 
     idle = await _opened(service)
     await _warm(service, idle)
     clock.advance(minutes=61)
     with pytest.raises(SessionExpired):
-        await service.validate_view(idle, None, _render)
+        await service.sessions.validate_view(idle, None, _render)
 
     old = await _opened(service)
     await _warm(service, old)
     for _ in range(9):  # busy, but past its absolute lifetime
         clock.advance(minutes=55)
         try:
-            await service.validate_view(old, None, _render)
+            await service.sessions.validate_view(old, None, _render)
         except SessionExpired:
             break
     else:
@@ -110,25 +110,25 @@ async def test_only_the_token_text_that_was_checked_uses_the_cache(make_service:
     token = AuthToken.from_xml(auth)
     forged = auth.replace(token.signature, "A" * 43 + "=")
     with pytest.raises(TokenSignatureInvalid):
-        await service.validate_view(forged, None, _render)
+        await service.sessions.validate_view(forged, None, _render)
     spaced = auth.replace(" UserID", "  UserID")  # the same values, spelled differently
-    assert await service.validate_view(spaced, None, _render) == _render(
-        await service.validate(auth)
+    assert await service.sessions.validate_view(spaced, None, _render) == _render(
+        await service.sessions.validate(auth)
     )
     with pytest.raises(TokenInvalid):
-        await service.validate_view(auth[:-3], None, _render)
+        await service.sessions.validate_view(auth[:-3], None, _render)
 
 
 async def test_the_cache_is_bounded_and_evicts_one_entry_at_a_time(make_service: Any) -> None:
     service = await make_service(validation_cache_entries=10)
     tokens = [await _opened(service) for _ in range(30)]
     for auth in tokens:
-        await service.validate_view(auth, None, _render)
+        await service.sessions.validate_view(auth, None, _render)
     assert len(service.sessions._known) == 10
     for auth in tokens[-10:]:  # the most recent ten are the ones kept
         assert AuthToken.from_xml(auth).session_id.int in service.sessions._known
     for auth in tokens:  # and the rest still validate, read afresh
-        assert await service.validate_view(auth, None, _render)
+        assert await service.sessions.validate_view(auth, None, _render)
 
 
 def test_a_session_closed_by_another_process_is_refused_at_the_next_request(
@@ -178,16 +178,16 @@ async def test_a_session_closed_on_another_node_is_refused_at_its_next_request(
             auth = await _opened(a, f"pg-{close}")
             await _warm(b, auth)
             if close == "close":
-                assert await a.close_session(auth) is True
+                assert await a.sessions.close_session(auth) is True
                 expected: type[Exception] = SessionNotFound
             elif close == "block":
-                await a.set_blocked(SYSTEM, f"pg-{close}", True)
+                await a.users.set_blocked(SYSTEM, f"pg-{close}", True)
                 expected = SessionNotFound
             else:
                 clock.advance(days=8)
                 expected = SessionExpired
             with pytest.raises(expected):
-                await b.validate_view(auth, None, _render)
+                await b.sessions.validate_view(auth, None, _render)
     finally:
         for node in nodes:
             await node.close()
@@ -201,10 +201,10 @@ async def test_a_cached_answer_is_given_back_byte_for_byte(
     monkeypatch.setattr("sessiond.service.sessions.PACK_FROM", 2)
     service = await make_service()
     tokens = [await _opened(service) for _ in range(5)]
-    first = [await service.validate_view(auth, None, _render) for auth in tokens]  # misses
+    first = [await service.sessions.validate_view(auth, None, _render) for auth in tokens]  # misses
     kept = [service.sessions._known.get(AuthToken.from_xml(a).session_id.int) for a in tokens]
     assert [k.packed for k in kept if k is not None] == [False, False, True, True, True]
-    again = [await service.validate_view(auth, None, _render) for auth in tokens]  # hits
+    again = [await service.sessions.validate_view(auth, None, _render) for auth in tokens]  # hits
     assert again == first
     for view, auth in zip(again, tokens, strict=True):
         assert json.loads(view)["SessionID"] == str(AuthToken.from_xml(auth).session_id)
@@ -256,7 +256,7 @@ async def test_one_epoch_read_serves_one_turn_of_the_event_loop(
     await asyncio.sleep(0)
     assert service.store.session_epoch(key) == first + 1  # the next turn reads again
     with pytest.raises(SessionNotFound):
-        await service.validate_view(auth, None, _render)
+        await service.sessions.validate_view(auth, None, _render)
 
 
 async def test_a_removal_moves_only_its_buckets_epoch(make_service: Any, tmp_path: Path) -> None:
@@ -303,9 +303,9 @@ async def test_touches_and_new_sessions_leave_the_cache_valid(
     await asyncio.sleep(0)
     assert service.store.session_epoch(key) == epoch
     clock.advance(minutes=20)  # 70 minutes after this node last saw it, 20 after the other
-    view = await service.validate_view(auth, None, _render)
+    view = await service.sessions.validate_view(auth, None, _render)
     assert json.loads(view)["SessionID"] == str(AuthToken.from_xml(auth).session_id)
-    assert not await service.audit_records(action=AuditAction.SESSION_EXPIRED)
+    assert not await service.audit.records(action=AuditAction.SESSION_EXPIRED)
 
 
 async def test_a_store_without_the_removal_count_validates_without_the_cache_epoch(
@@ -326,7 +326,7 @@ async def test_a_store_without_the_removal_count_validates_without_the_cache_epo
         db.execute("DELETE FROM sessions WHERE id = ?", (AuthToken.from_xml(auth).session_id.hex,))
     db.close()
     with pytest.raises(SessionNotFound):  # read every time: still refused at once
-        await service.validate_view(auth, None, _render)
+        await service.sessions.validate_view(auth, None, _render)
 
 
 async def test_sweeping_sessions_past_their_lifetime_leaves_the_cache_valid(
@@ -344,7 +344,7 @@ async def test_sweeping_sessions_past_their_lifetime_leaves_the_cache_valid(
             "UPDATE sessions SET expires = '2000-01-01 00:00:00.000000' WHERE id = ?",
             (ended.hex,),
         )
-    assert await service.sweep() == 1
+    assert await service.sessions.sweep() == 1
     await asyncio.sleep(0)
     assert service.store.session_epoch(ended.int) == epochs[ended]
     with db:

@@ -478,16 +478,18 @@ async def test_windows_passwords_by_directory_bind_with_auto_provisioning(
     )
     uid = _unique("liam")
     ldap_server.add_user(uid, "Liam-pw-1")
-    token = await service.open_session(PasswordCredentials(uid, "Liam-pw-1", DOMAIN), ClientInfo())
+    token = await service.signin.open_session(
+        PasswordCredentials(uid, "Liam-pw-1", DOMAIN), ClientInfo()
+    )
     assert token.login_type == LoginType.WINDOWS and token.user_login == f"{DOMAIN}\\{uid}"
     user = await service.store.find_user_by_account(f"{DOMAIN}\\{uid}")
     assert user is not None and user.access_level == AccessLevel.REGULAR
-    again = await service.open_session(
+    again = await service.signin.open_session(
         PasswordCredentials(f"{uid}@{REALM}", "Liam-pw-1"), ClientInfo()
     )
     assert again.user_id == user.id
     with pytest.raises(InvalidCredentials):
-        await service.open_session(PasswordCredentials(uid, "wrong", DOMAIN), ClientInfo())
+        await service.signin.open_session(PasswordCredentials(uid, "wrong", DOMAIN), ClientInfo())
 
 
 async def test_ldap_users_are_provisioned_from_the_directory_when_allowed(
@@ -502,10 +504,10 @@ async def test_ldap_users_are_provisioned_from_the_directory_when_allowed(
     uid = _unique("mona")
     ldap_server.add_user(uid, "Mona-pw-1", cn="Mona M.")
     with pytest.raises(InvalidCredentials):  # as a wrong password: no oracle
-        await strict.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
+        await strict.signin.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
     await strict.close()
     open_door = await make_service(ldap={**ldap, "auto_provision": True})
-    token = await open_door.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
+    token = await open_door.signin.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
     assert token.login_type == LoginType.LDAP and token.user_name == "Mona M."
-    failed = await open_door.audit_records(action=AuditAction.LOGIN_FAILED)
+    failed = await open_door.audit.records(action=AuditAction.LOGIN_FAILED)
     assert any("not mapped" in str(r.details) for r in failed)

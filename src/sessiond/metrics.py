@@ -275,8 +275,8 @@ async def refresh(service: SessionService) -> None:
     STORE_LISTENING.set(1 if service.store.listening else 0)
     CONFIGURATION_VERSION.set(service.configuration.last_known)
     try:
-        CONFIGURATION_VERSION.set(await service.configuration_version())
-        usage = await service.licensing.usage()
+        CONFIGURATION_VERSION.set(await service.configuration.version())
+        seats = await service.licensing.seats()
         engine = getattr(service.store, "engine", None)
         counts = {}
         if engine is not None:
@@ -292,7 +292,7 @@ async def refresh(service: SessionService) -> None:
         OPEN_SESSIONS.labels(kind.wire).set(count)
     SEATS_FREE.clear()
     for name in SEAT_FIELDS:
-        seat = usage["Seats"][name]
+        seat = seats[name]
         SEATS_IN_USE.labels(name).set(seat["InUse"])
         if seat["Seats"] is not None:
             SEATS_FREE.labels(name).set(max(0, seat["Seats"] - seat["InUse"]))

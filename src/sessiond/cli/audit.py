@@ -76,7 +76,7 @@ def audit_export(
 def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Check the audit trail's hash chain: exits 1 naming the first edited, removed or
     inserted record; prints the last record's id and hash to keep somewhere safe."""
-    report = _with_service(config, lambda s: s.verify_audit())
+    report = _with_service(config, lambda s: s.audit.verify())
     if not report.ok:
         err.print(
             f"[red]audit trail broken[/red] at record {report.record_id}: "

@@ -29,7 +29,7 @@ def config_show(
     config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
 ) -> None:
     """Show the configuration version and build information."""
-    info = _with_service(config, lambda s: s.get_configuration())
+    info = _with_service(config, lambda s: s.configuration.get())
     if as_json:
         _print_json(info.to_dict())
         return
@@ -39,6 +39,4 @@ def config_show(
 @config_app.command("increment-version")
 def config_increment(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Increment the configuration version: every client drops its caches."""
-    _print_configuration(
-        _with_service(config, lambda s: s.increment_configuration_version(Actor.system()))
-    )
+    _print_configuration(_with_service(config, lambda s: s.configuration.increment(Actor.system())))

@@ -74,4 +74,4 @@ def keys_retire(key_id: str, config: ConfigOption = None, data_dir: DataDirOptio
 
 def _record(config: Path | None, action: AuditAction, key_id: str) -> None:
     """The audit record first: a change the trail cannot record is not made."""
-    _with_service(config, lambda s: s.record_key_change(Actor.system(), action, key_id))
+    _with_service(config, lambda s: s.audit.record_key_change(Actor.system(), action, key_id))

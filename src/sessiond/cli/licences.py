@@ -31,7 +31,7 @@ def licences_show(
     config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
 ) -> None:
     """The installed licence and how many seats of each kind are in use."""
-    usage = _with_service(config, lambda s: s.licence_usage(Actor.system()))
+    usage = _with_service(config, lambda s: s.licensing.usage(Actor.system()))
     if as_json:
         _print_json(usage)
         for warning in usage["Warnings"]:
@@ -64,7 +64,7 @@ def licences_install(
     """Check a licence file and install it for every node (a bad one changes nothing)."""
 
     async def action(s: SessionService) -> tuple[Any, list[str]]:
-        licence = await s.install_licence_file(str(file))
+        licence = await s.licensing.install_file(str(file))
         return licence, await s.licensing.warnings()
 
     licence, warnings = _with_service(config, action)
@@ -76,7 +76,7 @@ def licences_install(
 @licences_app.command("reload")
 def licences_reload(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Install the licence file named by the licence_file setting again."""
-    licence = _with_service(config, lambda s: s.install_licence_file())
+    licence = _with_service(config, lambda s: s.licensing.install_file())
     out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
 
 

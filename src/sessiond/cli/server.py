@@ -84,7 +84,7 @@ def serve(
         service = build_service(settings)
         await service.start()
         try:
-            created = await service.ensure_first_administrator()
+            created = await service.users.ensure_first_administrator()
         finally:
             await service.close()
         _announce_first_administrator(created)
@@ -119,7 +119,7 @@ def init(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
         service = build_service(settings)
         await service.start()
         try:
-            return before, await service.ensure_first_administrator()
+            return before, await service.users.ensure_first_administrator()
         finally:
             await service.close()
 

@@ -32,8 +32,8 @@ def sessions_list(
     """List open sessions."""
 
     async def action(s: SessionService) -> Any:
-        user_id = (await s.get_user_by_login(user)).id if user else None
-        return await s.list_sessions(Actor.system(), user_id)
+        user_id = (await s.users.get_user_by_login(user)).id if user else None
+        return await s.sessions.list_sessions(Actor.system(), user_id)
 
     records = _with_service(config, action)
     if as_json:
@@ -72,5 +72,5 @@ def sessions_close(
         return
     assert session_id is not None
     sid = session_id
-    closed = _with_service(config, lambda s: s.close_session_as_admin(Actor.system(), sid))
+    closed = _with_service(config, lambda s: s.sessions.close_session_as_admin(Actor.system(), sid))
     out.print("closed" if closed else "that session was not open")

@@ -49,7 +49,7 @@ def users_add(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     user = _with_service(
         config,
-        lambda s: s.add_user(
+        lambda s: s.users.add_user(
             Actor.system(),
             login,
             name=name,
@@ -95,7 +95,7 @@ def users_update(
     level = None if admin is None else (AccessLevel.ADMINISTRATOR if admin else AccessLevel.REGULAR)
 
     async def action(s: SessionService) -> Any:
-        user = await s.update_user(
+        user = await s.users.update_user(
             Actor.system(),
             login,
             name=name,
@@ -109,7 +109,9 @@ def users_update(
             (LicenseType.PERSONAL_WEB, personal_web),
         ):
             if holds is not None:
-                user = await s.set_personal_licence(Actor.system(), user.login, kind_of, holds)
+                user = await s.users.set_personal_licence(
+                    Actor.system(), user.login, kind_of, holds
+                )
         return user
 
     user = _with_service(config, action)
@@ -128,7 +130,7 @@ def users_list(
     config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
 ) -> None:
     """List users."""
-    users = _with_service(config, lambda s: s.list_users(Actor.system()))
+    users = _with_service(config, lambda s: s.users.list_users(Actor.system()))
     if as_json:
         from ..server.routes import user_info
 
@@ -165,7 +167,7 @@ def users_set_password(
         _run(_require_store(_settings(config)))  # before asking for a password it cannot store
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
     new = password
-    _with_service(config, lambda s: s.set_password(Actor.system(), login, new))
+    _with_service(config, lambda s: s.users.set_password(Actor.system(), login, new))
     out.print(f"password of {login} changed", highlight=False)
 
 
@@ -181,14 +183,14 @@ def users_block(
     """Block a user from signing in."""
 
     end = until.replace(tzinfo=until.tzinfo or UTC) if until else None
-    _with_service(config, lambda s: s.set_blocked(Actor.system(), login, True, end))
+    _with_service(config, lambda s: s.users.set_blocked(Actor.system(), login, True, end))
     out.print(f"{login} blocked" + (f" until {_time(end)}" if end else ""), highlight=False)
 
 
 @users_app.command("unblock")
 def users_unblock(login: str, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Lift a user's block."""
-    _with_service(config, lambda s: s.set_blocked(Actor.system(), login, False))
+    _with_service(config, lambda s: s.users.set_blocked(Actor.system(), login, False))
     out.print(f"{login} unblocked", highlight=False)
 
 
@@ -202,5 +204,5 @@ def users_remove(
     """Remove a user: their sessions end; every audit record about them stays."""
     if not yes:
         typer.confirm(f"Remove user {login}? Their sessions end.", abort=True)
-    user = _with_service(config, lambda s: s.remove_user(Actor.system(), login))
+    user = _with_service(config, lambda s: s.users.remove_user(Actor.system(), login))
     out.print(f"removed {user.login} ({user.id})", highlight=False)

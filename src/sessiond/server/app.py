@@ -122,7 +122,7 @@ async def _sweep_forever(service: SessionService) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            swept = await service.sweep()
+            swept = await service.sessions.sweep()
             if swept:
                 log.info("removed %d expired sessions", swept)
         except ServiceUnavailable as exc:

@@ -67,7 +67,10 @@ class FastValidation:
             auth = session_header(scope["headers"])
             if not auth:
                 raise SessionRequired()
-            status, payload = 200, await self.service.validate_view(auth, address, self._view)
+            status, payload = (
+                200,
+                await self.service.sessions.validate_view(auth, address, self._view),
+            )
         except SessiondError as exc:
             status, payload = exc.status, _json(exc.to_dict())
         except Exception:

@@ -45,7 +45,7 @@ async def configuration_version(service: SessionService, *, read: bool = True) -
     false), so that every answer, a 503 included, carries the header."""
     if read:
         try:
-            return await service.configuration_version()
+            return await service.configuration.version()
         except SessiondError:
             pass  # the store is unavailable: the request's own answer says so
         except Exception:

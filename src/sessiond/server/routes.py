@@ -72,7 +72,7 @@ def _auth_text(request: Request) -> str:
 
 
 async def _session(request: Request) -> SessionRecord:
-    return await _service(request).validate(_auth_text(request), client_address(request))
+    return await _service(request).sessions.validate(_auth_text(request), client_address(request))
 
 
 async def _actor(request: Request) -> Actor:
@@ -120,12 +120,12 @@ async def open_session(request: Request, body: OpenSessionRequest) -> JSONRespon
     if not login or not password:
         raise RequestError("give both Login and Password, or neither for Windows sign-in")
     service = _service(request)
-    token = await service.open_session(
+    token = await service.signin.open_session(
         PasswordCredentials(login, password, body.Domain or None),
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
-    expires = await service.password_expires(token.user_id)
+    expires = await service.users.password_expires(token.user_id)
     return JSONResponse(_opened(service, token, expires))
 
 
@@ -157,7 +157,7 @@ async def open_session_windows(request: Request) -> JSONResponse:
         body = OpenSessionRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise RequestError(f"the request is malformed: {exc.errors()[0]['msg']}") from None
-    token, mutual = await _service(request).open_session_negotiate(
+    token, mutual = await _service(request).signin.open_session_negotiate(
         _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
         _handshake_id(request),
         body.client_info(request.headers.get("user-agent")),
@@ -201,7 +201,7 @@ async def change_password(request: Request, body: ChangePasswordRequest) -> JSON
         # that no longer validates keeps nothing and stops nothing.
         with contextlib.suppress(AuthenticationError):
             current = (await _session(request)).id
-    user = await service.change_password(
+    user = await service.signin.change_password(
         body.Login, body.OldPassword, body.NewPassword, client_address(request), current
     )
     return JSONResponse({"Changed": True, "Login": user.login})
@@ -215,7 +215,9 @@ async def change_password(request: Request, body: ChangePasswordRequest) -> JSON
     summary="Close the current session (CloseSessionAsync)",
 )
 async def close_session(request: Request) -> JSONResponse:
-    closed = await _service(request).close_session(_auth_text(request), client_address(request))
+    closed = await _service(request).sessions.close_session(
+        _auth_text(request), client_address(request)
+    )
     return JSONResponse({"Closed": closed})
 
 
@@ -230,7 +232,7 @@ async def close_session(request: Request) -> JSONResponse:
 )
 async def close_session_as_admin(request: Request, session_id: UUID) -> JSONResponse:
     actor = await _actor(request)
-    closed = await _service(request).close_session_as_admin(actor, session_id)
+    closed = await _service(request).sessions.close_session_as_admin(actor, session_id)
     return JSONResponse({"Closed": closed})
 
 
@@ -269,7 +271,7 @@ async def list_sessions(
         order=order,
         descending=descending,
     )
-    records, next_page = await _service(request).sessions_page(actor, query, after, limit)
+    records, next_page = await _service(request).sessions.page(actor, query, after, limit)
     headers = {NEXT_PAGE_HEADER: next_page} if next_page else None
     return JSONResponse([session_info(r) for r in records], headers=headers)
 
@@ -283,7 +285,7 @@ async def list_sessions(
 )
 async def configuration(request: Request) -> JSONResponse:
     await _session(request)
-    info = await _service(request).get_configuration()
+    info = await _service(request).configuration.get()
     return JSONResponse(info.to_dict())
 
 
@@ -298,7 +300,7 @@ async def configuration(request: Request) -> JSONResponse:
 )
 async def configuration_changes(request: Request, after: int, wait: float = 30.0) -> JSONResponse:
     await _session(request)
-    version = await _service(request).wait_for_configuration_change(after, wait)
+    version = await _service(request).configuration.wait_for_change(after, wait)
     return JSONResponse({"Version": version, "Changed": version > after})
 
 
@@ -311,7 +313,7 @@ async def configuration_changes(request: Request, after: int, wait: float = 30.0
 )
 async def increment_configuration_version(request: Request) -> JSONResponse:
     actor = await _actor(request)
-    info = await _service(request).increment_configuration_version(actor)
+    info = await _service(request).configuration.increment(actor)
     return JSONResponse(info.to_dict())
 
 
@@ -323,7 +325,7 @@ async def increment_configuration_version(request: Request) -> JSONResponse:
     responses={503: {"model": ErrorBody}},
 )
 async def health(request: Request) -> JSONResponse:
-    version = await _service(request).configuration_version()
+    version = await _service(request).configuration.version()
     return JSONResponse({"Status": "ok", "ConfigurationVersion": version})
 
 
@@ -364,7 +366,7 @@ def _enum(cls: type[WireEnum], value: str | int | None, field: str) -> Any:
     summary="List users (administrators)",
 )
 async def list_users(request: Request) -> JSONResponse:
-    users = await _service(request).list_users(await _actor(request))
+    users = await _service(request).users.list_users(await _actor(request))
     return JSONResponse([user_info(u) for u in users])
 
 
@@ -378,7 +380,7 @@ async def list_users(request: Request) -> JSONResponse:
 )
 async def add_user(request: Request, body: AddUserRequest) -> JSONResponse:
     actor = await _actor(request)
-    user = await _service(request).add_user(
+    user = await _service(request).users.add_user(
         actor,
         body.Login,
         name=body.Name,
@@ -400,7 +402,7 @@ async def add_user(request: Request, body: AddUserRequest) -> JSONResponse:
 async def update_user(request: Request, login: str, body: UpdateUserRequest) -> JSONResponse:
     actor = await _actor(request)
     service = _service(request)
-    user = await service.update_user(
+    user = await service.users.update_user(
         actor,
         login,
         name=body.Name,
@@ -415,7 +417,7 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
     }
     for kind, holds in personal.items():
         if holds is not None:
-            user = await service.set_personal_licence(actor, user.login, kind, holds)
+            user = await service.users.set_personal_licence(actor, user.login, kind, holds)
     return JSONResponse(user_info(user))
 
 
@@ -428,7 +430,7 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
 )
 async def set_password(request: Request, login: str, body: SetPasswordRequest) -> JSONResponse:
     actor = await _actor(request)
-    user = await _service(request).set_password(actor, login, body.Password)
+    user = await _service(request).users.set_password(actor, login, body.Password)
     return JSONResponse(user_info(user))
 
 
@@ -442,7 +444,7 @@ async def set_password(request: Request, login: str, body: SetPasswordRequest) -
 async def block_user(request: Request, login: str, body: BlockRequest) -> JSONResponse:
     actor = await _actor(request)
     until = body.Until.replace(tzinfo=body.Until.tzinfo or UTC) if body.Until else None
-    user = await _service(request).set_blocked(actor, login, True, until)
+    user = await _service(request).users.set_blocked(actor, login, True, until)
     return JSONResponse(user_info(user))
 
 
@@ -455,7 +457,7 @@ async def block_user(request: Request, login: str, body: BlockRequest) -> JSONRe
 )
 async def unblock_user(request: Request, login: str) -> JSONResponse:
     actor = await _actor(request)
-    user = await _service(request).set_blocked(actor, login, False)
+    user = await _service(request).users.set_blocked(actor, login, False)
     return JSONResponse(user_info(user))
 
 
@@ -480,7 +482,7 @@ async def close_user_sessions(request: Request, login: str) -> JSONResponse:
     "user stays (it carries the user's id and name), with a UserRemoved record.",
 )
 async def remove_user(request: Request, login: str) -> JSONResponse:
-    user = await _service(request).remove_user(await _actor(request), login)
+    user = await _service(request).users.remove_user(await _actor(request), login)
     return JSONResponse(user_info(user))
 
 
@@ -532,7 +534,7 @@ async def audit_records(
         before_id=before,
         newest_first=newest_first,
     )
-    records, next_id = await _service(request).audit_page(actor, query, limit)
+    records, next_id = await _service(request).audit.page(actor, query, limit)
     return JSONResponse({"Records": [audit_info(r) for r in records], "Next": next_id})
 
 
@@ -547,7 +549,7 @@ def _aware(value: datetime | None) -> datetime | None:
     summary="The installed licence and seats in use (administrators)",
 )
 async def licence_usage(request: Request) -> JSONResponse:
-    return JSONResponse(await _service(request).licence_usage(await _actor(request)))
+    return JSONResponse(await _service(request).licensing.usage(await _actor(request)))
 
 
 @router.post(
@@ -557,5 +559,5 @@ async def licence_usage(request: Request) -> JSONResponse:
     summary="Reinstall the configured licence file (administrators)",
 )
 async def reload_licence(request: Request) -> JSONResponse:
-    licence = await _service(request).reload_licence(await _actor(request))
+    licence = await _service(request).licensing.reload(await _actor(request))
     return JSONResponse({"Licence": licence.to_dict()})

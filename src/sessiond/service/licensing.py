@@ -1,4 +1,8 @@
-"""Licences in the service: which seat a session takes, installing licences, seat usage."""
+"""Licences in the service: which seat a session takes, installing licences, seat usage.
+
+A call an actor makes checks the actor here: installing or reloading a licence and reading
+the usage need an administrator (a licence installed with no actor is the server's own:
+its ``licence_file`` at start, or the command line)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from ..licence import Licence
 from ..models import AuditAction, LicenseType, ServiceType
 from ..settings import Settings
 from ..store import AuditRecord, SeatRequest, SessionRecord, Store, UserRecord
-from .common import Actor, Clock, change_audit, session_audit
+from .common import Actor, Clock, change_audit, require_admin, session_audit
 
 log = logging.getLogger("sessiond.service")
 
@@ -87,6 +91,8 @@ class Licensing:
     async def install_file(self, path: str | None = None, actor: Actor | None = None) -> Licence:
         """Check a licence file and make it the installation's licence (every node reads it
         from the store). A bad, expired or wrongly signed file changes nothing."""
+        if actor is not None:
+            require_admin(actor, "install a licence")
         source = path or self.settings.licence_file
         if source is None:
             raise NotConfigured("no licence file given, and the licence_file setting is not set")
@@ -99,6 +105,8 @@ class Licensing:
     async def install(
         self, data: bytes | str, *, source: str = "licence", actor: Actor | None = None
     ) -> Licence:
+        if actor is not None:
+            require_admin(actor, "install a licence")
         now = self.clock()
         licence = licences.parse(data, public_key=self._public_key, now=now, source=source)
         record = change_audit(
@@ -117,6 +125,11 @@ class Licensing:
         for warning in await self.warnings():
             log.warning("%s", warning)
         return licence
+
+    async def reload(self, actor: Actor) -> Licence:
+        """Install the ``licence_file`` again (an administrator replaced the file)."""
+        require_admin(actor, "reload the licence")
+        return await self.install_file(None, actor)
 
     async def warnings(self) -> list[str]:
         """Personal licences given out beyond what the installed licence allows (a smaller
@@ -138,7 +151,19 @@ class Licensing:
                 )
         return out
 
-    async def usage(self) -> dict[str, Any]:
+    async def usage(self, actor: Actor) -> dict[str, Any]:
+        """The installed licence, how many seats of each kind are in use, and the warnings
+        (administrators)."""
+        require_admin(actor, "see licence usage")
+        return {**await self._usage(), "Warnings": await self.warnings()}
+
+    async def seats(self) -> dict[str, Any]:
+        """How many seats of each kind are in use, and how many the licence has (None: not
+        limited): the figures the node's metrics show."""
+        seats: dict[str, Any] = (await self._usage())["Seats"]
+        return seats
+
+    async def _usage(self) -> dict[str, Any]:
         """The installed licence and how many seats of each kind are in use."""
         now = self.clock()
         inactivity = self.settings.security.session_inactivity_time

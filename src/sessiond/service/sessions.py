@@ -20,6 +20,7 @@ from hashlib import blake2b
 from typing import Any
 from uuid import UUID
 
+from .. import metrics
 from ..cache import BoundedCache, Packer
 from ..errors import (
     PermissionDenied,
@@ -136,7 +137,8 @@ class Sessions:
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
         """The per-request check: signature, session row, the session state; then a
         throttled last-activity touch. Returns the session as stored."""
-        record, _ = await self._validate(auth_text, client_address)
+        with metrics.validating():
+            record, _ = await self._validate(auth_text, client_address)
         return record
 
     async def _validate(
@@ -184,6 +186,16 @@ class Sessions:
         return None
 
     async def validate_view(
+        self,
+        auth_text: str,
+        client_address: str | None,
+        render: Callable[[SessionRecord], bytes],
+    ) -> bytes:
+        """Validate, and answer with ``render(session)``, remembered (see :meth:`_view`)."""
+        with metrics.validating():
+            return await self._view(auth_text, client_address, render)
+
+    async def _view(
         self,
         auth_text: str,
         client_address: str | None,
@@ -347,7 +359,9 @@ class Sessions:
             return self.closing(now, AuditAction.LOGOUT, actor)(record)
 
         which = SessionFilter(session_ids=(auth.session_id,), signature=auth.signature)
-        return self._open_among(await self._end(which, decide), now) == 1
+        closed = self._open_among(await self._end(which, decide), now) == 1
+        metrics.sessions_closed("user", closed)
+        return closed
 
     async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
         """An administrator closes any session; a regular user only one of their own.
@@ -364,7 +378,9 @@ class Sessions:
         else:
             decide = self.closing(now, AuditAction.SESSION_CLOSED_BY_ADMIN, actor)
             which = SessionFilter(session_ids=(session_id,))
-        return self._open_among(await self._end(which, decide), now) == 1
+        closed = self._open_among(await self._end(which, decide), now) == 1
+        metrics.sessions_closed("admin" if actor.is_administrator else "user", closed)
+        return closed
 
     async def end_user_sessions(
         self,
@@ -390,10 +406,12 @@ class Sessions:
         """Close every session of one user (administrators); returns how many were open."""
         require_admin(actor, "close a user's sessions")
         async with self.store.write() as tx:
-            return await self.end_user_sessions(
+            closed = await self.end_user_sessions(
                 tx, user_id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
                 "all sessions of the user closed",
             )  # fmt: skip
+        metrics.sessions_closed("admin", closed)
+        return closed
 
     async def sweep(self) -> int:
         """Remove sessions that have ended by the rule, each audited as SessionExpired;

@@ -101,7 +101,10 @@ class SignIn:
     # --- the calls -----------------------------------------------------------------------
 
     async def open_session(
-        self, credentials: PasswordCredentials, client: ClientInfo, client_address: str | None
+        self,
+        credentials: PasswordCredentials,
+        client: ClientInfo,
+        client_address: str | None = None,
     ) -> SessionToken:
         self.pace.begin()
         who, password = credentials.display, credentials.password
@@ -134,7 +137,7 @@ class SignIn:
         token: bytes | None,
         handshake_id: str | None,
         client: ClientInfo,
-        client_address: str | None,
+        client_address: str | None = None,
     ) -> tuple[SessionToken, bytes | None]:
         """Integrated sign-in (HTTP Negotiate). Returns the session and the backend's last
         token (mutual authentication), or raises :class:`NegotiateRequired` with the
@@ -180,7 +183,7 @@ class SignIn:
         login: str,
         old_password: str,
         new_password: str,
-        client_address: str | None,
+        client_address: str | None = None,
         current_session: UUID | None = None,
     ) -> UserRecord:
         """A user whose password sessiond keeps changes it (also once it has expired). Their

@@ -62,7 +62,7 @@ async def audit_page(request: Request) -> Response:
     }
     try:
         query, values = _query(params)
-        records, before = await auth.service_of(request).audit_page(who.actor, query, PAGE)
+        records, before = await auth.service_of(request).audit.page(who.actor, query, PAGE)
     except SessiondError as exc:
         return render(request, "audit.html", context, status=exc.status, error=exc.message)
     context["records"] = records
@@ -82,7 +82,7 @@ async def _export(
     writer = exports.csv_writer(buffer) if csv else None
     query = replace(query, newest_first=False, before_id=None, after_id=None)
     while True:
-        records, after = await service.audit_page(actor, query, EXPORT_PAGE)
+        records, after = await service.audit.page(actor, query, EXPORT_PAGE)
         if writer is not None:
             exports.write_csv_rows(records, writer)
         else:
@@ -104,7 +104,7 @@ async def export(request: Request) -> Response:
         query, _ = _query(request.query_params)
         service = auth.service_of(request)
         # The first page is read here, so that a refusal is a page and not a broken download.
-        await service.audit_page(who.actor, replace(query, newest_first=False), 1)
+        await service.audit.page(who.actor, replace(query, newest_first=False), 1)
     except SessiondError as exc:
         return render(
             request,
@@ -124,7 +124,7 @@ async def export(request: Request) -> Response:
 
 async def verify(request: Request) -> Response:
     who = await auth.viewer(request)
-    report = await auth.service_of(request).verify_audit()
+    report = await auth.service_of(request).audit.verify()
     return render(request, "verify.html", {"title": "Audit chain", "viewer": who, "report": report})
 
 

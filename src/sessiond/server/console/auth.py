@@ -1,12 +1,12 @@
 """Who is looking at the console: the session in its cookie, and the CSRF tokens of its forms.
 
 The cookie carries a real sessiond session: the auth form of the token ``open_session`` gave,
-base64url-encoded. Every request validates it with ``service.validate`` (the same revocation,
-expiry, inactivity and audit as any session). The cookie is HttpOnly and SameSite=Strict; it is
-Secure when the request came over TLS, when ``X-Forwarded-Proto`` says ``https``, or when the
-``console.secure_cookie`` setting says so, and then named ``__Host-sessiond-console`` (a name
-the browser accepts only with Secure, no Domain and Path=/). Otherwise it is
-``sessiond-console`` with Path=/console.
+base64url-encoded. Every request validates it with ``service.sessions.validate`` (the same
+revocation, expiry, inactivity and audit as any session). The cookie is HttpOnly and
+SameSite=Strict; it is Secure when the request came over TLS, when ``X-Forwarded-Proto`` says
+``https``, or when the ``console.secure_cookie`` setting says so, and then named
+``__Host-sessiond-console`` (a name the browser accepts only with Secure, no Domain and
+Path=/). Otherwise it is ``sessiond-console`` with Path=/console.
 
 Every form that changes something carries a CSRF token: HMAC-SHA256 of the session id under a
 key derived from the signature key that signed the session (so every node of an installation
@@ -163,7 +163,7 @@ async def viewer(request: Request, *, admin: bool = True) -> Viewer:
     service = service_of(request)
     address = client_address(request)
     try:
-        record = await service.validate(auth_text, address)
+        record = await service.sessions.validate(auth_text, address)
     except AuthenticationError:
         raise SignedOut() from None
     found = Viewer(record, Actor.of(record, address), auth_text, csrf_token(service, record))

@@ -15,7 +15,7 @@ from .web import redirect, render
 
 async def configuration_page(request: Request) -> Response:
     who = await auth.viewer(request)
-    info = await auth.service_of(request).get_configuration()
+    info = await auth.service_of(request).configuration.get()
     context = {"title": "Configuration", "viewer": who, "info": info}
     return render(request, "configuration.html", context)
 
@@ -24,7 +24,7 @@ async def confirm_page(
     request: Request, who: Viewer | None = None, *, status: int = 200, error: str | None = None
 ) -> Response:
     who = who or await auth.viewer(request)
-    info = await auth.service_of(request).get_configuration()
+    info = await auth.service_of(request).configuration.get()
     context = {"title": "Increment the configuration version", "viewer": who, "info": info}
     return render(request, "increment.html", context, status=status, error=error)
 
@@ -35,7 +35,7 @@ async def increment(request: Request) -> Response:
     if forms.text(form, "confirm") != "yes":
         return await confirm_page(request, who, status=400, error="Confirm the increment first.")
     try:
-        info = await auth.service_of(request).increment_configuration_version(who.actor)
+        info = await auth.service_of(request).configuration.increment(who.actor)
     except SessiondError as exc:
         return await confirm_page(request, who, status=exc.status, error=exc.message)
     return redirect("/configuration", "incremented", info.version)

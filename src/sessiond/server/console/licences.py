@@ -23,7 +23,7 @@ async def licences_page(
 ) -> Response:
     who = who or await auth.viewer(request)
     service = auth.service_of(request)
-    usage = await service.licence_usage(who.actor)
+    usage = await service.licensing.usage(who.actor)
     context = {
         "title": "Licences",
         "viewer": who,
@@ -46,7 +46,7 @@ async def install(request: Request) -> Response:
         data = await upload.read(MAX_LICENCE_BYTES + 1)
         if not data:
             raise LicenceInvalid(f"{_name(upload.filename)} is empty")
-        await auth.service_of(request).install_licence(
+        await auth.service_of(request).licensing.install(
             data, source=f"console upload {_name(upload.filename)}", actor=who.actor
         )
     except SessiondError as exc:
@@ -66,7 +66,7 @@ async def reload(request: Request) -> Response:
     who = await auth.viewer(request)
     await auth.checked_form(request, who)
     try:
-        await auth.service_of(request).reload_licence(who.actor)
+        await auth.service_of(request).licensing.reload(who.actor)
     except SessiondError as exc:
         return await licences_page(request, who, status=exc.status, error=exc.message)
     return redirect("/licences", "licence-reloaded")

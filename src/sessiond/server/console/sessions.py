@@ -97,11 +97,11 @@ async def sessions_page(request: Request) -> Response:
     }
     try:
         query, values = _query(params)
-        records, cursor = await service.sessions_page(
+        records, cursor = await service.sessions.page(
             who.actor, query, values["after"] or None, _size(values["size"])
         )
         if who.is_administrator:
-            context["seats"] = seats(await service.licence_usage(who.actor))
+            context["seats"] = seats(await service.licensing.usage(who.actor))
     except SessiondError as exc:
         return render(request, "sessions.html", context, status=exc.status, error=exc.message)
     context["rows"] = records
@@ -129,7 +129,7 @@ async def close_session(request: Request) -> Response:
         session_id = forms.uuid(forms.text(form, "session_id"), "session")
         if session_id is None:
             raise RequestError("say which session to close")
-        closed = await service.close_session_as_admin(who.actor, session_id)
+        closed = await service.sessions.close_session_as_admin(who.actor, session_id)
     except SessiondError as exc:
         return await _failed(request, exc)
     return redirect("/sessions", "closed" if closed else "not-open", params=back)
@@ -163,7 +163,7 @@ async def seats_json(request: Request) -> Response:
     """The seat counts for the sessions page's refresh script."""
     try:
         who = await auth.viewer(request)
-        usage = await auth.service_of(request).licence_usage(who.actor)
+        usage = await auth.service_of(request).licensing.usage(who.actor)
     except auth.SignedOut:
         return JSONResponse({"error": "signed out"}, status_code=401)
     except SessiondError as exc:  # a regular user (403), the store down (503)

@@ -70,7 +70,7 @@ async def _signed_in(request: Request, token: SessionToken) -> Response:
     old = auth.auth_text_of(request)
     if old:
         with contextlib.suppress(SessiondError):
-            await service.close_session(old, auth.client_address(request))
+            await service.sessions.close_session(old, auth.client_address(request))
     response = redirect("/sessions")
     spec = auth.cookies(request)
     spec.set(response, spec.session, auth.encode_auth(token.to_auth_xml()))
@@ -94,7 +94,7 @@ async def sign_in(request: Request) -> Response:
         )  # fmt: skip
     service = auth.service_of(request)
     try:
-        token = await service.open_session(
+        token = await service.signin.open_session(
             PasswordCredentials(login, password, None),
             _client(request),
             auth.client_address(request),
@@ -150,8 +150,8 @@ async def change_password(request: Request) -> Response:
             raise RequestError("The new password and its repetition differ.")
         service = auth.service_of(request)
         address = auth.client_address(request)
-        await service.change_password(login, old, new, address)
-        token = await service.open_session(
+        await service.signin.change_password(login, old, new, address)
+        token = await service.signin.open_session(
             PasswordCredentials(login, new, None), _client(request), address
         )
     except SessiondError as exc:
@@ -166,7 +166,7 @@ async def windows_sign_in(request: Request) -> Response:
     try:
         if not negotiate_offered(request):
             raise NotConfigured("integrated Windows sign-in is not configured on this server")
-        token, mutual = await service.open_session_negotiate(
+        token, mutual = await service.signin.open_session_negotiate(
             _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
             _handshake_id(request),
             _client(request),
@@ -201,7 +201,9 @@ async def sign_out(request: Request) -> Response:
     except auth.SignedOut:
         return redirect("/sign-in")
     await auth.checked_form(request, who)
-    await auth.service_of(request).close_session(who.auth_text, auth.client_address(request))
+    await auth.service_of(request).sessions.close_session(
+        who.auth_text, auth.client_address(request)
+    )
     response = redirect("/sign-in", "signed-out")
     spec = auth.cookies(request)
     spec.drop(response, spec.session)

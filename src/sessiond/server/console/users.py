@@ -34,7 +34,7 @@ async def users_page(
     values: dict[str, str] | None = None,
 ) -> Response:
     who = who or await auth.viewer(request)
-    users = await auth.service_of(request).list_users(who.actor)
+    users = await auth.service_of(request).users.list_users(who.actor)
     context = {
         "title": "Users",
         "viewer": who,
@@ -60,7 +60,7 @@ async def add_user(request: Request) -> Response:
         if login_type == LoginType.PLATFORM and not password:
             raise RequestError("A Platform user needs a password.")
         level = forms.choice(AccessLevel, values["access_level"], "access level")
-        user = await auth.service_of(request).add_user(
+        user = await auth.service_of(request).users.add_user(
             who.actor,
             values["login"],
             name=values["name"] or None,
@@ -86,7 +86,7 @@ async def user_page(
     login = login if login is not None else forms.text(request.query_params, "login")
     service = auth.service_of(request)
     try:
-        user = await service.get_user_by_login(login)
+        user = await service.users.get_user_by_login(login)
     except SessiondError as exc:
         return await users_page(request, who, status=exc.status, error=exc.message)
     return render(request, "user.html", _user_context(who, user), status=status, error=error)
@@ -121,12 +121,12 @@ async def _act(request: Request, done: str, action: Any) -> Response:
 
 async def update_user(request: Request) -> Response:
     async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
-        user: UserRecord = await service.get_user_by_login(login)
+        user: UserRecord = await service.users.get_user_by_login(login)
         level = forms.choice(AccessLevel, forms.text(form, "access_level"), "access level")
         kind = forms.choice(LoginType, forms.text(form, "login_type"), "login type")
         name, account = forms.text(form, "name"), forms.text(form, "account")
         offset = forms.integer(forms.text(form, "time_zone"), "time zone offset")
-        user = await service.update_user(
+        user = await service.users.update_user(
             who.actor,
             login,
             name=name if name and name != user.name else None,
@@ -142,7 +142,7 @@ async def update_user(request: Request) -> Response:
         for seat, (field, held) in wanted.items():
             holds = form.get(field) == "on"
             if holds != held:
-                user = await service.set_personal_licence(who.actor, user.login, seat, holds)
+                user = await service.users.set_personal_licence(who.actor, user.login, seat, holds)
         return user
 
     return await _act(request, "user-changed", action)
@@ -151,7 +151,7 @@ async def update_user(request: Request) -> Response:
 async def block_user(request: Request) -> Response:
     async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
         until = forms.utc_time(forms.text(form, "until"), "blocked until")
-        user: UserRecord = await service.set_blocked(who.actor, login, True, until)
+        user: UserRecord = await service.users.set_blocked(who.actor, login, True, until)
         return user
 
     return await _act(request, "user-blocked", action)
@@ -159,7 +159,7 @@ async def block_user(request: Request) -> Response:
 
 async def unblock_user(request: Request) -> Response:
     async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
-        user: UserRecord = await service.set_blocked(who.actor, login, False)
+        user: UserRecord = await service.users.set_blocked(who.actor, login, False)
         return user
 
     return await _act(request, "user-unblocked", action)
@@ -172,7 +172,7 @@ async def set_password(request: Request) -> Response:
             raise RequestError("Give the new password.")
         if password != forms.secret(form, "repeat_password"):
             raise RequestError("The password and its repetition differ.")
-        user: UserRecord = await service.set_password(who.actor, login, password)
+        user: UserRecord = await service.users.set_password(who.actor, login, password)
         return user
 
     return await _act(request, "password-set", action)
@@ -193,7 +193,7 @@ async def remove_page(request: Request) -> Response:
     who = await auth.viewer(request)
     login = forms.text(request.query_params, "login")
     try:
-        user = await auth.service_of(request).get_user_by_login(login)
+        user = await auth.service_of(request).users.get_user_by_login(login)
     except SessiondError as exc:
         return await users_page(request, who, status=exc.status, error=exc.message)
     context = {"title": "Remove a user", "viewer": who, "user": user}
@@ -205,7 +205,7 @@ async def remove_user(request: Request) -> Response:
     form = await auth.checked_form(request, who)
     login = forms.text(form, "login")
     try:
-        await auth.service_of(request).remove_user(who.actor, login)
+        await auth.service_of(request).users.remove_user(who.actor, login)
     except SessiondError as exc:
         return await user_page(request, who, login, status=exc.status, error=exc.message)
     return redirect("/users", "user-removed")
