@@ -311,6 +311,42 @@ class Directory:
         values = entry[s.name_attribute].values if s.name_attribute in entry else []
         return Entry(entry.entry_dn, str(values[0]) if values else None)
 
+    def search(
+        self, query: str, attributes: list[str], *, base: str, scope_base: bool = False
+    ) -> list[tuple[str, dict[str, list[bytes]]]]:
+        """Entries ``query`` (an escaped filter) finds under ``base`` (or ``base`` itself, with
+        ``scope_base``), as the search account (``bind_dn``): each entry's DN and raw values.
+        At most two: a caller that wants one entry sees when there are several."""
+        s = self.settings
+        conn = self._connection(s.bind_dn, s.bind_password_value)
+        try:
+            if s.bind_dn and not conn.bind():
+                raise self._unavailable(
+                    "search_account_refused",
+                    f"the directory {s.url} refused sessiond's search account {s.bind_dn} "
+                    f"({self.section}.bind_dn): {_words(dict(conn.result))}",
+                )
+            conn.search(
+                base,
+                query,
+                search_scope=ldap3.BASE if scope_base else ldap3.SUBTREE,
+                attributes=attributes or [ldap3.NO_ATTRIBUTES],
+                size_limit=2,
+                time_limit=self.timeout,
+            )
+            result = dict(conn.result)
+            response = [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
+        except LDAPException as exc:
+            raise self._unavailable(
+                "directory_failed", f"the directory {s.url} failed: {exc}"
+            ) from None
+        finally:
+            _close(conn)
+        answered = {0, _SIZE_LIMIT_EXCEEDED} | ({_NO_SUCH_OBJECT} if scope_base else set())
+        if result.get("result") not in answered:
+            raise self._search_refusal(result)
+        return [(str(e["dn"]), dict(e.get("raw_attributes") or {})) for e in response]
+
     def _search_refusal(self, result: Mapping[str, Any]) -> ServiceUnavailable:
         s = self.settings
         code = result.get("result")
