@@ -297,3 +297,15 @@ def test_membership_through_the_directory_counts_nested_groups(directory: Direct
     dc.add_to_group(directory.group, inner)
     answer = _password(directory.server, f"{DOMAIN}\\{name}", PASSWORD, None, "127.0.0.1")
     assert answer.status_code == 200, answer.text
+
+
+def test_an_ntlm_answer_in_a_upn_spelling_is_held_to_that_accounts_user(grouped: Grouped) -> None:
+    dc = grouped.dc
+    name = _unique("ntupn-")
+    upn = f"u.{name}@{dc.dns_domain}"
+    dc.add_user(name, PASSWORD, userPrincipalName=upn)
+    dc.add_to_group(grouped.group, name)
+    add_user(grouped.server, name, "--login-type", "Windows", "--account", f"{DOMAIN}\\{name}")
+    answer = _ntlm(grouped.server, upn, PASSWORD)
+    assert answer.status_code == 200, answer.text
+    assert f'UserLogin="{DOMAIN}\\{name}"' in answer.json()["Token"]
