@@ -53,6 +53,12 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("session_expiration_time_span = '9999999d'", "at most 36500 days"),
         ("[sessiond.security]\nblocked_series_due_date_time = 0", "must be positive"),
         ("trusted_proxies = ['10.0.0.1/8']", "not an address or network"),
+        (
+            "[sessiond.windows]\nrealm = 'CORP.EXAMPLE'\nverify_kdc = false\nnegotiate = false\n"
+            "require_membership_of = 'CORP\\\\staff'",
+            "require_membership_of needs a way to read group memberships: ntlm = winbind, or "
+            r"\[windows.directory\]",
+        ),
     ],
 )
 def test_bad_settings_are_refused_by_name(

@@ -128,8 +128,8 @@ class WindowsSettings(BaseModel):
     )
     require_membership_of: str | None = Field(
         None,
-        description="ntlm = winbind: only members of this group (DOMAIN\\group or a SID) are "
-        "accepted (ntlm_auth --require-membership-of)",
+        description="only members of this group (DOMAIN\\group or a SID) sign in, on every "
+        "Windows path; read through winbind (ntlm = winbind) or [windows.directory]",
     )
     allow_ntlmv1: bool = Field(
         False, description="accept NTLMv1 (and LM) answers; by default only NTLMv2 is accepted"
@@ -211,6 +211,11 @@ class WindowsSettings(BaseModel):
             )
         if self.ntlm_mode == "file" and not self.ntlm_user_file:
             raise ValueError("ntlm = file needs ntlm_user_file")
+        if self.require_membership_of and self.ntlm_mode != "winbind" and self.directory is None:
+            raise ValueError(
+                "require_membership_of needs a way to read group memberships: ntlm = winbind, "
+                "or [windows.directory] with a search account (bind_dn)"
+            )
         if self.negotiate and not self.keytab and self.ntlm_mode == "off":
             raise ValueError(
                 "negotiate needs a keytab (Kerberos) or NTLM (ntlm = winbind, or an ntlm_user_file)"

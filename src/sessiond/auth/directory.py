@@ -462,6 +462,56 @@ class Directory:
         values = _values(attributes, s.name_attribute)
         return Entry(str(dn), values[0] if values else None)
 
+    def search(
+        self, query: str, attributes: list[str], *, base: str, scope_base: bool = False
+    ) -> list[tuple[str, dict[str, list[bytes]]]]:
+        """Entries ``query`` (an escaped filter) finds under ``base`` (or ``base`` itself, with
+        ``scope_base``), as the search account (``bind_dn``): each entry's DN and raw values.
+        At most two: a caller that wants one entry sees when there are several."""
+        return self._bounded(lambda: self._search(query, attributes, base, scope_base))
+
+    def _search(
+        self, query: str, attributes: list[str], base: str, scope_base: bool
+    ) -> list[tuple[str, dict[str, list[bytes]]]]:
+        s = self.settings
+        conn = self._connection()
+        try:
+            if s.bind_dn:
+                refused = self._bind_as(conn, s.bind_dn, s.bind_password_value or "")
+                if refused is not None:
+                    raise self._unavailable(
+                        "search_account_refused",
+                        f"the directory {s.url} refused sessiond's search account {s.bind_dn} "
+                        f"({self.section}.bind_dn): {_words(refused)}",
+                    )
+            try:
+                found = conn.search_ext_s(
+                    base,
+                    ldap.SCOPE_BASE if scope_base else ldap.SCOPE_SUBTREE,
+                    query,
+                    attributes or ["1.1"],  # "1.1": no attributes
+                    timeout=self.timeout,
+                    sizelimit=2,
+                )
+            except ldap.SIZELIMIT_EXCEEDED:
+                raise InvalidCredentials(
+                    WRONG, reason=f"several directory entries match {query}: none is guessed"
+                ) from None
+            except ldap.NO_SUCH_OBJECT:
+                if not scope_base:
+                    raise
+                found = []
+        except _UNREACHED as exc:
+            raise self._unreachable(exc) from None
+        except ldap.LDAPError as exc:
+            result = _result(exc)
+            if result["result"] < 0:
+                raise self._failed(exc) from None
+            raise self._search_refusal(result) from None
+        finally:
+            _close(conn)
+        return [(str(dn), dict(values)) for dn, values in found if dn is not None]
+
     def _search_refusal(self, result: Mapping[str, Any]) -> ServiceUnavailable:
         s = self.settings
         code = result["result"]

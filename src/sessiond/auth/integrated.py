@@ -19,8 +19,9 @@ from ..settings import Settings, WindowsSettings
 from . import tokens
 from .accounts import WindowsNames
 from .base import Claim, Identity, ProofBackend, ProofStep
+from .lookup import Lookups
 from .negotiate import NegotiateAcceptor
-from .windows import WINDOWS_PASSWORDS_CHANGED_IN, windows_claim
+from .windows import WINDOWS_PASSWORDS_CHANGED_IN, account_claim
 
 
 class IntegratedWindows(ProofBackend):
@@ -36,6 +37,7 @@ class IntegratedWindows(ProofBackend):
     def __init__(self, settings: WindowsSettings) -> None:
         self.settings = settings
         self.names = WindowsNames(settings)
+        self.lookups = Lookups(settings, self.names)
         self.acceptor = NegotiateAcceptor(settings)
 
     @property
@@ -55,7 +57,8 @@ class IntegratedWindows(ProofBackend):
                     "start the sign-in again",
                     reason="an NTLM answer that continues no pending handshake",
                 )
-            return windows_claim(self.names, answer.user, answer.domain or None)
+            # A UPN is the account the domain says it belongs to, as on the password path.
+            return account_claim(await self.lookups.account(answer.user, answer.domain or None))
         except InvalidCredentials as exc:  # the audit names who tried, as NTLM says
             exc.reason = f"{answer.who}: {exc.reason or exc.message}"
             raise
@@ -78,6 +81,10 @@ class IntegratedWindows(ProofBackend):
                 "wrong login or password",
                 reason=f"{result.principal} is no account of this server's domains ({exc})",
             ) from None
+        if result.protocol != "ntlm" or self.settings.ntlm_mode != "winbind":
+            # A ticket proves who it is, not that it may sign in here: the group is checked as
+            # on the password path (ntlm_auth checks it itself: --require-membership-of).
+            await self.lookups.require_membership(account)
         identity = Identity(
             account=account.down_level, display_name=account.name, method=result.protocol
         )

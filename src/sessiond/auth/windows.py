@@ -28,6 +28,7 @@ from .accounts import WindowsAccount, WindowsNames
 from .base import Authenticator, Claim, Identity, PasswordCredentials
 from .directory import WRONG, Directory, check_transport, must_change, warn_once
 from .environment import krb5_config_path, unreadable
+from .lookup import Lookups
 
 log = logging.getLogger("sessiond.auth")
 
@@ -111,10 +112,9 @@ _NO_KEY_OF_TYPE = (KRB5KRB_AP_ERR_NOKEY, *_ENCTYPES)
 WINDOWS_PASSWORDS_CHANGED_IN = "domain (Ctrl+Alt+Del on Windows, or the domain's tools)"
 
 
-def windows_claim(names: WindowsNames, login: str, domain: str | None) -> Claim:
-    """The account a Windows sign-in names, in whatever spelling: one key for every spelling
+def account_claim(account: WindowsAccount) -> Claim:
+    """The account a Windows sign-in names, however it was spelled: one key for every spelling
     and every path (password, NTLM), the Kerberos principal the domain checks."""
-    account = names.parse(login, domain)
     return Claim(account.down_level, f"windows:{account.principal}".casefold())
 
 
@@ -131,6 +131,7 @@ class WindowsAuthenticator(Authenticator):
             check_transport(settings.directory, "windows.directory")
         self.settings = settings
         self.names = WindowsNames(settings)
+        self.lookups = Lookups(settings, self.names)
         self.directory = (
             Directory(settings.directory, section="windows.directory")
             if settings.directory
@@ -151,17 +152,20 @@ class WindowsAuthenticator(Authenticator):
     async def claim(self, credentials: PasswordCredentials) -> Claim | None:
         if not self.names.looks_like_account(credentials.login, credentials.domain):
             return None
-        return windows_claim(self.names, credentials.login, credentials.domain)
+        # A UPN ("u.person@corp.example") is the account the domain says it belongs to.
+        return account_claim(await self.lookups.account(credentials.login, credentials.domain))
 
     async def verify(self, user: UserRecord | None, credentials: PasswordCredentials) -> Identity:
         if user is not None and user.account:
             account = self.names.parse(user.account)
         else:
-            account = self.names.parse(credentials.login, credentials.domain)
+            account = await self.lookups.account(credentials.login, credentials.domain)
         if not credentials.password:
             raise InvalidCredentials(WRONG, reason="empty password: not sent to the domain")
         check = self._ldap_check if self.settings.password_check == "ldap" else self._kerberos_check
         await outside.windows_check(self.settings).run(check, account, credentials.password)
+        # As NTLM refuses one: a non-member's right password is "wrong".
+        await self.lookups.require_membership(account, credentials.password)
         return Identity(account=account.down_level, display_name=account.name)
 
     def _ldap_check(self, account: WindowsAccount, password: str) -> None:
