@@ -211,6 +211,7 @@ async def _sign_in_loops(
     answer with the time its request was sent, and the time the change was answered."""
     answers: list[tuple[float, httpx.Response]] = []
     stop = asyncio.Event()
+    progress = asyncio.Event()  # set at every answer
     changed_at = 0.0
 
     async def loop(i: int) -> None:
@@ -223,13 +224,26 @@ async def _sign_in_loops(
                     json={"Login": login, "Password": "Right-pw-1"},
                 )
                 answers.append((sent, answer))
+                progress.set()
                 n += 1
 
+    async def answered(enough: int, since: float) -> None:
+        """Wait ``after`` seconds, and on until ``enough`` answers to requests sent after
+        ``since`` have come back (a loaded machine signs in slowly), 60 s at most."""
+        await asyncio.sleep(after)
+        deadline = time.monotonic() + 60
+        while sum(sent > since for sent, _ in answers) < enough:
+            progress.clear()
+            try:
+                await asyncio.wait_for(progress.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+
     tasks = [asyncio.create_task(loop(i)) for i in range(loops)]
-    await asyncio.sleep(after)
+    await answered(loops + 1, 0.0)  # sign-ins done before the change, and more in flight
     await asyncio.to_thread(change)
     changed_at = time.monotonic()
-    await asyncio.sleep(after)
+    await answered(loops + 1, changed_at)
     stop.set()
     await asyncio.gather(*tasks)
     return answers, changed_at
