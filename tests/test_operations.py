@@ -198,6 +198,40 @@ def test_refusals_before_the_right_password_move_the_metrics_alike(
         assert refusal(login, password) == wrong_password, login
 
 
+def test_metrics_are_kept_to_this_machine_unless_allowed_elsewhere(
+    tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    """By default only loopback may read /metrics: not a client a trusted proxy names from
+    elsewhere, not a request a proxy forwarded while no proxy is trusted, and not a monitoring
+    network the example settings file (which the systemd steps install) would open."""
+    proxied = start(tmp_path, "proxied", SESSIOND_TRUSTED_PROXIES='["127.0.0.1"]')
+    servers.append(proxied)
+    assert value(scrape(proxied.url), "sessiond_store_up") == 1  # loopback itself
+    assert value(scrape(proxied.url, **{"X-Forwarded-For": "127.0.0.1"}), "sessiond_store_up") == 1
+    outside = httpx.get(f"{proxied.url}/metrics", headers={"X-Forwarded-For": "10.1.2.3"})
+    assert outside.status_code == 403
+    assert outside.json()["error"]["code"] == "address_not_allowed"
+    assert "10.1.2.3" in outside.json()["error"]["message"]
+    assert "metrics_allow" in outside.json()["error"]["message"]
+
+    direct = start(tmp_path, "direct")
+    servers.append(direct)
+    assert value(scrape(direct.url), "sessiond_store_up") == 1
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        forwarded = httpx.get(f"{direct.url}/metrics", headers={header: "for=203.0.113.9"})
+        assert forwarded.status_code == 403, header
+        assert forwarded.json()["error"]["code"] == "address_not_allowed"
+        assert "trusted_proxies" in forwarded.json()["error"]["message"]
+
+    example = Path(__file__).parents[1] / "docs" / "sessiond.example.toml"
+    installed = start(tmp_path, "example", SESSIOND_CONFIG=str(example))
+    servers.append(installed)
+    assert value(scrape(installed.url), "sessiond_store_up") == 1
+    for address in ("10.1.2.3", "192.0.2.7"):
+        asked = httpx.get(f"{installed.url}/metrics", headers={"X-Forwarded-For": address})
+        assert asked.status_code == 403, address
+
+
 def test_metrics_can_be_switched_off_or_kept_to_some_networks(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
