@@ -232,6 +232,23 @@ def test_metrics_are_kept_to_this_machine_unless_allowed_elsewhere(
         assert asked.status_code == 403, address
 
 
+def test_route_labels_name_the_consoles_routes_by_template(server: ServerProcess) -> None:
+    url = server.url
+    before = scrape(url)
+    assert httpx.get(f"{url}/console/sign-in").status_code == 200
+    assert httpx.get(f"{url}/console/static/console.css").status_code == 200
+    assert httpx.get(f"{url}/console/no-such-page").status_code == 404
+    after = scrape(url)
+    timed = "sessiond_http_request_duration_seconds_count"
+    moved = {
+        dict(pairs)["route"]: count
+        for (name, pairs), count in _moves(before, after).items()
+        if name == timed and dict(pairs)["method"] == "GET"
+    }
+    assert moved == {"/console/sign-in": 1, "/console/static/{name}": 1, "unmatched": 1,
+                     "/metrics": 1}  # fmt: skip
+
+
 def test_metrics_can_be_switched_off_or_kept_to_some_networks(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
