@@ -108,9 +108,9 @@ def test_metrics_count_sign_ins_validations_and_closes(server: ServerProcess) ->
         return value(after, name, **labels) - value(before, name, **labels)
 
     signed_in = "sessiond_sign_ins_total"
-    assert moved(signed_in, login_type="Platform", outcome="opened") == 3
-    assert moved(signed_in, login_type="Platform", outcome="invalid_credentials") == 1
-    assert moved(signed_in, login_type="unknown", outcome="invalid_credentials") == 1
+    assert moved(signed_in, via="password", outcome="opened") == 3
+    # The wrong password and the unknown login: one outcome, nothing that tells them apart.
+    assert moved(signed_in, via="password", outcome="invalid_credentials") == 2
     validated = "sessiond_validations_total"
     assert moved(validated, outcome="ok") == 3  # current, the admin close, the increment
     assert moved(validated, outcome="token_invalid") == 1
@@ -119,8 +119,10 @@ def test_metrics_count_sign_ins_validations_and_closes(server: ServerProcess) ->
     assert moved("sessiond_sessions_closed_total", by="admin") == 1
     assert moved("sessiond_open_sessions", license_type="ConcurrentClient") == 1
     hashed = "sessiond_password_hash_seconds_count"
-    assert moved(hashed, operation="verify") == 4  # three right passwords, one wrong
-    assert moved(hashed, operation="decoy") == 1  # the unknown login
+    assert moved(hashed, operation="verify") == 5  # three right, one wrong, the unknown login
+    pairs_seen = {pair for (_, pairs) in after for pair in pairs}
+    assert ("operation", "decoy") not in pairs_seen  # a decoy is not told from a real hash
+    assert not any(key == "login_type" for key, _ in pairs_seen)  # nor a user's login type
     assert value(after, "sessiond_configuration_version") == raised.json()["Version"]
     assert value(after, "sessiond_store_up") == 1
     assert value(after, "sessiond_build_info", version=__version__) == 1
@@ -134,6 +136,117 @@ def test_metrics_count_sign_ins_validations_and_closes(server: ServerProcess) ->
     labels = {v for (_, pairs) in after for (_, v) in pairs}
     for forbidden in ("nobody-at-all", "127.0.0.1", str(second_id)):
         assert not any(forbidden in label for label in labels), forbidden
+
+
+def _moves(before: Samples, after: Samples) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What moved between two scrapes among sessiond's own counts (a histogram's buckets and
+    sums are times, which the caller sees anyway; its count is compared)."""
+    moved = {}
+    for key, now in after.items():
+        name, was = key[0], before.get(key, 0.0)
+        if name.startswith("sessiond_") and not name.endswith(("_bucket", "_sum")) and now != was:
+            moved[key] = now - was
+    return moved
+
+
+def test_refusals_before_the_right_password_move_the_metrics_alike(
+    tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    """An unknown login, a blocked user, a user of another login type: each refusal leaves every
+    metric exactly as a wrong password of an existing user does (scraped before and after)."""
+    node = start(
+        tmp_path,
+        "alike",
+        SESSIOND_SECURITY__MAX_FAILED_LOGIN_ATTEMPTS_IN_SERIES="5",
+        SESSIOND_SWEEP_INTERVAL="1h",
+    )
+    servers.append(node)
+    url = node.url
+    admin = {"Tessa-Session": token_of(open_session(url, "admin", node.admin_password))}
+    users = f"{url}/api/v1/users"
+    for body in (
+        {"Login": "known", "Password": "Known-Password-1"},
+        {"Login": "blocked", "Password": "Blocked-Password-1"},
+        {"Login": "domain", "LoginType": "Windows", "Account": "CORP\\domain"},
+        {"Login": "nologin", "LoginType": "None"},
+    ):
+        added = httpx.post(users, json=body, headers=admin, timeout=30)
+        assert added.status_code == 201, added.text
+    blocked = httpx.post(f"{users}/blocked/block", json={}, headers=admin, timeout=30)
+    assert blocked.status_code == 200, blocked.text
+
+    def refusal(login: str, password: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        before = scrape(url)
+        answer = open_session(url, login, password)
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"]["code"] == "invalid_credentials"
+        return _moves(before, scrape(url))
+
+    wrong_password = refusal("known", "not-the-password")
+    signed = [key for key in wrong_password if key[0] == "sessiond_sign_ins_total"]
+    assert len(signed) == 1 and ("outcome", "invalid_credentials") in signed[0][1]
+    assert wrong_password[signed[0]] == 1
+    cases = [
+        ("nobody-at-all", "whatever"),  # no such login
+        ("blocked", "not-the-password"),  # blocked: the password is not checked
+        ("blocked", "Blocked-Password-1"),  # nor is the right one, while the block lasts
+        ("domain", "whatever"),  # a Windows user on a server without Windows sign-in
+        ("nologin", "whatever"),  # login type None: may not sign in
+        ("known", "not-the-password"),
+    ]
+    for login, password in cases:
+        assert refusal(login, password) == wrong_password, login
+
+
+def test_metrics_are_kept_to_this_machine_unless_allowed_elsewhere(
+    tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    """By default only loopback may read /metrics: not a client a trusted proxy names from
+    elsewhere, not a request a proxy forwarded while no proxy is trusted, and not a monitoring
+    network the example settings file (which the systemd steps install) would open."""
+    proxied = start(tmp_path, "proxied", SESSIOND_TRUSTED_PROXIES='["127.0.0.1"]')
+    servers.append(proxied)
+    assert value(scrape(proxied.url), "sessiond_store_up") == 1  # loopback itself
+    assert value(scrape(proxied.url, **{"X-Forwarded-For": "127.0.0.1"}), "sessiond_store_up") == 1
+    outside = httpx.get(f"{proxied.url}/metrics", headers={"X-Forwarded-For": "10.1.2.3"})
+    assert outside.status_code == 403
+    assert outside.json()["error"]["code"] == "address_not_allowed"
+    assert "10.1.2.3" in outside.json()["error"]["message"]
+    assert "metrics_allow" in outside.json()["error"]["message"]
+
+    direct = start(tmp_path, "direct")
+    servers.append(direct)
+    assert value(scrape(direct.url), "sessiond_store_up") == 1
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        forwarded = httpx.get(f"{direct.url}/metrics", headers={header: "for=203.0.113.9"})
+        assert forwarded.status_code == 403, header
+        assert forwarded.json()["error"]["code"] == "address_not_allowed"
+        assert "trusted_proxies" in forwarded.json()["error"]["message"]
+
+    example = Path(__file__).parents[1] / "docs" / "sessiond.example.toml"
+    installed = start(tmp_path, "example", SESSIOND_CONFIG=str(example))
+    servers.append(installed)
+    assert value(scrape(installed.url), "sessiond_store_up") == 1
+    for address in ("10.1.2.3", "192.0.2.7"):
+        asked = httpx.get(f"{installed.url}/metrics", headers={"X-Forwarded-For": address})
+        assert asked.status_code == 403, address
+
+
+def test_route_labels_name_the_consoles_routes_by_template(server: ServerProcess) -> None:
+    url = server.url
+    before = scrape(url)
+    assert httpx.get(f"{url}/console/sign-in").status_code == 200
+    assert httpx.get(f"{url}/console/static/console.css").status_code == 200
+    assert httpx.get(f"{url}/console/no-such-page").status_code == 404
+    after = scrape(url)
+    timed = "sessiond_http_request_duration_seconds_count"
+    moved = {
+        dict(pairs)["route"]: count
+        for (name, pairs), count in _moves(before, after).items()
+        if name == timed and dict(pairs)["method"] == "GET"
+    }
+    assert moved == {"/console/sign-in": 1, "/console/static/{name}": 1, "unmatched": 1,
+                     "/metrics": 1}  # fmt: skip
 
 
 def test_metrics_can_be_switched_off_or_kept_to_some_networks(

@@ -2,8 +2,14 @@
 
 The rest of the server only calls the helpers here (:func:`sign_in`, :func:`validating`,
 :func:`hashing`, ...): which metrics exist, their names, labels and buckets are decided in this
-module alone. Labels take values from small fixed sets (login types, error codes, licence
-types, route templates): never a login, an address, a session id or a raw path.
+module alone. Labels take values from small fixed sets (error codes, licence types, route
+templates): never a login, an address, a session id or a raw path.
+
+Nothing here tells more about a sign-in than its answer did: a sign-in is counted by the way its
+credentials came (a password, or HTTP Negotiate), never by the user's row, and a refusal before
+the right password is ``invalid_credentials`` whoever the login names. The decoy hash of such a
+refusal is timed as the verification it stands for. So an unknown login, a wrong password and a
+blocked user move the same series by the same amounts (docs/operator.md, "Metrics").
 
 Counters count what this process did since it started; the gauges about sessions, seats and
 the configuration version are read from the store each time ``/metrics`` is scraped
@@ -15,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -35,7 +40,6 @@ from prometheus_client.process_collector import ProcessCollector
 from ._version import __version__
 from .errors import NegotiateRequired, ServiceUnavailable, SessiondError
 from .licence import SEAT_FIELDS
-from .models import LoginType
 
 if TYPE_CHECKING:
     from .service import SessionService
@@ -46,8 +50,8 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
-#: The ``login_type`` of a sign-in whose login matched no user.
-UNKNOWN = "unknown"
+#: How a sign-in's credentials came: a login and password, or an HTTP Negotiate token.
+VIA = ("password", "negotiate")
 #: The ``route`` of a request that matched no route (never its raw path).
 UNMATCHED = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -57,9 +61,10 @@ BUILD.info({"version": __version__})
 
 SIGN_INS = Counter(
     "sessiond_sign_ins",
-    "Sign-ins that ended, by the user's login type (unknown: no user has that login) and "
-    "outcome: opened, or the refusal's error code (invalid_credentials, user_blocked, ...).",
-    ["login_type", "outcome"],
+    "Sign-ins that ended, by how the credentials came (via: password, negotiate) and outcome: "
+    "opened, or the error code answered (invalid_credentials for every refusal before the "
+    "right password; user_blocked, password_expired, ... only after it).",
+    ["via", "outcome"],
     registry=REGISTRY,
 )
 VALIDATIONS = Counter(
@@ -89,8 +94,8 @@ SESSIONS_SWEPT = Counter(
 PASSWORD_HASHING = Histogram(
     "sessiond_password_hash_seconds",
     "Time of one Argon2id operation, waiting for a worker thread included: verify (a "
-    "password against its hash), hash (a new password, or a rehash), decoy (the verification "
-    "spent on a refusal where no real hash is checked).",
+    "password against its hash, or against the decoy hash of a refusal where no real one is "
+    "checked: the two are not told apart), hash (a new password, or a rehash).",
     ["operation"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
@@ -153,14 +158,15 @@ NOTIFICATIONS = Counter(
 )
 
 # Series that exist from the start, so that a rate over them is defined before the first event.
-for _kind in (LoginType.PLATFORM, LoginType.WINDOWS, LoginType.LDAP):
-    SIGN_INS.labels(_kind.wire, "opened")
+for _via in VIA:
+    SIGN_INS.labels(_via, "opened")
+    SIGN_INS.labels(_via, "invalid_credentials")
 VALIDATIONS.labels("ok")
 for _by in ("user", "admin"):
     SESSIONS_CLOSED.labels(_by)
 for _outcome in ("ok", "failed"):
     SWEEPS.labels(_outcome)
-for _operation in ("verify", "hash", "decoy"):
+for _operation in ("verify", "hash"):
     PASSWORD_HASHING.labels(_operation)
 for _notice in ("version", "revoked", "licence", "resumed"):
     NOTIFICATIONS.labels(_notice)
@@ -169,34 +175,23 @@ for _notice in ("version", "revoked", "licence", "resumed"):
 # --- sign-ins and validations ----------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class SignInLabels:
-    """What is known of a sign-in while it runs: the login type once a user is found."""
-
-    login_type: LoginType | None = None
-
-    @property
-    def label(self) -> str:
-        return self.login_type.wire if self.login_type is not None else UNKNOWN
-
-
 @contextmanager
-def sign_in(login_type: LoginType | None = None) -> Iterator[SignInLabels]:
-    """Count one sign-in when the block ends: ``opened`` if it returns, the error's code if it
-    raises a refusal. A Negotiate challenge is a step of a sign-in, not its end; a sign-in
-    whose request went away (cancelled) is not counted."""
-    attempt = SignInLabels(login_type)
+def sign_in(via: str) -> Iterator[None]:
+    """Count one sign-in when the block ends, under ``via`` (``password`` or ``negotiate``: how
+    the credentials came, known before anything is looked up): ``opened`` if it returns, the
+    error's code if it raises a refusal. A Negotiate challenge is a step of a sign-in, not its
+    end; a sign-in whose request went away (cancelled) is not counted."""
     try:
-        yield attempt
+        yield
     except NegotiateRequired:
         raise
     except SessiondError as exc:
-        SIGN_INS.labels(attempt.label, exc.code).inc()
+        SIGN_INS.labels(via, exc.code).inc()
         raise
     except Exception:
-        SIGN_INS.labels(attempt.label, "error").inc()
+        SIGN_INS.labels(via, "error").inc()
         raise
-    SIGN_INS.labels(attempt.label, "opened").inc()
+    SIGN_INS.labels(via, "opened").inc()
 
 
 class _Validating:
@@ -237,7 +232,7 @@ def sessions_closed(by: str, count: int | bool = 1) -> None:
 
 
 def hashing(operation: str) -> Histogram:
-    """``with hashing("verify").time(): ...``; ``verify``, ``hash`` or ``decoy``."""
+    """``with hashing("verify").time(): ...``; ``verify`` (a decoy hash too) or ``hash``."""
     return PASSWORD_HASHING.labels(operation)
 
 

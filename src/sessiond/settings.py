@@ -75,6 +75,8 @@ __all__ = [
 ]
 
 CONFIG_ENV = "SESSIOND_CONFIG"
+#: Who may read /metrics unless metrics_allow says otherwise: this machine only.
+METRICS_ALLOW_DEFAULT = ("127.0.0.0/8", "::1")
 # The file load_settings() was given; else SESSIOND_CONFIG names it.
 _config_file: ContextVar[str | None] = ContextVar("sessiond_config_file", default=None)
 
@@ -323,8 +325,9 @@ class Settings(BaseSettings):
     )
     metrics: bool = Field(True, description="serve GET /metrics (Prometheus text format)")
     metrics_allow: list[str] = Field(
-        default_factory=list,
-        description="addresses or networks that may read /metrics; empty: every address",
+        default_factory=lambda: list(METRICS_ALLOW_DEFAULT),
+        description="addresses or networks that may read /metrics (default: loopback only); "
+        "empty: no address",
     )
 
     argon2: Argon2Settings = Argon2Settings()

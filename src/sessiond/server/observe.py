@@ -4,7 +4,8 @@
 (``fast.py``) times itself and reports through :meth:`Observe.done`, so that the hot path carries
 one layer fewer. Both sit behind :class:`~.addresses.ClientAddress`, so the address logged is
 the settled one. It records the request's duration by method and route
-template (``/api/v1/users/{login}``, never the path as sent), and writes the access line:
+template (``/api/v1/users/{login}``, ``/console/users/{login}`` for the mounted console; never
+the path as sent), and writes the access line:
 method, path without its query string, status, duration, client address. Never a header, the
 query string or a body: tokens and passwords travel only there.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
@@ -33,15 +35,23 @@ class Observe:
         self.access = access
 
     @staticmethod
-    def _route(scope: Scope) -> str | None:
-        template = getattr(scope.get("route"), "path", None)
-        return template if isinstance(template, str) else None
+    def _route(scope: Scope, root_path: str) -> str | None:
+        """The template of the route that answered, with the path of the application it is
+        mounted at (the console's ``/console``) in front; ``None`` when none matched."""
+        route = scope.get("route")
+        template = getattr(route, "path", None)
+        if not isinstance(template, str) or isinstance(route, Mount):
+            return None  # a mounted application in which no route matched
+        mounted = scope.get("root_path", "")
+        prefix = mounted[len(root_path) :] if mounted.startswith(root_path) else ""
+        return prefix + template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        root_path = scope.get("root_path", "")
         status = 500  # what the server answers when the application fails before answering
 
         async def send_observed(message: Message) -> None:
@@ -53,7 +63,7 @@ class Observe:
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            self.done(scope, self._route(scope), status, time.perf_counter() - started)
+            self.done(scope, self._route(scope, root_path), status, time.perf_counter() - started)
 
     def done(self, scope: Scope, route: str | None, status: int, seconds: float) -> None:
         """Record one answered request (the validation handler in front calls this too)."""

@@ -4,7 +4,9 @@
 - ``GET /api/v1/health/ready``: the store answers and its schema is this sessiond's
   (:func:`~sessiond.store.health.readiness`); ``503 service_unavailable`` otherwise.
 - ``GET /metrics``: Prometheus text format (:mod:`sessiond.metrics`), unless the ``metrics``
-  setting is off (then there is no such route); only from ``metrics_allow`` when that is set.
+  setting is off (then there is no such route); only to a client address in ``metrics_allow``
+  (loopback unless set), and never to a request a proxy forwarded while no proxy is trusted
+  (behind a reverse proxy on the same machine every caller would look like loopback).
 - ``GET /api/v1/docs``: Swagger UI, with its script and style served from the package
   (``static/swagger-ui``), so the page needs no other server.
 
@@ -92,19 +94,31 @@ def _allowed(host: str, allowed: list[Network]) -> bool:
     return any(address in network for network in allowed)
 
 
+#: Headers a proxy adds to say whom it forwards for.
+_FORWARDING = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
+
+
+def _not_allowed(message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": "address_not_allowed", "message": message}}, 403)
+
+
 def _metrics_route(settings: Settings) -> Any:
     allowed = networks(settings.metrics_allow)
+    proxies_trusted = bool(settings.trusted_proxies)
 
     async def scrape(request: Request) -> Response:
         # The client address is the settled one (trusted_proxies applied), as everywhere.
-        if allowed and not _allowed(request.client.host if request.client else "", allowed):
-            body = {
-                "error": {
-                    "code": "address_not_allowed",
-                    "message": "this address may not read the metrics (metrics_allow)",
-                }
-            }
-            return JSONResponse(body, status_code=403)
+        host = request.client.host if request.client else ""
+        if not proxies_trusted and any(name in _FORWARDING for name, _ in request.scope["headers"]):
+            return _not_allowed(
+                "this request came through a proxy, so its sender is not known: scrape "
+                "sessiond directly, or list the proxy in trusted_proxies"
+            )
+        if not _allowed(host, allowed):
+            return _not_allowed(
+                f"the address {host or '(none)'} may not read the metrics; an operator can "
+                "add it to the metrics_allow setting"
+            )
         await metrics.refresh(_service(request))
         content, media_type = metrics.exposition()
         return Response(content, media_type=media_type)

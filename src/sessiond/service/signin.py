@@ -108,7 +108,7 @@ class SignIn:
     ) -> SessionToken:
         self.pace.begin()
         who, password = credentials.display, credentials.password
-        with metrics.sign_in() as counted:  # counts the outcome, by the user's login type
+        with metrics.sign_in("password"):  # the outcome, never which user or login type
             user = await self.users.find(credentials)
             if user is None:  # a spelling only its backend reads (a UPN), or no user at all
                 backend, claim = await self._claim(credentials, client_address)
@@ -121,13 +121,11 @@ class SignIn:
                 )  # fmt: skip
             else:
                 mapped = user
-                counted.login_type = mapped.login_type
                 backend = await self._backend_of(mapped, who, password, client_address)
                 checked = await self._check(
                     mapped, lambda: backend.verify(mapped, credentials), who, password,
                     client_address, backend,
                 )  # fmt: skip
-            counted.login_type = checked.user.login_type
             return await self.admission.admit(
                 checked, checked.user.login_type, "a password", client, client_address
             )
@@ -151,7 +149,7 @@ class SignIn:
         if not token:
             raise NegotiateRequired(f"{proof.title}: send a Negotiate token")
         self.pace.begin()
-        with metrics.sign_in(proof.login_type):  # a challenge is not an outcome
+        with metrics.sign_in("negotiate"):  # a challenge is not an outcome
             try:
                 claim = await proof.claim(token, handshake_id)
             except InvalidCredentials as exc:
