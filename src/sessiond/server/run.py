@@ -109,7 +109,8 @@ def serve(settings: Settings, sock: socket.socket, on_listening: Callable[[str],
         # The client address comes from sessiond's own trusted_proxies rule (server/addresses.py)
         # alone: uvicorn's would rewrite it first, trusting X-Forwarded-For from loopback.
         proxy_headers=False,
-        # httptools with limits on the size of a request head and the time it takes to arrive.
+        # httptools with limits on the size of a request head, the time a head and a body take
+        # to arrive, and the connections open at once (server/protocol.py).
         http=http_protocol(settings),
     )
     server = _Server(config, listening)
