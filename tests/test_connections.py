@@ -1,11 +1,12 @@
 """Connections of a real ``sessiond serve``: a body that trickles in is cut at
-``request_body_timeout`` while others are served, and the connection limits answer a connection
-over them as it opens."""
+``request_body_timeout`` while others are served, the connection limits answer a connection
+over them as it opens, and the open-files limit is checked at start."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import resource
 import socket
 import time
@@ -15,6 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+from sessiond.server.connections import open_files_needed
+from sessiond.settings import Settings
 
 from .conftest import ServerProcess, free_port, server_env
 
@@ -244,3 +248,61 @@ def test_a_connection_over_the_total_is_answered_503(limited: ServerProcess) -> 
         for sock in held:
             sock.close()
     assert _wait_for_room(limited.port, "127.0.1.9")[0] == 200
+
+
+# --- 3. the open-files limit -----------------------------------------------------------------
+
+
+def _limits_of(proc: ServerProcess) -> tuple[int, int]:
+    assert proc.process is not None
+    text = Path(f"/proc/{proc.process.pid}/limits").read_text()
+    found = re.search(r"Max open files\s+(\d+)\s+(\d+)", text)
+    assert found, text
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_a_low_soft_open_files_limit_is_raised_at_start(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 8192, "the test needs a hard open-files limit of 8192 or more"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        proc = _start(tmp_path, SESSIOND_MAX_CONNECTIONS="4096")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert _limits_of(proc) == (hard, hard)
+        log = proc.log_path.read_text()
+        assert f"raised the open files limit (RLIMIT_NOFILE) from 1024 to {hard}" in log
+        assert "below the" not in log
+    finally:
+        proc.stop()
+
+
+def test_an_open_files_limit_below_max_connections_is_a_warning(tmp_path: Path) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard != resource.RLIM_INFINITY
+    proc = _start(tmp_path, SESSIOND_MAX_CONNECTIONS=str(hard))
+    try:
+        warnings = [
+            line
+            for line in proc.log_path.read_text().splitlines()
+            if "the open files limit (RLIMIT_NOFILE) is" in line
+        ]
+        assert len(warnings) == 1, warnings
+        assert f"is {hard}, below the {hard + 10 + 128} that max_connections" in warnings[0]
+        assert "LimitNOFILE=" in warnings[0]
+        # It still serves.
+        assert httpx.get(f"{proc.url}/api/v1/health/live").status_code == 200
+    finally:
+        proc.stop()
+
+
+def test_the_systemd_unit_gives_the_default_limits_their_open_files() -> None:
+    unit = (Path(__file__).parents[1] / "deploy" / "sessiond.service").read_text()
+    found = re.search(r"^LimitNOFILE=(\d+)$", unit, re.M)
+    assert found, "the unit sets no LimitNOFILE"
+    assert int(found.group(1)) >= open_files_needed(Settings())
+    containerfile = (Path(__file__).parents[1] / "deploy" / "Containerfile").read_text()
+    found = re.search(r"--ulimit nofile=(\d+):(\d+)", containerfile)
+    assert found, "the container's run line sets no open-files limit"
+    assert int(found.group(1)) >= open_files_needed(Settings())

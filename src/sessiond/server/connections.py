@@ -9,12 +9,17 @@ its TCP peer's address: the one thing about it a client cannot choose. An IPv6 p
 against its /64 (one host can take any address of its /64). A peer that is a trusted proxy
 (``trusted_proxies``) counts against the total only, since many clients share its address; the
 proxy limits its own clients.
+
+:func:`check_open_files` runs at start: the soft ``RLIMIT_NOFILE`` must cover
+``max_connections`` and what else the process keeps open (:func:`open_files_needed`); it is
+raised to the hard limit if it does not, and one warning says so if even that is too low.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import resource
 import time
 from collections.abc import Sequence
 
@@ -32,6 +37,11 @@ RETRY_AFTER_SECONDS = 5
 #: and dropped, so that the answer is not lost to a reset). Beyond it, a refused connection is
 #: closed as soon as its answer is written: a flood of refusals cannot hold many descriptors.
 MAX_LINGERING = 64
+
+#: Descriptors kept for what is not a client connection: the listening socket, the event
+#: loop's, log and database files, connections to directories and Kerberos, and the refused
+#: connections that linger (at most :data:`MAX_LINGERING`).
+RESERVED_FILES = 128
 
 #: At most one warning about refused connections per this many seconds (with a count).
 LOG_INTERVAL_SECONDS = 10.0
@@ -130,3 +140,38 @@ def limits_for(settings: Settings) -> ConnectionLimits:
         settings.max_connections_per_address,
         networks(settings.trusted_proxies),
     )
+
+
+def open_files_needed(settings: Settings) -> int:
+    """Descriptors the process may need at once: every connection the limits allow, the
+    database connections, and :data:`RESERVED_FILES`."""
+    return settings.max_connections + settings.database_connections + RESERVED_FILES
+
+
+def check_open_files(settings: Settings) -> tuple[int, int]:
+    """At start: raise the soft ``RLIMIT_NOFILE`` to the hard limit when it is below
+    :func:`open_files_needed`, and log one warning if it stays below. Returns the soft limit
+    and what is needed."""
+    needed = open_files_needed(settings)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.debug("cannot raise the open files limit to %s: %s", hard, exc)
+        else:
+            log.info("raised the open files limit (RLIMIT_NOFILE) from %d to %d", soft, hard)
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open files limit (RLIMIT_NOFILE) is %d, below the %d that max_connections "
+            "(%d) needs with database_connections (%d) and %d more: under load, new "
+            "connections will fail before the limits answer them; raise the limit "
+            "(systemd: LimitNOFILE=, a container: --ulimit nofile=) or lower max_connections",
+            soft,
+            needed,
+            settings.max_connections,
+            settings.database_connections,
+            RESERVED_FILES,
+        )
+    return soft, needed
