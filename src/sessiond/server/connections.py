@@ -17,6 +17,7 @@ raised to the hard limit if it does not, and one warning says so if even that is
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import resource
@@ -60,7 +61,9 @@ class ConnectionLimits:
         self.by_address: dict[str, int] = {}
         self.lingering = 0
         self._refused_unlogged = 0
+        self._latest: tuple[str | None, SessiondError] | None = None
         self._next_log = 0.0
+        self._log_later: asyncio.TimerHandle | None = None
 
     def address_key(self, peer: str | None) -> str | None:
         """What a connection from ``peer`` is counted against besides the total: the IPv4
@@ -112,11 +115,23 @@ class ConnectionLimits:
 
     def refused(self, peer: str | None, error: SessiondError) -> None:
         """Log a refusal: the first at once, then at most one line per
-        :data:`LOG_INTERVAL_SECONDS` with how many there were."""
+        :data:`LOG_INTERVAL_SECONDS` with how many there were (the last line comes when the
+        interval ends, even if the refusals have stopped)."""
         self._refused_unlogged += 1
-        now = time.monotonic()
-        if now < self._next_log:
+        self._latest = (peer, error)
+        if self._log_later is not None:
+            return  # a line is due already
+        wait = self._next_log - time.monotonic()
+        if wait <= 0:
+            self._log_refusals()
+        else:
+            self._log_later = asyncio.get_running_loop().call_later(wait, self._log_refusals)
+
+    def _log_refusals(self) -> None:
+        self._log_later = None
+        if not self._refused_unlogged or self._latest is None:
             return
+        peer, error = self._latest
         log.warning(
             "refused %d connection(s) for a connection limit since the last such line; the "
             "latest from %s: %s %s (max_connections %d, max_connections_per_address %d, "
@@ -130,7 +145,7 @@ class ConnectionLimits:
             self.total,
         )
         self._refused_unlogged = 0
-        self._next_log = now + LOG_INTERVAL_SECONDS
+        self._next_log = time.monotonic() + LOG_INTERVAL_SECONDS
 
 
 def limits_for(settings: Settings) -> ConnectionLimits:
