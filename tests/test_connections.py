@@ -17,9 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from sessiond.server.connections import open_files_needed
-from sessiond.settings import Settings
-
 from .conftest import ServerProcess, free_port, server_env
 
 BODY_TIMEOUT = 3.0  # seconds, the slow-body server's request_body_timeout
@@ -64,6 +61,18 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         tmp_path_factory.mktemp("limited"),
         SESSIOND_MAX_CONNECTIONS="12",
         SESSIOND_MAX_CONNECTIONS_PER_ADDRESS="4",
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def behind_a_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """2 connections per address, except from the trusted proxy 127.0.0.2."""
+    proc = _start(
+        tmp_path_factory.mktemp("behind-a-proxy"),
+        SESSIOND_MAX_CONNECTIONS_PER_ADDRESS="2",
+        SESSIOND_TRUSTED_PROXIES='["127.0.0.2/32"]',
     )
     yield proc
     proc.stop()
@@ -174,6 +183,34 @@ def test_a_body_that_arrives_in_pieces_in_time_is_accepted(slow_bodies: ServerPr
     assert "Token" in answer
 
 
+def test_a_body_still_trickling_after_an_early_answer_is_cut(slow_bodies: ServerProcess) -> None:
+    # Over 64 KiB by Content-Length: answered 413 at once, before the body; the connection
+    # stays open for the body to be read and dropped, but not for longer than the body limit.
+    with socket.create_connection(("127.0.0.1", slow_bodies.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /api/v1/sessions/open HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 70000\r\n\r\n{"
+        )
+        sent = time.monotonic()
+        sock.settimeout(1.0)
+        raw = b""
+        while time.monotonic() - sent < BODY_TIMEOUT + MARGIN:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+        took = time.monotonic() - sent
+    status, _, body = _answer(raw)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    assert took < BODY_TIMEOUT + MARGIN, "the connection was held past the body limit"
+
+
 # --- 2. connection limits --------------------------------------------------------------------
 
 
@@ -261,6 +298,28 @@ def _last_refusal_line(proc: ServerProcess) -> str:
     return ([line for line in lines if "for a connection limit" in line] or [""])[-1]
 
 
+def test_a_trusted_proxy_counts_against_the_total_only(behind_a_proxy: ServerProcess) -> None:
+    held = [_connect(behind_a_proxy.port, "127.0.0.2") for _ in range(4)]
+    try:
+        with _connect(behind_a_proxy.port, "127.0.0.2") as sock:
+            assert _get(sock)[0] == 200
+        # A header naming another client does not lift an ordinary address's limit.
+        others = [_connect(behind_a_proxy.port, "127.0.0.3") for _ in range(2)]
+        try:
+            with _connect(behind_a_proxy.port, "127.0.0.3") as sock:
+                sock.sendall(
+                    b"GET /api/v1/health/live HTTP/1.1\r\nHost: x\r\n"
+                    b"X-Forwarded-For: 192.0.2.1\r\nConnection: close\r\n\r\n"
+                )
+                assert _get(sock)[0] == 429
+        finally:
+            for sock in others:
+                sock.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
 # --- 3. the open-files limit -----------------------------------------------------------------
 
 
@@ -309,6 +368,9 @@ def test_an_open_files_limit_below_max_connections_is_a_warning(tmp_path: Path) 
 
 
 def test_the_systemd_unit_gives_the_default_limits_their_open_files() -> None:
+    from sessiond.server.connections import open_files_needed
+    from sessiond.settings import Settings
+
     unit = (Path(__file__).parents[1] / "deploy" / "sessiond.service").read_text()
     found = re.search(r"^LimitNOFILE=(\d+)$", unit, re.M)
     assert found, "the unit sets no LimitNOFILE"
