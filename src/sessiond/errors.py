@@ -7,7 +7,7 @@ integrators catch one tree on both sides::
     SessiondError
     ├── RequestError                400 invalid_request          malformed body or parameter
     │   ├── HeaderRepeated          400 header_repeated          a single-value header sent twice
-    │   ├── RequestTimeout          408 request_timeout          request head not sent in time
+    │   ├── RequestTimeout          408 request_timeout          request head or body not in time
     │   ├── RequestTooLarge         413 request_too_large        body over the size limit
     │   └── RequestHeadTooLarge     431 request_head_too_large   request line + headers too large
     ├── AuthenticationError         401 (sign-in and token failures)
@@ -27,9 +27,11 @@ integrators catch one tree on both sides::
     ├── Conflict                    409 conflict                 e.g. the login exists
     ├── PasswordRejected            422 password_rejected        too short, weak or reused
     ├── LicenceLimitReached         429 licence_limit_reached    no free seat of that type
+    ├── TooManyConnections          429 too_many_connections     this address has too many open
     ├── LicenceInvalid              503 licence_invalid          no valid licence loaded
     ├── NotConfigured               501 not_configured           switched off in settings
     ├── ServiceUnavailable          503 service_unavailable      store or directory is down
+    │   └── ServerBusy              503 server_busy              at max_connections; retry later
     └── SettingsError               500 invalid_settings         server side: unusable settings
         └── StoreMissing            -   no_store                 command line: no store there
             └── StoreOutdated       -   store_outdated           command line: schema too old/new
@@ -89,7 +91,8 @@ class HeaderRepeated(RequestError):
 
 
 class RequestTimeout(RequestError):
-    """The request line and headers did not all arrive within ``request_head_timeout``."""
+    """The request line and headers did not all arrive within ``request_head_timeout``, or the
+    body within ``request_body_timeout`` of them."""
 
     code = "request_timeout"
     status = 408
@@ -211,6 +214,14 @@ class LicenceLimitReached(SessiondError):
     status = 429
 
 
+class TooManyConnections(SessiondError):
+    """A new connection from an address that has ``max_connections_per_address`` open already
+    (answered as it opens, with ``Retry-After``, and closed)."""
+
+    code = "too_many_connections"
+    status = 429
+
+
 class LicenceInvalid(SessiondError):
     code = "licence_invalid"
     status = 503
@@ -248,6 +259,13 @@ class ServiceUnavailable(SessiondError):
             f"{self.sign_in} sign-in is unavailable on this server: cause {cause}; the "
             "administrator will find details in the log"
         )
+
+
+class ServerBusy(ServiceUnavailable):
+    """A new connection while the server has ``max_connections`` open (answered as it opens,
+    with ``Retry-After``, and closed)."""
+
+    code = "server_busy"
 
 
 class SettingsError(SessiondError):

@@ -251,6 +251,16 @@ class Settings(BaseSettings):
         description="time for a request's line and headers to arrive, from their first byte "
         "(or from the connection opening); 408 after it",
     )
+    request_body_timeout: Duration = Field(
+        timedelta(seconds=30),
+        description="time for a request's body to arrive, from the end of its head; 408 after it",
+    )
+    max_connections: int = Field(
+        4096, ge=1, le=1_000_000, description="open connections at most; 503 server_busy above"
+    )
+    max_connections_per_address: int = Field(
+        256, ge=1, le=1_000_000, description="open connections per client address at most; 429"
+    )
 
     signature_keys_file: Path | None = Field(
         None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
@@ -340,6 +350,7 @@ class Settings(BaseSettings):
         "session_expiration_time_span",
         "sweep_interval",
         "request_head_timeout",
+        "request_body_timeout",
         "database_pool_timeout",
     )
     @classmethod

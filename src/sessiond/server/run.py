@@ -18,6 +18,7 @@ import uvicorn
 from ..auth.environment import apply_process_environment
 from ..settings import Settings
 from .app import create_asgi
+from .connections import check_open_files
 from .protocol import http_protocol
 
 log = logging.getLogger("sessiond.server")
@@ -94,6 +95,8 @@ def serve(settings: Settings, sock: socket.socket, on_listening: Callable[[str],
     url = address(settings.host, port)
     # KRB5_CONFIG and NTLM_USER_FILE, once, before anything makes a Kerberos call.
     apply_process_environment(settings)
+    # The open-files limit must cover max_connections: raised if it can be, a warning if not.
+    check_open_files(settings)
 
     def listening() -> None:
         log.info("listening on %s", url)
@@ -109,7 +112,8 @@ def serve(settings: Settings, sock: socket.socket, on_listening: Callable[[str],
         # The client address comes from sessiond's own trusted_proxies rule (server/addresses.py)
         # alone: uvicorn's would rewrite it first, trusting X-Forwarded-For from loopback.
         proxy_headers=False,
-        # httptools with limits on the size of a request head and the time it takes to arrive.
+        # httptools with limits on the size of a request head, the time a head and a body take
+        # to arrive, and the connections open at once (server/protocol.py).
         http=http_protocol(settings),
     )
     server = _Server(config, listening)
