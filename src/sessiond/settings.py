@@ -11,8 +11,6 @@ import os
 import re
 import socket
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
@@ -47,7 +45,10 @@ from .settings_sections import (
     LdapSettings,
     SecuritySettings,
     application_name,
+    env_known,
+    env_names,
     hide_password,
+    model_of,
     share_connections,
 )
 
@@ -539,47 +540,12 @@ def _problem(err: Any, overrides: Mapping[str, Any], file: str | None) -> str:
 # --- the environment -------------------------------------------------------------------------
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The settings group (a pydantic model) a field holds, if it holds one."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if (model := _model_of(arg)) is not None:
-                return model
-    return None
-
-
 def _field_names(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] | None = Settings
     for part in loc:
         field = model.model_fields.get(str(part)) if model else None
-        model = _model_of(field.annotation) if field else None
+        model = model_of(field.annotation) if field else None
     return list(model.model_fields) if model else []
-
-
-def _env_known(model: type[BaseModel], parts: list[str]) -> bool:
-    if not parts:
-        return True
-    field = model.model_fields.get(parts[0])
-    if field is None:
-        return False
-    if len(parts) == 1:
-        return True
-    if typing.get_origin(field.annotation) is dict:  # a table of free keys (windows.domains)
-        return len(parts) == 2
-    sub = _model_of(field.annotation)
-    return sub is not None and _env_known(sub, parts[1:])
-
-
-def _env_names(model: type[BaseModel], prefix: str) -> list[str]:
-    names = []
-    for field_name, field in model.model_fields.items():
-        name = f"{prefix}{field_name.upper()}"
-        names.append(name)
-        if (sub := _model_of(field.annotation)) is not None:
-            names.extend(_env_names(sub, name + "__"))
-    return names
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -587,14 +553,14 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     each with the closest known name when there is one: ``"SESSIOND_PROT (did you mean
     SESSIOND_PORT?)"``. They are ignored; the command line warns about them."""
     env = os.environ if environ is None else environ
-    known = [CONFIG_ENV, *_env_names(Settings, "SESSIOND_")]
+    known = [CONFIG_ENV, *env_names(Settings, "SESSIOND_")]
     found = []
     for name in sorted(env):
         upper = name.upper()
         if not upper.startswith("SESSIOND_") or upper == CONFIG_ENV:
             continue
         parts = upper.removeprefix("SESSIOND_").lower().split("__")
-        if _env_known(Settings, parts):
+        if env_known(Settings, parts):
             continue
         close = difflib.get_close_matches(upper, known, n=1)
         found.append(name + (f" (did you mean {close[0]}?)" if close else ""))

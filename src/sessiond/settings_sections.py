@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import socket
+import types
+import typing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -327,3 +329,41 @@ def application_name(node: str | None = None) -> str:
     """``sessiond/<node>`` (the host name when no node is named), cut to what PostgreSQL keeps."""
     name = f"sessiond/{node or socket.gethostname()}"
     return name.encode()[:_APPLICATION_NAME_BYTES].decode(errors="ignore")
+
+
+# --- walking the settings models (for the names of environment variables) ---------------
+
+
+def model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings group (a pydantic model) a field holds, if it holds one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if (model := model_of(arg)) is not None:
+                return model
+    return None
+
+
+def env_known(model: type[BaseModel], parts: list[str]) -> bool:
+    if not parts:
+        return True
+    field = model.model_fields.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    if typing.get_origin(field.annotation) is dict:  # a table of free keys (windows.domains)
+        return len(parts) == 2
+    sub = model_of(field.annotation)
+    return sub is not None and env_known(sub, parts[1:])
+
+
+def env_names(model: type[BaseModel], prefix: str) -> list[str]:
+    names = []
+    for field_name, field in model.model_fields.items():
+        name = f"{prefix}{field_name.upper()}"
+        names.append(name)
+        if (sub := model_of(field.annotation)) is not None:
+            names.extend(env_names(sub, name + "__"))
+    return names
