@@ -37,7 +37,7 @@ def sessions_list(
 
     records = _with_service(config, action)
     if as_json:
-        from ..server.routes import session_info
+        from ..server.render import session_info
 
         _print_json([session_info(r) for r in records])
         return

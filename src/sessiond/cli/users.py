@@ -132,7 +132,7 @@ def users_list(
     """List users."""
     users = _with_service(config, lambda s: s.users.list_users(Actor.system()))
     if as_json:
-        from ..server.routes import user_info
+        from ..server.render import user_info
 
         _print_json([user_info(u) for u in users])
         return

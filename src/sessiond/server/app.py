@@ -32,7 +32,6 @@ from ..settings import Settings
 from ..store import create_store
 from ..wire import (
     CONFIGURATION_VERSION_HEADER,
-    SERVER_VERSION_HEADER,
     SESSION_HEADER,
 )
 from . import console, operations, routes
@@ -41,6 +40,7 @@ from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
 from .headers import configuration_version
 from .observe import Observe
+from .render import body_response, error_body, error_response, platform_headers, session_info
 from .schemas import ErrorBody, SessionInfo
 
 log = logging.getLogger("sessiond.server")
@@ -110,7 +110,7 @@ def create_asgi(settings: Settings, service: SessionService | None = None) -> AS
     # Outside the framework's own error handling, so that even a 500 carries the versions.
     with_headers = PlatformHeaders(app, service=app.state.service)
     observed = Observe(with_headers, access=settings.access_log)
-    validation = FastValidation(observed, service=app.state.service, render=routes.session_info)
+    validation = FastValidation(observed, service=app.state.service, render=session_info)
     if not app.state.trusted_proxies:
         return validation  # nobody's X-Forwarded-For is believed: the peer is the client
     return ClientAddress(validation, app.state.trusted_proxies)
@@ -142,7 +142,6 @@ class PlatformHeaders:
     def __init__(self, app: ASGIApp, service: SessionService) -> None:
         self.app = app
         self.service = service
-        self.server_version = __version__.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,18 +153,14 @@ class PlatformHeaders:
             if message["type"] == "http.response.start":
                 # Liveness never waits for the store; a 503 still carries the last version.
                 version = await configuration_version(self.service, read=not live)
-                headers = list(message.get("headers", []))
-                headers.append(
-                    (CONFIGURATION_VERSION_HEADER.lower().encode(), str(version).encode())
-                )
-                headers.append((SERVER_VERSION_HEADER.lower().encode(), self.server_version))
+                headers = [*message.get("headers", []), *platform_headers(version)]
                 message = {**message, "headers": headers}
             await send(message)
 
         too_large = RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-                response = JSONResponse(too_large.to_dict(), status_code=too_large.status)
+                response = error_response(too_large)
                 await response(scope, receive, send_with_headers)
                 return
         received = 0
@@ -190,7 +185,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, NegotiateRequired):
             headers = negotiate_headers(exc.challenge, exc.handshake_id, exc.scheme)
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers or None)
+        return error_response(exc, headers)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -199,7 +194,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         error = RequestError("the request is malformed: " + "; ".join(problems))
-        return JSONResponse(error.to_dict(), status_code=400)
+        return error_response(error)
 
     async def http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -208,12 +203,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             405: "method_not_allowed",
             RequestTooLarge.status: RequestTooLarge.code,
         }.get(exc.status_code, "http_error")
-        body: dict[str, Any] = {"error": {"code": code, "message": str(exc.detail)}}
-        return JSONResponse(body, status_code=exc.status_code)
+        return body_response(exc.status_code, error_body(code, str(exc.detail)))
 
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        return JSONResponse(INTERNAL_ERROR_BODY, status_code=500)
+        return body_response(500, INTERNAL_ERROR_BODY)
 
     app.add_exception_handler(SessiondError, sessiond_error)
     app.add_exception_handler(RequestValidationError, validation_error)

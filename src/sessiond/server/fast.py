@@ -12,7 +12,6 @@ front of this handler; the token comes from :func:`~.headers.session_header`, as
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,25 +19,17 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from .._version import __version__
-from ..errors import INTERNAL_ERROR_BODY, SessiondError, SessionRequired
+from ..errors import SessiondError, SessionRequired
 from ..service import SessionService
 from ..store import SessionRecord
-from ..wire import CONFIGURATION_VERSION_HEADER, SERVER_VERSION_HEADER
 from .headers import configuration_version, session_header
 from .observe import Observe
+from .render import JSON_CONTENT_TYPE, compact, error_bytes, platform_headers
 
 log = logging.getLogger("sessiond.server")
 
 
-def _json(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 PATH = "/api/v1/sessions/current"
-_JSON = (b"content-type", b"application/json")
-_SERVER_VERSION = (SERVER_VERSION_HEADER.lower().encode(), __version__.encode())
-_VERSION = CONFIGURATION_VERSION_HEADER.lower().encode()
 
 
 class FastValidation:
@@ -54,7 +45,7 @@ class FastValidation:
 
     def _view(self, record: SessionRecord) -> bytes:
         """The answer's body; the service remembers it with the session."""
-        return _json(self.render(record))
+        return compact(self.render(record))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
@@ -72,10 +63,10 @@ class FastValidation:
                 await self.service.sessions.validate_view(auth, address, self._view),
             )
         except SessiondError as exc:
-            status, payload = exc.status, _json(exc.to_dict())
+            status, payload = exc.status, error_bytes(exc)
         except Exception:
             log.exception("unexpected error validating a session")
-            status, payload = 500, _json(INTERNAL_ERROR_BODY)
+            status, payload = 500, error_bytes(None)
         version = self.service.configuration.fresh_version()
         if version is None:  # due for a read (at most once per poll interval)
             version = await configuration_version(self.service)
@@ -84,10 +75,9 @@ class FastValidation:
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    _JSON,
+                    JSON_CONTENT_TYPE,
                     (b"content-length", str(len(payload)).encode()),
-                    (_VERSION, str(version).encode()),
-                    _SERVER_VERSION,
+                    *platform_headers(version),
                 ],
             }
         )

@@ -31,6 +31,7 @@ from ..service import SessionService
 from ..settings import Settings
 from ..store.health import readiness
 from .addresses import Network, networks
+from .render import body_response, error_body, error_response
 from .schemas import ErrorBody
 
 LIVE_PATH = "/api/v1/health/live"
@@ -80,7 +81,7 @@ async def ready(request: Request) -> JSONResponse:
             details["SchemaRevision"] = ", ".join(result.revisions) or None
             details["ExpectedRevision"] = ", ".join(result.expected)
         error = ServiceUnavailable(result.message, details=details)
-        return JSONResponse(error.to_dict(), status_code=error.status)
+        return error_response(error)
     return JSONResponse({"Status": "ready", "SchemaRevision": ", ".join(result.revisions)})
 
 
@@ -99,7 +100,7 @@ _FORWARDING = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 
 
 def _not_allowed(message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": "address_not_allowed", "message": message}}, 403)
+    return body_response(403, error_body("address_not_allowed", message))
 
 
 def _metrics_route(settings: Settings) -> Any:

@@ -31,7 +31,6 @@ beyond the limit.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, ClassVar
 
 from uvicorn.config import Config
@@ -41,6 +40,7 @@ from uvicorn.server import ServerState
 from ..errors import RequestError, RequestHeadTooLarge, RequestTimeout, SessiondError
 from ..settings import Settings
 from .connections import MAX_LINGERING, RETRY_AFTER_SECONDS, ConnectionLimits, limits_for
+from .render import error_bytes
 
 # After a refusal, what the client still sends is read and dropped for this long before the
 # connection closes: closing a socket with unread data resets it, and a reset can destroy the
@@ -302,7 +302,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         linger: bool = True,
     ) -> None:
         """Write ``error`` as the answer, then close (after lingering, if ``linger``)."""
-        body = json.dumps(error.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        body = error_bytes(error)
         content = [STATUS_LINE[error.status]]
         for name, value in [*self.server_state.default_headers, *(headers or ())]:
             content.extend([name, b": ", value, b"\r\n"])

@@ -26,10 +26,11 @@ from ..models import (
     WireEnum,
 )
 from ..service import Actor, SessionService
-from ..store import AuditQuery, AuditRecord, SessionOrder, SessionQuery, SessionRecord, UserRecord
+from ..store import AuditQuery, AuditRecord, SessionOrder, SessionQuery, SessionRecord
 from ..token import SessionToken
 from ..wire import NEGOTIATE_ID_HEADER, NEXT_PAGE_HEADER, format_time
 from .headers import AUTHORIZATION_HEADER, session_header, single_header
+from .render import session_info, user_info
 from .schemas import (
     AddUserRequest,
     BlockRequest,
@@ -77,26 +78,6 @@ async def _session(request: Request) -> SessionRecord:
 
 async def _actor(request: Request) -> Actor:
     return Actor.of(await _session(request), client_address(request))
-
-
-def session_info(record: SessionRecord) -> dict[str, Any]:
-    t = record.token
-    return {
-        "SessionID": str(t.session_id),
-        "UserID": str(t.user_id),
-        "UserName": t.user_name,
-        "UserLogin": t.user_login,
-        "AccessLevel": t.access_level.wire,
-        "LoginType": t.login_type.wire,
-        "LicenseType": t.license_type.wire,
-        "ServiceType": t.service_type.wire,
-        "DeviceType": t.device_type.wire,
-        "ApplicationID": str(t.application_id) if t.application_id else None,
-        "Created": format_time(t.created),
-        "Expires": format_time(t.expires),
-        "LastActivity": format_time(record.last_activity),
-        "HostIP": t.host_ip,
-    }
 
 
 @router.post(
@@ -330,23 +311,6 @@ async def health(request: Request) -> JSONResponse:
 
 
 # --- users (administrators) ------------------------------------------------------------------
-
-
-def user_info(user: UserRecord) -> dict[str, Any]:
-    return {
-        "ID": str(user.id),
-        "Login": user.login,
-        "Name": user.name,
-        "AccessLevel": user.access_level.wire,
-        "LoginType": user.login_type.wire,
-        "Account": user.account,
-        "Blocked": user.blocked,
-        "BlockedDueDate": format_time(user.blocked_due_date) if user.blocked_due_date else None,
-        "PersonalClient": user.personal_client,
-        "PersonalWeb": user.personal_web,
-        "TimeZoneUtcOffsetMinutes": user.time_zone_utc_offset,
-        "Created": format_time(user.created),
-    }
 
 
 def _enum(cls: type[WireEnum], value: str | int | None, field: str) -> Any:

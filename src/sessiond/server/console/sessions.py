@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...errors import RequestError, SessiondError
+from ...errors import RequestError, SessiondError, SessionRequired
 from ...models import DeviceType, LicenseType, ServiceType
 from ...store import SessionOrder, SessionQuery
+from ..render import error_response
 from . import auth, forms
 from .web import redirect, render
 
@@ -165,9 +166,9 @@ async def seats_json(request: Request) -> Response:
         who = await auth.viewer(request)
         usage = await auth.service_of(request).licensing.usage(who.actor)
     except auth.SignedOut:
-        return JSONResponse({"error": "signed out"}, status_code=401)
+        return error_response(SessionRequired("signed out: sign in to the console again"))
     except SessiondError as exc:  # a regular user (403), the store down (503)
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return error_response(exc)
     return JSONResponse({"Seats": seats(usage), "At": datetime.now(UTC).strftime("%H:%M:%S")})
 
 
