@@ -108,7 +108,9 @@ class Attempts:
                 return attempt
             if slot is Slot.EXHAUSTED:  # the limits were lowered below this user's failures
                 block = self.lockout.exhausted_block(row, now)
-                await tx.update_user(row.id, blocked=True, blocked_due_date=block.until)
+                await tx.update_user(
+                    row.id, blocked=True, blocked_due_date=block.until, locked_out=True
+                )
                 await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
         return slot
 
@@ -160,7 +162,7 @@ class Attempts:
         if row.failed_attempts or row.failed_series_count:
             changes.update(CLEARED)
         if row.blocked and not self.lockout.blocked(row, now):
-            changes.update(blocked=False, blocked_due_date=None)
+            changes.update(blocked=False, blocked_due_date=None, locked_out=False)
         rehash = checked.identity.new_password_hash
         if rehash and row.password_hash == checked.user.password_hash:
             changes["password_hash"] = rehash
