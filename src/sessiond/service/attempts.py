@@ -128,12 +128,16 @@ class Attempts:
             row = await tx.lock_user(user.id)
             if attempt is not None:
                 await tx.remove_sign_in_attempt(attempt.id)
-            await tx.add_audit(login_failed(row or user, user.login, now, client_address, reason))
+            block = None
             if row is not None and self.lockout.applies(row.login_type):
                 changes, block = self.lockout.count_failure(row, now)
+                # Before the audit records: a block gives the user's sessions new versions
+                # (migration 0007), and a close locks a session row before the audit chain's
+                # head, so this takes them in the same order.
                 await tx.update_user(row.id, **changes)
-                if block is not None:
-                    await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
+            await tx.add_audit(login_failed(row or user, user.login, now, client_address, reason))
+            if row is not None and block is not None:
+                await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
         self.released(attempt)
 
     async def release(self, attempt: SignInAttempt | None, user_id: UUID, *, right: bool) -> None:
