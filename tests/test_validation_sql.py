@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -60,6 +61,12 @@ async def _reinsert_as_administrator(conn: AsyncConnection, ids: dict[str, Any])
     await _reinsert(conn, ids, access_level=int(AccessLevel.ADMINISTRATOR))
 
 
+async def _expiry_moved_later(conn: AsyncConnection, ids: dict[str, Any]) -> None:
+    where = sa.text("id = :id").bindparams(id=ids["id"])
+    expires = (await conn.execute(sa.select(sessions.c.expires).where(where))).scalar_one()
+    await conn.execute(sessions.update().where(where).values(expires=expires + timedelta(days=30)))
+
+
 ADMIN = int(AccessLevel.ADMINISTRATOR)
 LDAP = int(LoginType.LDAP)
 #: name -> (the edit, what the next validation answers; None: it validates)
@@ -68,6 +75,7 @@ EDITS: dict[str, tuple[Edit, type[Exception] | None]] = {
         _sql("UPDATE sessions SET expires = created WHERE id = :id"),
         SessionExpired,
     ),
+    "expiry moved later": (_expiry_moved_later, TokenSignatureInvalid),
     "signature changed": (
         _sql("UPDATE sessions SET signature = signature || 'x' WHERE id = :id"),
         TokenSignatureInvalid,

@@ -162,6 +162,8 @@ class Sessions:
         if token.signature != auth.signature or token.user_id != auth.user_id:
             raise TokenSignatureInvalid("the session token does not match the session")
         if self.state.ended(token.expires, self._last_activity(record), now) is None:
+            if token.expires != auth.expires:  # moved (not into the past) since it was signed
+                raise TokenSignatureInvalid("the session token does not match the session")
             why = self._user_changed(record, user, now)
             if why is not None:
                 await self._close_changed(record.id, why, client_address)
