@@ -33,7 +33,7 @@ async def test_the_database_file_is_in_wal_mode_and_migrated(
     db = tmp_path / "data" / "sessiond.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0006"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0007"
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0
 
 

@@ -333,17 +333,19 @@ async def test_sweeping_sessions_past_their_lifetime_leaves_the_cache_valid(
     make_service: Any, tmp_path: Path
 ) -> None:
     """The sweeper's usual work (sessions past their lifetime) moves no epoch; any removal of
-    a session still within its lifetime does, whoever makes it."""
+    a session still within its lifetime does, whoever makes it (and so does the change of a
+    row that put this one past its lifetime)."""
     service = await make_service()
     ended = AuthToken.from_xml(await _opened(service)).session_id
     still_open = AuthToken.from_xml(await _opened(service)).session_id
-    epochs = {i: service.store.session_epoch(i.int) for i in (ended, still_open)}
     db = sqlite3.connect(tmp_path / "data" / "sessiond.db")
     with db:
         db.execute(
             "UPDATE sessions SET expires = '2000-01-01 00:00:00.000000' WHERE id = ?",
             (ended.hex,),
         )
+    await asyncio.sleep(0)
+    epochs = {i: service.store.session_epoch(i.int) for i in (ended, still_open)}
     assert await service.sessions.sweep() == 1
     await asyncio.sleep(0)
     assert service.store.session_epoch(ended.int) == epochs[ended]

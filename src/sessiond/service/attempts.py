@@ -108,7 +108,9 @@ class Attempts:
                 return attempt
             if slot is Slot.EXHAUSTED:  # the limits were lowered below this user's failures
                 block = self.lockout.exhausted_block(row, now)
-                await tx.update_user(row.id, blocked=True, blocked_due_date=block.until)
+                await tx.update_user(
+                    row.id, blocked=True, blocked_due_date=block.until, locked_out=True
+                )
                 await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
         return slot
 
@@ -126,12 +128,16 @@ class Attempts:
             row = await tx.lock_user(user.id)
             if attempt is not None:
                 await tx.remove_sign_in_attempt(attempt.id)
-            await tx.add_audit(login_failed(row or user, user.login, now, client_address, reason))
+            block = None
             if row is not None and self.lockout.applies(row.login_type):
                 changes, block = self.lockout.count_failure(row, now)
+                # Before the audit records: a block gives the user's sessions new versions
+                # (migration 0007), and a close locks a session row before the audit chain's
+                # head, so this takes them in the same order.
                 await tx.update_user(row.id, **changes)
-                if block is not None:
-                    await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
+            await tx.add_audit(login_failed(row or user, user.login, now, client_address, reason))
+            if row is not None and block is not None:
+                await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
         self.released(attempt)
 
     async def release(self, attempt: SignInAttempt | None, user_id: UUID, *, right: bool) -> None:
@@ -160,7 +166,7 @@ class Attempts:
         if row.failed_attempts or row.failed_series_count:
             changes.update(CLEARED)
         if row.blocked and not self.lockout.blocked(row, now):
-            changes.update(blocked=False, blocked_due_date=None)
+            changes.update(blocked=False, blocked_due_date=None, locked_out=False)
         rehash = checked.identity.new_password_hash
         if rehash and row.password_hash == checked.user.password_hash:
             changes["password_hash"] = rehash

@@ -97,7 +97,8 @@ class Lockout:
         counted = replace(user, **changes)
         block = None if self.blocked(user, now) else self._block_for(counted, now)
         if block is not None:
-            changes.update(blocked=True, blocked_due_date=block.until)
+            # locked_out: the lockout's block, which leaves the user's sessions open
+            changes.update(blocked=True, blocked_due_date=block.until, locked_out=True)
             if block.until is not None:
                 # A series block starts a fresh series when it ends.
                 changes.update(failed_series_count=0, failed_series_start=None)

@@ -40,6 +40,7 @@ from ..store import (
     SessionOrder,
     SessionQuery,
     SessionRecord,
+    SessionUser,
     Store,
     Transaction,
 )
@@ -58,13 +59,14 @@ log = logging.getLogger("sessiond.service")
 @dataclass(slots=True)
 class _Known:
     """What the validation cache holds about one session: the token text it was checked with
-    (a keyed digest), what the rule needs, the store's data epoch when it was read, and the
-    rendered answer (packed: :class:`~sessiond.cache.Packer`)."""
+    (a keyed digest), what the rule needs, the store's data epoch when it was read, the row's
+    version, and the rendered answer (packed: :class:`~sessiond.cache.Packer`)."""
 
     token: bytes
     expires: datetime
     last_activity: datetime
     epoch: int | None
+    version: int  # the row's (migration 0007): any change of it but a touch moves it
     view: bytes
     packed: bool  # view compressed (once the cache is large), or as rendered
 
@@ -135,8 +137,9 @@ class Sessions:
         return auth
 
     async def validate(self, auth_text: str, client_address: str | None = None) -> SessionRecord:
-        """The per-request check: signature, session row, the session state; then a
-        throttled last-activity touch. Returns the session as stored."""
+        """The per-request check: signature, the session row, its user's row (not removed,
+        blocked or given other rights since), the session state; then a throttled
+        last-activity touch. Returns the session as stored."""
         with metrics.validating():
             record, _ = await self._validate(auth_text, client_address)
         return record
@@ -151,17 +154,55 @@ class Sessions:
         if self.state.ended(auth.expires, None, now) is not None:
             await self._expire(auth.session_id, now, client_address)
             raise SessionExpired("the session has expired; sign in again")
-        record = await self.store.get_session(auth.session_id)
-        if record is None:
+        found = await self.store.session_to_validate(auth.session_id)
+        if found is None:
             raise SessionNotFound("the session is closed; sign in again")
-        if record.token.signature != auth.signature or record.token.user_id != auth.user_id:
+        record, user = found
+        token = record.token
+        if token.signature != auth.signature or token.user_id != auth.user_id:
             raise TokenSignatureInvalid("the session token does not match the session")
+        if self.state.ended(token.expires, self._last_activity(record), now) is None:
+            if token.expires != auth.expires:  # moved (not into the past) since it was signed
+                raise TokenSignatureInvalid("the session token does not match the session")
+            why = self._user_changed(record, user, now)
+            if why is not None:
+                await self._close_changed(record.id, why, client_address)
+                raise SessionNotFound(f"the session is closed: {why}; sign in again")
         try:
             touched = self._still_open(record.id, record.token.expires, record.last_activity, now)
         except SessionExpired:
             await self._expire(auth.session_id, now, client_address)
             raise
         return record, max(touched or record.last_activity, record.last_activity)
+
+    def _user_changed(
+        self, record: SessionRecord, user: SessionUser | None, now: datetime
+    ) -> str | None:
+        """Why the session's user row no longer allows it (None: it does). sessiond ends a
+        user's sessions itself when it removes the user, blocks them or changes their access
+        level or login type; this finds the same changes made some other way (plain SQL). A
+        block by the lockout (``locked_out``) leaves the sessions open, as it does here."""
+        if user is None:
+            return "its user was removed"
+        token = record.token
+        if user.access_level != token.access_level or user.login_type != token.login_type:
+            return "its access level or login type is no longer its user's"
+        due = user.blocked_due_date
+        if user.blocked and not user.locked_out and (due is None or due > now):
+            return "its user is blocked"
+        return None
+
+    async def _close_changed(self, session_id: UUID, why: str, client_address: str | None) -> None:
+        """End a session :meth:`_user_changed` refused, recorded as closed by the system."""
+        now = self.clock()
+
+        def decide(record: SessionRecord) -> AuditRecord:
+            return session_audit(
+                AuditAction.SESSION_CLOSED_BY_ADMIN, now, record, None, client_address,
+                {"reason": f"{why} (found at validation)"},
+            )  # fmt: skip
+
+        await self._end(SessionFilter(session_ids=(session_id,)), decide)
 
     def _still_open(
         self, session_id: UUID, expires: datetime, last_activity: datetime, now: datetime
@@ -207,13 +248,15 @@ class Sessions:
 
         Exact: an entry is used only for the very token text it was made from (a keyed digest
         of it), only while the session is open by the one rule, and only after the store has
-        confirmed it — at no cost when the store's epoch has not moved since the entry was made
-        (SQLite: no session of its bucket, a 256th of them, has been removed since, by anyone),
-        else by reading the session's last activity (every time on PostgreSQL, where another
-        node may have closed it). A session whose row is gone is read afresh; a row that stays
-        changes only its last activity, forward, which the entry takes over. The cache refuses
-        nothing itself: a session it finds ended is decided again on the row as stored.
-        ``render`` must be the same function on every call."""
+        confirmed that the row it was made from is unchanged — at no cost when the store's
+        epoch has not moved since the entry was made (SQLite: no session of its bucket, a 256th
+        of them, has been removed or changed but for a touch since, by anyone, nor has the
+        block or rights of its user), else by reading the row's version and last activity
+        (every time on PostgreSQL, where another node may have closed it). A session whose row
+        is gone or has another version (migration 0007) is read afresh; a row of the same
+        version differs only in its last activity, forward, which the entry takes over. The
+        cache refuses nothing itself: a session it finds ended is decided again on the row as
+        stored. ``render`` must be the same function on every call."""
         canonical = CANONICAL_AUTH.match(auth_text)
         # Keyed by the session id as a number (44 bytes, against 85 for its text).
         key = int(canonical.group(1).replace("-", ""), 16) if canonical else None
@@ -239,7 +282,7 @@ class Sessions:
                 return view
         try:
             record, stored = await self._validate(auth_text, client_address)
-        except (SessionExpired, SessionNotFound):
+        except (SessionExpired, SessionNotFound, TokenSignatureInvalid):
             if key is not None:
                 self._known.pop(key)
             raise
@@ -251,7 +294,7 @@ class Sessions:
             # PACK_FROM entries on, new ones are kept compressed, a third of the memory.
             pack = len(self._known) >= PACK_FROM
             kept = self._packer.pack(view) if pack else view
-            known = _Known(digest, record.token.expires, stored, epoch, kept, pack)
+            known = _Known(digest, record.token.expires, stored, epoch, record.version, kept, pack)
             self._known.put(record.id.int, known)
         return view
 
@@ -259,14 +302,17 @@ class Sessions:
         self, key: int, known: _Known, now: datetime, epoch: int | None
     ) -> bytes | None:
         """The cached answer of a session whose epoch has moved (or who has none), once its
-        row is found still there; None to read it afresh."""
+        row is found still there and unchanged; None to read it afresh."""
         session_id = fast_uuid(key)  # the pattern checked the text
-        activity = await self.store.session_activity(session_id)
-        if activity is None:
+        found = await self.store.session_version(session_id)
+        if found is None or found[0] != known.version:
+            # Gone (read again: it answers session_not_found), or changed in some other way
+            # than a touch, or its user's block or rights changed: decided afresh on the row.
             self._known.pop(key)
-            return None  # gone: read again, it answers session_not_found
-        # The row exists; only its last activity ever changes, and only forward (an older one
-        # here is this node's own touch, not written yet).
+            return None
+        # The row is as it was but for its last activity, which only moves forward (an older
+        # one here is this node's own touch, not written yet).
+        activity = found[1]
         if activity > known.last_activity:
             known.last_activity = activity
         known.epoch = epoch

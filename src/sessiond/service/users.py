@@ -250,8 +250,12 @@ class Users:
             row = await self._lock(tx, user.id, demoting=blocked)
             if not blocked:
                 await tx.add_audit(change_audit(AuditAction.USER_UNBLOCKED, now, actor, row))
-                return await tx.update_user(row.id, blocked=False, blocked_due_date=None, **CLEARED)
-            updated = await tx.update_user(row.id, blocked=True, blocked_due_date=until)
+                return await tx.update_user(
+                    row.id, blocked=False, blocked_due_date=None, locked_out=False, **CLEARED
+                )
+            updated = await tx.update_user(
+                row.id, blocked=True, blocked_due_date=until, locked_out=False
+            )
             await self._keep_an_administrator(tx, row, updated)
             await tx.add_audit(user_blocked(row, now, actor, until, "by an administrator"))
             await self.sessions.end_user_sessions(

@@ -52,6 +52,7 @@ class UserRecord:
     personal_web: bool = False  # holds a personal web licence
     failed_series_start: datetime | None = None
     failed_series_count: int = 0
+    locked_out: bool = False  # the block is the lockout's: the user's sessions stay open
 
     @property
     def is_administrator(self) -> bool:
@@ -63,10 +64,24 @@ class SessionRecord:
     token: SessionToken
     last_activity: datetime
     client_address: str | None = None
+    #: the row's version (migration 0007): moves on any change but a touch, and on a change
+    #: of the user's block or rights; set by the database, never written by sessiond
+    version: int = 0
 
     @property
     def id(self) -> UUID:
         return self.token.session_id
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUser:
+    """What validation decides on in a session's user row, read with the session."""
+
+    access_level: AccessLevel
+    login_type: LoginType
+    blocked: bool
+    blocked_due_date: datetime | None
+    locked_out: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,14 +350,23 @@ class Store(ABC):
     async def get_session(self, session_id: UUID) -> SessionRecord | None: ...
 
     @abstractmethod
-    async def session_activity(self, session_id: UUID) -> datetime | None:
-        """The session's last activity, or None when it is gone: the cheap check of a session
-        a cache holds."""
+    async def session_to_validate(
+        self, session_id: UUID
+    ) -> tuple[SessionRecord, SessionUser | None] | None:
+        """The session, and what validation needs of its user's row (None: no such user), in
+        one read; None when the session is gone."""
+
+    @abstractmethod
+    async def session_version(self, session_id: UUID) -> tuple[int, datetime] | None:
+        """The session row's version and last activity, or None when it is gone: the cheap
+        check of a session a cache holds (the version moves on any change of the row but a
+        touch, and on a change of its user's block or rights)."""
 
     def session_epoch(self, session_key: int) -> int | None:
         """A number that moves whenever a session that shares its epoch with the one whose id
-        is ``session_key`` (``UUID.int``) may have been removed (None: no such number, so a
-        cached session must be checked against the store every time). Touches need not move
+        is ``session_key`` (``UUID.int``) may have been removed or changed in any way but a
+        touch, or its user's block or rights changed (None: no such number, so a cached
+        session must be checked against the store every time). Touches need not move
         it (a cached last activity is only ever older than the stored one, and the cache
         refuses nothing on its own), nor the removal of a session past its lifetime (the
         cache checks the lifetime against the clock on every request)."""

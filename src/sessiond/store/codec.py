@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from ..models import AccessLevel, AuditAction, DeviceType, LicenseType, LoginType, ServiceType
 from ..token import SessionToken, fast_uuid
 from . import schema
-from .base import AuditRecord, SessionRecord, UserRecord
+from .base import AuditRecord, SessionRecord, SessionUser, UserRecord
 
 USER_FIELDS = {f.name for f in fields(UserRecord)}
 TOKEN_FIELDS = [f.name for f in fields(SessionToken)]
@@ -118,6 +118,9 @@ class SessionRows:
         kinds["client_64bit"] = kinds["client_64bit_os"] = bool
         self.columns = list(columns)
         self._steps = [(index, name, kinds.get(name)) for index, name in enumerate(columns)]
+        self._time = time
+        self._access_levels = {int(member): member for member in AccessLevel}
+        self._login_types = {int(member): member for member in LoginType}
 
     def decode(self, raw: Sequence[Any]) -> SessionRecord:
         data: dict[str, Any] = {}
@@ -126,11 +129,50 @@ class SessionRows:
             data[name] = value if convert is None or value is None else convert(value)
         last_activity = data.pop("last_activity")
         client_address = data.pop("client_address")
+        version = data.pop("version")
         data["session_id"] = data.pop("id")
-        return SessionRecord(SessionToken(**data), last_activity, client_address)
+        return SessionRecord(SessionToken(**data), last_activity, client_address, version)
+
+    def decode_with_user(self, raw: Sequence[Any]) -> tuple[SessionRecord, SessionUser | None]:
+        """A row of :data:`self.columns` followed by :data:`USER_CHECK_COLUMNS` of its user
+        (all None: the user is gone, a LEFT JOIN)."""
+        split = len(self.columns)
+        user_id, blocked, due, locked_out, access_level, login_type = raw[split : split + 6]
+        if user_id is None:
+            return self.decode(raw[:split]), None
+        if due is not None and self._time is not None:
+            due = self._time(due)
+        user = SessionUser(
+            self._access_levels[access_level],
+            self._login_types[login_type],
+            bool(blocked),
+            due,
+            bool(locked_out),
+        )
+        return self.decode(raw[:split]), user
 
 
 SESSION_COLUMNS = [c.name for c in schema.sessions.columns]
+#: What validation reads of a session's user, after the session's columns (``decode_with_user``).
+USER_CHECK_COLUMNS = [
+    "id",
+    "blocked",
+    "blocked_due_date",
+    "locked_out",
+    "access_level",
+    "login_type",
+]
+
+
+def session_with_user_sql(where: str) -> str:
+    """The validation read in SQL text: a session's columns and its user's, ``where``."""
+    columns = [f"s.{c}" for c in SESSION_COLUMNS] + [f"u.{c}" for c in USER_CHECK_COLUMNS]
+    return (
+        f"SELECT {', '.join(columns)} FROM sessions AS s "
+        f"LEFT JOIN users AS u ON u.id = s.user_id WHERE {where}"
+    )
+
+
 #: Rows through SQLAlchemy (its column types already give UUIDs and aware times).
 SQL_SESSIONS = SessionRows(SESSION_COLUMNS)
 #: Rows from SQLite's own driver (the validation reader): UUIDs as hex, times as naive text.

@@ -7,10 +7,12 @@ so seats stay exact across nodes), failure counts (one UPDATE each), the configu
 
 The per-request session reads bypass SQLAlchemy: a fixed pool of plain asyncpg connections,
 one prepared ``SELECT`` outside any transaction, and the reads of validations that arrive
-together merged into one ``WHERE id = ANY($1)`` — of whole rows (a session not yet known to
-the node) or of the last activity alone (a session its validation cache holds). Every read
-still starts after its request arrived, so it sees every commit made before: exact across
-nodes; the store offers no data epoch, so the cache checks each cached session every time.
+together merged into one ``WHERE id = ANY($1)`` — of whole rows with their user's block and
+rights (a session not yet known to the node) or of the row's version and last activity alone (a
+session its validation cache holds: the version moves on any change of the row but a touch, and
+on a change of its user's block or rights, migration 0007). Every read still starts after its
+request arrived, so it sees every commit made before: exact across nodes; the store offers no
+data epoch, so the cache checks each cached session every time.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from ..settings import (
     share_connections,
 )
 from ..token import fast_uuid
-from .base import BuildInfo, SessionRecord
-from .codec import ASYNCPG_SESSIONS
+from .base import BuildInfo, SessionRecord, SessionUser
+from .codec import ASYNCPG_SESSIONS, session_with_user_sql
 from .health import unavailable, unreachable
 from .notify import Listener, Notice
 from .sql import SqlStore
@@ -47,8 +49,8 @@ log = logging.getLogger("sessiond.store")
 #: pg_advisory_xact_lock key for start-up: "sessiond" in ASCII, as a number.
 START_LOCK = 0x73657373696F6E64
 MAX_BATCH = 500
-_SELECT = f"SELECT {', '.join(ASYNCPG_SESSIONS.columns)} FROM sessions WHERE id = ANY($1::uuid[])"
-_SELECT_ACTIVITY = "SELECT id, last_activity FROM sessions WHERE id = ANY($1::uuid[])"
+_SELECT = session_with_user_sql("s.id = ANY($1::uuid[])")
+_SELECT_VERSION = "SELECT id, version, last_activity FROM sessions WHERE id = ANY($1::uuid[])"
 T = TypeVar("T")
 
 
@@ -64,7 +66,7 @@ class PostgresStore(SqlStore):
         self._listener: Listener | None = None
         self._pool: asyncpg.Pool | None = None
         self._rows = _MergedReads(_SELECT, _record)
-        self._activity = _MergedReads(_SELECT_ACTIVITY, _activity)
+        self._versions = _MergedReads(_SELECT_VERSION, _version)
 
     async def _serialise_start(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
@@ -108,21 +110,23 @@ class PostgresStore(SqlStore):
             await self._listener.close()
             self._listener = None
         await self._rows.drain()
-        await self._activity.drain()
+        await self._versions.drain()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
         await super().close()
 
-    async def get_session(self, session_id: UUID) -> SessionRecord | None:
+    async def session_to_validate(
+        self, session_id: UUID
+    ) -> tuple[SessionRecord, SessionUser | None] | None:
         if self._pool is None:
-            return await super().get_session(session_id)
+            return await super().session_to_validate(session_id)
         return await self._rows.get(self._pool, session_id)
 
-    async def session_activity(self, session_id: UUID) -> datetime | None:
+    async def session_version(self, session_id: UUID) -> tuple[int, datetime] | None:
         if self._pool is None:
-            return await super().session_activity(session_id)
-        return await self._activity.get(self._pool, session_id)
+            return await super().session_version(session_id)
+        return await self._versions.get(self._pool, session_id)
 
 
 class _MergedReads(Generic[T]):
@@ -171,13 +175,13 @@ class _MergedReads(Generic[T]):
                         future.set_result(found.get(session_id))
 
 
-def _record(row: asyncpg.Record) -> tuple[UUID, SessionRecord]:
-    record = ASYNCPG_SESSIONS.decode(row)
-    return record.id, record
+def _record(row: asyncpg.Record) -> tuple[UUID, tuple[SessionRecord, SessionUser | None]]:
+    record, user = ASYNCPG_SESSIONS.decode_with_user(row)
+    return record.id, (record, user)
 
 
-def _activity(row: asyncpg.Record) -> tuple[UUID, datetime]:
-    return fast_uuid(row[0].int), row[1]
+def _version(row: asyncpg.Record) -> tuple[UUID, tuple[int, datetime]]:
+    return fast_uuid(row[0].int), (row[1], row[2])
 
 
 def _default_pools() -> DatabasePools:

@@ -35,7 +35,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 #: The newest migration (``migrations/versions``); a test holds it to Alembic's own head.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 metadata = sa.MetaData()
 
@@ -62,6 +62,8 @@ users = sa.Table(
     sa.Column("personal_web", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("failed_series_start", UTCDateTime()),
     sa.Column("failed_series_count", sa.Integer(), nullable=False, server_default="0"),
+    # 0007: the block was set by the lockout, which leaves the user's sessions open
+    sa.Column("locked_out", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 password_history = sa.Table(
@@ -105,6 +107,9 @@ sessions = sa.Table(
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.String(64), nullable=False),
     sa.Column("client_address", sa.String(64)),
+    # 0007: moved by triggers on any change of the row but its last activity, and on a change
+    # of its user's block or rights (the validation cache's check that the row is unchanged)
+    sa.Column("version", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Index("ix_sessions_user", "user_id"),
     sa.Index("ix_sessions_expires", "expires"),
     sa.Index("ix_sessions_license", "license_type", "expires"),

@@ -27,6 +27,7 @@ from .base import (
     BuildInfo,
     SessionQuery,
     SessionRecord,
+    SessionUser,
     Store,
     UserRecord,
 )
@@ -34,6 +35,9 @@ from .chain import ChainReport, walk
 from .codec import (
     LICENCE_COLUMNS,
     PERSONAL_USER_COLUMNS,
+    SESSION_COLUMNS,
+    SQL_SESSIONS,
+    USER_CHECK_COLUMNS,
     audit_from_row,
     key,
     session_from_row,
@@ -171,11 +175,29 @@ class SqlStore(Store):
             row = (await conn.execute(sa.select(s).where(s.c.id == session_id))).first()
         return session_from_row(row) if row else None
 
-    async def session_activity(self, session_id: UUID) -> datetime | None:
-        s = schema.sessions
+    async def session_to_validate(
+        self, session_id: UUID
+    ) -> tuple[SessionRecord, SessionUser | None] | None:
+        s, u = schema.sessions, schema.users
+        query = (
+            sa.select(s, *(u.c[c].label(f"user_{c}") for c in USER_CHECK_COLUMNS))
+            .select_from(s.outerjoin(u, u.c.id == s.c.user_id))
+            .where(s.c.id == session_id)
+        )
         async with self._read() as conn:
-            value = await conn.scalar(sa.select(s.c.last_activity).where(s.c.id == session_id))
-        return value  # type: ignore[no-any-return]
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        raw = [m[name] for name in SESSION_COLUMNS] + [m[f"user_{c}"] for c in USER_CHECK_COLUMNS]
+        return SQL_SESSIONS.decode_with_user(raw)
+
+    async def session_version(self, session_id: UUID) -> tuple[int, datetime] | None:
+        s = schema.sessions
+        query = sa.select(s.c.version, s.c.last_activity).where(s.c.id == session_id)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        return (int(row[0]), row[1]) if row is not None else None
 
     async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:
         if not touches:

@@ -5,11 +5,13 @@ locks (which SQLite answers with "database is locked"); readers stay concurrent 
 
 The per-request session reads skip the async driver: a primary-key read from a WAL database
 takes microseconds and never waits for writers, while handing it to aiosqlite's thread costs
-hundreds. So :meth:`SqliteStore.get_session` and :meth:`SqliteStore.session_activity` read on the
-calling thread with their own read-only connection. :meth:`SqliteStore.session_epoch` tells
-the service's validation cache when a session may have gone: counts of removed sessions in 256
-buckets, kept by a trigger (migration 0006) in the transaction of every removal, by whoever
-removes it.
+hundreds. So :meth:`SqliteStore.get_session`, :meth:`SqliteStore.session_to_validate` and
+:meth:`SqliteStore.session_version` read on the calling thread with their own read-only
+connection. :meth:`SqliteStore.session_epoch` tells
+the service's validation cache when a session may have gone or changed: counts of removed
+sessions in 256 buckets, kept by a trigger (migration 0006) in the transaction of every removal,
+by whoever removes it, and moved too (migration 0007) by any change of a session row but a touch
+and by a change of its user's block or rights.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import SettingsError, StoreMissing
 from ..settings import hide_password
-from .base import SessionRecord
-from .codec import SQLITE_SESSIONS
+from .base import SessionRecord, SessionUser
+from .codec import SQLITE_SESSIONS, session_with_user_sql
 from .health import unavailable
 from .schema import REMOVAL_BUCKETS, removal_bucket
 from .sql import SqlStore
@@ -125,7 +127,8 @@ def _prepare(database: Path) -> None:
 
 
 _SELECT_SESSION = f"SELECT {', '.join(SQLITE_SESSIONS.columns)} FROM sessions WHERE id = ?"
-_SELECT_ACTIVITY = "SELECT last_activity FROM sessions WHERE id = ?"
+_SELECT_TO_VALIDATE = session_with_user_sql("s.id = ?")
+_SELECT_VERSION = "SELECT version, last_activity FROM sessions WHERE id = ?"
 _REMOVED = "SELECT removed FROM session_removals ORDER BY bucket"
 _TRIGGER_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'sessions_removed'"
 # Times as SQLAlchemy keeps them in SQLite (naive UTC text), so that "<" compares like times.
@@ -172,7 +175,9 @@ class SqliteStore(SqlStore):
         have been removed from the file (``session_removals``: a trigger counts each removal
         in the transaction that makes it, whoever makes it: this server, the command line,
         another process, plain SQL; sessiond takes back, in the same transaction, its
-        removals of sessions past their lifetime, which no cache serves). It does not move
+        removals of sessions past their lifetime, which no cache serves), plus the changes of
+        its sessions' rows other than touches and of their users' block or rights (migration
+        0007: each moves the buckets of the sessions it concerns). It does not move
         for a touch or a new session, and a removal moves only its own bucket's count, so a
         logout sends a 256th of the cached validations to read their row. A store without
         the trigger (made some other way than by the migrations) answers None: no epoch.
@@ -221,14 +226,27 @@ class SqliteStore(SqlStore):
             return await super().get_session(session_id)
         return SQLITE_SESSIONS.decode(row) if row is not None else None
 
-    async def session_activity(self, session_id: UUID) -> datetime | None:
+    async def session_to_validate(
+        self, session_id: UUID
+    ) -> tuple[SessionRecord, SessionUser | None] | None:
         if self._database is None:
-            return await super().session_activity(session_id)
+            return await super().session_to_validate(session_id)
         try:
-            row = self._reader().execute(_SELECT_ACTIVITY, (session_id.hex,)).fetchone()
+            row = self._reader().execute(_SELECT_TO_VALIDATE, (session_id.hex,)).fetchone()
         except sqlite3.DatabaseError:
-            return await super().session_activity(session_id)
-        return datetime.fromisoformat(row[0]).replace(tzinfo=UTC) if row is not None else None
+            return await super().session_to_validate(session_id)
+        return SQLITE_SESSIONS.decode_with_user(row) if row is not None else None
+
+    async def session_version(self, session_id: UUID) -> tuple[int, datetime] | None:
+        if self._database is None:
+            return await super().session_version(session_id)
+        try:
+            row = self._reader().execute(_SELECT_VERSION, (session_id.hex,)).fetchone()
+        except sqlite3.DatabaseError:
+            return await super().session_version(session_id)
+        if row is None:
+            return None
+        return row[0], datetime.fromisoformat(row[1]).replace(tzinfo=UTC)
 
     async def touch_sessions(self, touches: Mapping[UUID, datetime]) -> None:
         """Last-activity touches come by the thousand under load: written by the driver in a
