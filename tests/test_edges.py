@@ -362,6 +362,26 @@ def test_a_trailing_slash_is_an_unknown_route_not_a_redirect(server: ServerProce
         assert response.json()["error"]["code"] == "no_such_route"
 
 
+def test_no_console_page_redirects_to_the_host_header(server: ServerProcess) -> None:
+    """A trailing slash was answered by a redirect to the Host header's server (a sign-in form
+    re-sent there with its password): it is no page, and no answer names another server."""
+    for method, path in (
+        ("GET", "/console/sessions/"),
+        ("GET", "/console/sign-in/"),
+        ("POST", "/console/sign-in/"),
+        ("GET", "/console/static/console.css/"),
+    ):
+        response = httpx.request(
+            method, server.url + path, headers={"Host": "evil.example"}, data={"password": "x"}
+        )
+        assert response.status_code == 404, (path, response.status_code, response.headers)
+        assert "location" not in response.headers
+    for path in ("/console", "/console/", "/console/sessions"):
+        response = httpx.get(server.url + path, headers={"Host": "evil.example"})
+        location = response.headers.get("location", "/")
+        assert location.startswith("/") and not location.startswith("//"), (path, location)
+
+
 # --- 5. base64 sign-in -----------------------------------------------------------------------
 
 
