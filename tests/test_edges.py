@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sessiond import exports
 from sessiond.token import SessionToken
 
 from .conftest import ServerProcess, free_port, server_env
@@ -409,6 +410,8 @@ def test_base64_login_and_password_are_checked_after_decoding(server: ServerProc
 
 def test_csv_export_neutralises_formulas_and_json_lines_stay_exact(server: ServerProcess) -> None:
     names = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tTab"]
+    # What a spreadsheet trims or folds before it parses a cell (OWASP, "CSV injection").
+    names += [" =1+1", "\u00a0=1+1", "\u200b@SUM(A1)", "\uff1d1+1", "\ufe622", "\u22123"]
     for name in names:
         failed = httpx.post(
             f"{server.url}/api/v1/sessions/open", json={"Login": name, "Password": "wrong"}
@@ -427,3 +430,16 @@ def test_csv_export_neutralises_formulas_and_json_lines_stay_exact(server: Serve
     # everything else is untouched
     assert {row["action"] for row in rows} >= {"Login", "LoginFailed"}
     assert all(row["at"][:1].isdigit() for row in rows)
+
+
+def test_csv_cells_that_start_like_a_formula_after_trimming_are_neutralised() -> None:
+    for formula in (
+        "=1+1", "+1", "-1", "@A1", "\t=1", "\r=1", "\n=1",
+        " =1+1", "   +1", "\u00a0=1+1", "\u3000@A1", "\u200b=1", "\ufeff-1", "\u2007=1",
+        "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff20A1", "\ufe661", "\ufe631", "\u22121",
+        " \uff1d1", "\t",
+    ):  # fmt: skip
+        assert exports.csv_cell(formula) == "'" + formula, repr(formula)
+    for text in ("plain", "a =1", "a-b", "", " ", "\u00a0", "ivanov@corp", "CORP\\ivanov", "1-2"):
+        assert exports.csv_cell(text) == text, repr(text)
+    assert exports.csv_cell(12) == 12
