@@ -383,6 +383,37 @@ def test_no_console_page_redirects_to_the_host_header(server: ServerProcess) -> 
         assert location.startswith("/") and not location.startswith("//"), (path, location)
 
 
+def test_a_json_body_that_repeats_a_key_is_refused(server: ServerProcess) -> None:
+    """Python's JSON keeps the last of two equal keys; a proxy that keeps the first would see
+    another request than sessiond acts on."""
+    password = json.dumps(server.admin_password)
+    for body in (
+        '{"Login": "admin", "Password": "wrong", "Password": ' + password + "}",
+        '{"Login": "nobody", "Login": "admin", "Password": ' + password + "}",
+    ):
+        for content_type in ("application/json", "application/json; charset=utf-8", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            refused = httpx.post(
+                f"{server.url}/api/v1/sessions/open", content=body, headers=headers
+            )
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "duplicate_key", error
+            assert error["details"]["key"] in ("Login", "Password")
+            assert "more than once" in error["message"]
+    auth = _sign_in(server).json()["AuthToken"]
+    nested = httpx.post(
+        f"{server.url}/api/v1/users",
+        content=b'{"Login": "twice", "Extra": {"a": 1, "a": 2}}',
+        headers={"Tessa-Session": auth, "Content-Type": "application/json"},
+    )
+    assert nested.status_code == 400 and nested.json()["error"]["code"] == "duplicate_key"
+    assert nested.json()["error"]["details"] == {"key": "a"}
+    malformed = httpx.post(f"{server.url}/api/v1/sessions/open", content=b'{"Login": ')
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "invalid_request"
+
+
 # --- 5. base64 sign-in -----------------------------------------------------------------------
 
 
