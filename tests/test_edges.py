@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -412,6 +413,41 @@ def test_a_json_body_that_repeats_a_key_is_refused(server: ServerProcess) -> Non
     malformed = httpx.post(f"{server.url}/api/v1/sessions/open", content=b'{"Login": ')
     assert malformed.status_code == 400
     assert malformed.json()["error"]["code"] == "invalid_request"
+
+
+def _console_sign_in(
+    server: ServerProcess, nonce: str, token: str, **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/console/sign-in",
+        data={"csrf": token, "login": "admin", "password": server.admin_password},
+        headers={"Cookie": f"sessiond-console-signin={nonce}", **headers},
+    )
+
+
+def test_a_planted_sign_in_cookie_does_not_sign_a_browser_in(server: ServerProcess) -> None:
+    """Login CSRF over plain HTTP: whoever can set a cookie for the host plants the sign-in
+    cookie, and another site posts the console's sign-in form with the attacker's account and
+    the planted value. The form's token must be the server's HMAC of the cookie: a value made
+    up on both sides is refused, and nothing signs in."""
+    planted = "A" * 43
+    for token in (planted, "", f"k0.{planted}"):
+        refused = _console_sign_in(server, planted, token)
+        assert refused.status_code == 403, refused.text
+        assert "CSRF" in refused.text
+        assert "sessiond-console=" not in refused.headers.get("set-cookie", "")
+    # A pair the server issued works — but not posted from another site (the browser says so).
+    page = httpx.get(f"{server.url}/console/sign-in")
+    nonce = page.cookies["sessiond-console-signin"]
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token and token.group(1) != nonce
+    for site in ("cross-site", "same-site"):
+        refused = _console_sign_in(server, nonce, token.group(1), **{"Sec-Fetch-Site": site})
+        assert refused.status_code == 403, refused.text
+    assert _console_sign_in(server, "B" * 43, token.group(1)).status_code == 403  # other cookie
+    accepted = _console_sign_in(server, nonce, token.group(1), **{"Sec-Fetch-Site": "same-origin"})
+    assert accepted.status_code == 303, accepted.text
+    assert accepted.headers["set-cookie"].startswith("sessiond-console=")
 
 
 # --- 5. base64 sign-in -----------------------------------------------------------------------
