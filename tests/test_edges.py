@@ -450,6 +450,24 @@ def test_a_planted_sign_in_cookie_does_not_sign_a_browser_in(server: ServerProce
     assert accepted.headers["set-cookie"].startswith("sessiond-console=")
 
 
+def test_a_block_whose_end_is_past_is_refused_not_stored(server: ServerProcess) -> None:
+    auth = _sign_in(server).json()["AuthToken"]
+    with httpx.Client(base_url=server.url, headers={"Tessa-Session": auth}) as http:
+        added = http.post("/api/v1/users", json={"Login": "past-block", "Password": "pw-1234"})
+        assert added.status_code == 201, added.text
+        for until in (0, "1970-01-01T00:00:00Z", "2001-01-01T00:00:00"):
+            refused = http.post("/api/v1/users/past-block/block", json={"Until": until})
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert (
+                error["code"] == "invalid_request" and error["details"]["rule"] == "block_end_past"
+            )
+            assert "not in the future" in error["message"]
+        [user] = [u for u in http.get("/api/v1/users").json() if u["Login"] == "past-block"]
+        assert user["Blocked"] is False and user["BlockedDueDate"] is None
+        assert http.post("/api/v1/users/past-block/block", json={}).status_code == 200
+
+
 # --- 5. base64 sign-in -----------------------------------------------------------------------
 
 
