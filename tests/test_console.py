@@ -782,7 +782,8 @@ def test_behind_tls_the_cookie_is_secure_and_host_prefixed(console_server: Serve
         assert signin_cookie.startswith("__Host-sessiond-console-signin=")
         assert "; Secure" in signin_cookie and "Path=/;" in signin_cookie
         token = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        assert token
+        nonce = re.match(r"__Host-sessiond-console-signin=([^;]+)", signin_cookie)
+        assert token and nonce
         answer = http.post(
             "/console/sign-in",
             data={
@@ -791,7 +792,7 @@ def test_behind_tls_the_cookie_is_secure_and_host_prefixed(console_server: Serve
                 "password": console_server.admin_password,
             },
             # Sent by hand: httpx's cookie jar keeps a Secure cookie off plain HTTP.
-            headers={"Cookie": f"__Host-sessiond-console-signin={token.group(1)}"},
+            headers={"Cookie": f"__Host-sessiond-console-signin={nonce.group(1)}"},
         )
     assert answer.status_code == 303
     session = answer.headers["set-cookie"]

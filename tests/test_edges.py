@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sessiond import exports
 from sessiond.token import SessionToken
 
 from .conftest import ServerProcess, free_port, server_env
@@ -362,6 +364,110 @@ def test_a_trailing_slash_is_an_unknown_route_not_a_redirect(server: ServerProce
         assert response.json()["error"]["code"] == "no_such_route"
 
 
+def test_no_console_page_redirects_to_the_host_header(server: ServerProcess) -> None:
+    """A trailing slash was answered by a redirect to the Host header's server (a sign-in form
+    re-sent there with its password): it is no page, and no answer names another server."""
+    for method, path in (
+        ("GET", "/console/sessions/"),
+        ("GET", "/console/sign-in/"),
+        ("POST", "/console/sign-in/"),
+        ("GET", "/console/static/console.css/"),
+    ):
+        response = httpx.request(
+            method, server.url + path, headers={"Host": "evil.example"}, data={"password": "x"}
+        )
+        assert response.status_code == 404, (path, response.status_code, response.headers)
+        assert "location" not in response.headers
+    for path in ("/console", "/console/", "/console/sessions"):
+        response = httpx.get(server.url + path, headers={"Host": "evil.example"})
+        location = response.headers.get("location", "/")
+        assert location.startswith("/") and not location.startswith("//"), (path, location)
+
+
+def test_a_json_body_that_repeats_a_key_is_refused(server: ServerProcess) -> None:
+    """Python's JSON keeps the last of two equal keys; a proxy that keeps the first would see
+    another request than sessiond acts on."""
+    password = json.dumps(server.admin_password)
+    for body in (
+        '{"Login": "admin", "Password": "wrong", "Password": ' + password + "}",
+        '{"Login": "nobody", "Login": "admin", "Password": ' + password + "}",
+    ):
+        for content_type in ("application/json", "application/json; charset=utf-8", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            refused = httpx.post(
+                f"{server.url}/api/v1/sessions/open", content=body, headers=headers
+            )
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "duplicate_key", error
+            assert error["details"]["key"] in ("Login", "Password")
+            assert "more than once" in error["message"]
+    auth = _sign_in(server).json()["AuthToken"]
+    nested = httpx.post(
+        f"{server.url}/api/v1/users",
+        content=b'{"Login": "twice", "Extra": {"a": 1, "a": 2}}',
+        headers={"Tessa-Session": auth, "Content-Type": "application/json"},
+    )
+    assert nested.status_code == 400 and nested.json()["error"]["code"] == "duplicate_key"
+    assert nested.json()["error"]["details"] == {"key": "a"}
+    malformed = httpx.post(f"{server.url}/api/v1/sessions/open", content=b'{"Login": ')
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "invalid_request"
+
+
+def _console_sign_in(
+    server: ServerProcess, nonce: str, token: str, **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/console/sign-in",
+        data={"csrf": token, "login": "admin", "password": server.admin_password},
+        headers={"Cookie": f"sessiond-console-signin={nonce}", **headers},
+    )
+
+
+def test_a_planted_sign_in_cookie_does_not_sign_a_browser_in(server: ServerProcess) -> None:
+    """Login CSRF over plain HTTP: whoever can set a cookie for the host plants the sign-in
+    cookie, and another site posts the console's sign-in form with the attacker's account and
+    the planted value. The form's token must be the server's HMAC of the cookie: a value made
+    up on both sides is refused, and nothing signs in."""
+    planted = "A" * 43
+    for token in (planted, "", f"k0.{planted}"):
+        refused = _console_sign_in(server, planted, token)
+        assert refused.status_code == 403, refused.text
+        assert "CSRF" in refused.text
+        assert "sessiond-console=" not in refused.headers.get("set-cookie", "")
+    # A pair the server issued works — but not posted from another site (the browser says so).
+    page = httpx.get(f"{server.url}/console/sign-in")
+    nonce = page.cookies["sessiond-console-signin"]
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token and token.group(1) != nonce
+    for site in ("cross-site", "same-site"):
+        refused = _console_sign_in(server, nonce, token.group(1), **{"Sec-Fetch-Site": site})
+        assert refused.status_code == 403, refused.text
+    assert _console_sign_in(server, "B" * 43, token.group(1)).status_code == 403  # other cookie
+    accepted = _console_sign_in(server, nonce, token.group(1), **{"Sec-Fetch-Site": "same-origin"})
+    assert accepted.status_code == 303, accepted.text
+    assert accepted.headers["set-cookie"].startswith("sessiond-console=")
+
+
+def test_a_block_whose_end_is_past_is_refused_not_stored(server: ServerProcess) -> None:
+    auth = _sign_in(server).json()["AuthToken"]
+    with httpx.Client(base_url=server.url, headers={"Tessa-Session": auth}) as http:
+        added = http.post("/api/v1/users", json={"Login": "past-block", "Password": "pw-1234"})
+        assert added.status_code == 201, added.text
+        for until in (0, "1970-01-01T00:00:00Z", "2001-01-01T00:00:00"):
+            refused = http.post("/api/v1/users/past-block/block", json={"Until": until})
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert (
+                error["code"] == "invalid_request" and error["details"]["rule"] == "block_end_past"
+            )
+            assert "not in the future" in error["message"]
+        [user] = [u for u in http.get("/api/v1/users").json() if u["Login"] == "past-block"]
+        assert user["Blocked"] is False and user["BlockedDueDate"] is None
+        assert http.post("/api/v1/users/past-block/block", json={}).status_code == 200
+
+
 # --- 5. base64 sign-in -----------------------------------------------------------------------
 
 
@@ -389,6 +495,8 @@ def test_base64_login_and_password_are_checked_after_decoding(server: ServerProc
 
 def test_csv_export_neutralises_formulas_and_json_lines_stay_exact(server: ServerProcess) -> None:
     names = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tTab"]
+    # What a spreadsheet trims or folds before it parses a cell (OWASP, "CSV injection").
+    names += [" =1+1", "\u00a0=1+1", "\u200b@SUM(A1)", "\uff1d1+1", "\ufe622", "\u22123"]
     for name in names:
         failed = httpx.post(
             f"{server.url}/api/v1/sessions/open", json={"Login": name, "Password": "wrong"}
@@ -407,3 +515,16 @@ def test_csv_export_neutralises_formulas_and_json_lines_stay_exact(server: Serve
     # everything else is untouched
     assert {row["action"] for row in rows} >= {"Login", "LoginFailed"}
     assert all(row["at"][:1].isdigit() for row in rows)
+
+
+def test_csv_cells_that_start_like_a_formula_after_trimming_are_neutralised() -> None:
+    for formula in (
+        "=1+1", "+1", "-1", "@A1", "\t=1", "\r=1", "\n=1",
+        " =1+1", "   +1", "\u00a0=1+1", "\u3000@A1", "\u200b=1", "\ufeff-1", "\u2007=1",
+        "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff20A1", "\ufe661", "\ufe631", "\u22121",
+        " \uff1d1", "\t",
+    ):  # fmt: skip
+        assert exports.csv_cell(formula) == "'" + formula, repr(formula)
+    for text in ("plain", "a =1", "a-b", "", " ", "\u00a0", "ivanov@corp", "CORP\\ivanov", "1-2"):
+        assert exports.csv_cell(text) == text, repr(text)
+    assert exports.csv_cell(12) == 12

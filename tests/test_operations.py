@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessiond._version import __version__
@@ -25,6 +26,7 @@ from sessiond.token import AuthToken
 from tests.infra.postgres import PostgresServer
 
 from .conftest import ServerProcess, free_port, server_env
+from .test_console import CHROMIUM, CHROMIUM_ARGS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -528,3 +530,36 @@ def test_the_api_page_loads_nothing_from_other_servers(server: ServerProcess) ->
     assert "SwaggerUIBundle" in httpx.get(urljoin(server.url, script)).text
     missing = httpx.get(f"{server.url}/api/v1/docs/static/index.html")
     assert missing.status_code == 404
+
+
+def test_the_api_page_works_under_its_policy_and_cannot_be_framed(server: ServerProcess) -> None:
+    page = httpx.get(f"{server.url}/api/v1/docs")
+    policy = {
+        part.strip().split(" ", 1)[0]: part.strip()
+        for part in page.headers["content-security-policy"].split(";")
+    }
+    assert policy["frame-ancestors"] == "frame-ancestors 'none'"
+    assert policy["default-src"] == "default-src 'none'"
+    assert "'unsafe-eval'" not in policy["script-src"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    with sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            tab = chromium.new_page()
+            refused: list[str] = []
+            tab.on("console", lambda m: refused.append(m.text) if "Refused" in m.text else None)
+            tab.add_init_script(
+                "window.__violations = [];"
+                "document.addEventListener('securitypolicyviolation',"
+                " e => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+            )
+            tab.goto(f"{server.url}/api/v1/docs")
+            expect(tab.locator(".swagger-ui .info .title")).to_contain_text("sessiond")
+            expect(tab.locator(".opblock").first).to_be_visible()
+            tab.locator(".opblock-summary").first.click()  # an operation opens
+            expect(tab.locator(".opblock-body").first).to_be_visible()
+            assert tab.evaluate("window.__violations") == []
+            assert refused == []
+        finally:
+            chromium.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from sessiond.errors import (
     PasswordExpired,
     PasswordRejected,
     PermissionDenied,
+    RequestError,
     SessionExpired,
     SessionNotFound,
     UserBlocked,
@@ -279,6 +280,56 @@ async def test_the_last_administrator_who_can_sign_in_stays_one(service: Session
     await service.users.set_blocked(SYSTEM, "second", False)
     demoted = await service.users.update_user(SYSTEM, "solo", access_level=AccessLevel.REGULAR)
     assert not demoted.is_administrator
+
+
+async def test_the_last_administrator_counts_only_those_who_can_sign_in_on_this_server(
+    service: SessionService,
+) -> None:
+    """Neither Windows nor LDAP is configured here: an administrator of either kind cannot sign
+    in, nor can a platform administrator without a password."""
+    await service.users.add_user(
+        SYSTEM, "solo", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
+    )
+    # Switching the only one to a login type this server has no backend for.
+    for login_type in (LoginType.LDAP, LoginType.WINDOWS):
+        with pytest.raises(Conflict, match="last administrator who can sign in on this server"):
+            await service.users.update_user(SYSTEM, "solo", login_type=login_type)
+    # Beside an administrator who has no password to sign in with.
+    await service.users.add_user(SYSTEM, "nopass", access_level=AccessLevel.ADMINISTRATOR)
+    with pytest.raises(Conflict, match="last administrator"):
+        await service.users.update_user(SYSTEM, "solo", access_level=AccessLevel.REGULAR)
+    with pytest.raises(Conflict, match="last administrator"):
+        await service.users.remove_user(SYSTEM, "solo")
+    # Beside a Windows administrator, on a server without Windows sign-in.
+    await service.users.add_user(
+        SYSTEM, "domainadmin", login_type=LoginType.WINDOWS, account="CORP\\domainadmin",
+        access_level=AccessLevel.ADMINISTRATOR,
+    )  # fmt: skip
+    with pytest.raises(Conflict, match="last administrator"):
+        await service.users.set_blocked(SYSTEM, "solo", True)
+    solo = await service.users.get_user_by_login("solo")
+    assert solo.is_administrator and solo.login_type == LoginType.PLATFORM and not solo.blocked
+    # Once the other has a password, the change is allowed.
+    await service.users.set_password(SYSTEM, "nopass", "pw-5678")
+    blocked = await service.users.set_blocked(SYSTEM, "solo", True)
+    assert blocked.blocked
+
+
+async def test_a_block_whose_end_is_past_is_refused(service: SessionService, clock: Clock) -> None:
+    await _user(service)
+    auth = await _open(service)
+    for until in (clock.now - timedelta(seconds=1), clock.now, datetime.fromtimestamp(0, UTC)):
+        with pytest.raises(RequestError, match="not in the future") as refused:
+            await service.users.set_blocked(SYSTEM, "ivanov", True, until)
+        assert refused.value.details == {"rule": "block_end_past"}
+    user = await service.users.get_user_by_login("ivanov")
+    assert not user.blocked and user.blocked_due_date is None
+    await service.sessions.validate(auth)  # nothing happened to the user's sessions
+    assert not await service.audit.records(action=AuditAction.USER_BLOCKED)
+    blocked = await service.users.set_blocked(
+        SYSTEM, "ivanov", True, clock.now + timedelta(hours=1)
+    )
+    assert blocked.blocked
 
 
 async def test_two_administrators_demoting_each_other_at_once_leave_one(

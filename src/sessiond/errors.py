@@ -7,6 +7,7 @@ integrators catch one tree on both sides::
     SessiondError
     ├── RequestError                400 invalid_request          malformed body or parameter
     │   ├── HeaderRepeated          400 header_repeated          a single-value header sent twice
+    │   ├── DuplicateKey            400 duplicate_key            a JSON body repeats a key
     │   ├── RequestTimeout          408 request_timeout          request head or body not in time
     │   ├── RequestTooLarge         413 request_too_large        body over the size limit
     │   └── RequestHeadTooLarge     431 request_head_too_large   request line + headers too large
@@ -88,6 +89,12 @@ class HeaderRepeated(RequestError):
     """A header that carries one value (``Tessa-Session``, ``Authorization``) came twice."""
 
     code = "header_repeated"
+
+
+class DuplicateKey(RequestError):
+    """A JSON body names the same key twice in one object (``details.key``)."""
+
+    code = "duplicate_key"
 
 
 class RequestTimeout(RequestError):

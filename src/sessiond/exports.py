@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -23,8 +24,13 @@ AUDIT_COLUMNS = [
     "client_address",
     "details",
 ]
-# A spreadsheet reads a cell that starts with one of these as a formula.
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Characters that are not the ASCII ones but may be read as them: the minus sign (U+2212);
+#: the fullwidth and small forms (U+FF1D, U+FF0B, U+FF0D, U+FF20; U+FE66, U+FE62, U+FE63,
+#: U+FE6B) are read through NFKC.
+_FORMULA_LOOKALIKES = frozenset("\u2212")
+_FORMULA_CHARS = frozenset("=+-@")
 
 
 def audit_row(r: AuditRecord) -> dict[str, Any]:
@@ -44,9 +50,24 @@ def audit_row(r: AuditRecord) -> dict[str, Any]:
 
 def csv_cell(value: Any) -> Any:
     """A text cell a spreadsheet would run as a formula gets a leading ``'``: shown, not run."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
+    if isinstance(value, str) and looks_like_formula(value):
         return "'" + value
     return value
+
+
+def looks_like_formula(text: str) -> bool:
+    """True when a spreadsheet might run ``text`` as a formula: it starts with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return (OWASP's list), or with one of the first four
+    after any leading white space, control or invisible format characters (a space, NBSP,
+    a zero-width space), or with a Unicode form of them (fullwidth U+FF1D, small U+FE62,
+    the minus sign) — spreadsheets trim or fold some of these before they parse a cell."""
+    if text.startswith(FORMULA_START):
+        return True
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf"):
+            continue
+        return char in _FORMULA_LOOKALIKES or unicodedata.normalize("NFKC", char) in _FORMULA_CHARS
+    return False
 
 
 def write_jsonl(records: Iterable[AuditRecord], stream: TextIO) -> None:

@@ -8,7 +8,8 @@
   (loopback unless set), and never to a request a proxy forwarded while no proxy is trusted
   (behind a reverse proxy on the same machine every caller would look like loopback).
 - ``GET /api/v1/docs``: Swagger UI, with its script and style served from the package
-  (``static/swagger-ui``), so the page needs no other server.
+  (``static/swagger-ui``), so the page needs no other server; its Content-Security-Policy
+  allows nothing else and forbids framing (:func:`docs_headers`).
 
 The combined ``GET /api/v1/health`` (the process answers and can read its store) stays in
 :mod:`.routes`.
@@ -16,7 +17,10 @@ The combined ``GET /api/v1/health`` (the process answers and can read its store)
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +131,46 @@ def _metrics_route(settings: Settings) -> Any:
     return scrape
 
 
+def docs_headers(page: bytes) -> dict[str, str]:
+    """The API page's security headers: its script, style and images only from this server
+    (the one inline script, which starts Swagger UI, allowed by its hash), its requests only to
+    this server, and no framing by anyone. Swagger UI draws its icons from ``data:`` images in
+    its style sheet: those are allowed too, nothing else."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'"
+        for script in _INLINE_SCRIPT.findall(page)
+    )
+    policy = (
+        f"default-src 'none'; script-src 'self' {hashes}; style-src 'self'; "
+        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+        "form-action 'self'; base-uri 'none'"
+    )
+    return {
+        "Content-Security-Policy": policy,
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+    }
+
+
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
+
 def _docs_page(openapi_url: str) -> Any:
+    page = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title="sessiond - API",
+        swagger_js_url=f"{STATIC_PATH}/swagger-ui-bundle.js",
+        swagger_css_url=f"{STATIC_PATH}/swagger-ui.css",
+        swagger_favicon_url=f"{STATIC_PATH}/favicon-32x32.png",
+        # No validator badge: it would send the document to validator.swagger.io.
+        swagger_ui_parameters={"validatorUrl": None},
+    ).body
+    headers = docs_headers(bytes(page))
+
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=openapi_url,
-            title="sessiond - API",
-            swagger_js_url=f"{STATIC_PATH}/swagger-ui-bundle.js",
-            swagger_css_url=f"{STATIC_PATH}/swagger-ui.css",
-            swagger_favicon_url=f"{STATIC_PATH}/favicon-32x32.png",
-            # No validator badge: it would send the document to validator.swagger.io.
-            swagger_ui_parameters={"validatorUrl": None},
-        )
+        return HTMLResponse(page, headers=headers)
 
     return docs
 
@@ -145,7 +178,7 @@ def _docs_page(openapi_url: str) -> Any:
 async def _static(name: str) -> FileResponse:
     if name not in STATIC_FILES:
         raise StarletteHTTPException(404, detail="no such route")
-    return FileResponse(STATIC_DIR / name)
+    return FileResponse(STATIC_DIR / name, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -29,6 +29,7 @@ from ..service import Actor, SessionService
 from ..store import AuditQuery, AuditRecord, SessionOrder, SessionQuery, SessionRecord
 from ..token import SessionToken
 from ..wire import NEGOTIATE_ID_HEADER, NEXT_PAGE_HEADER, format_time
+from .bodies import CheckedBodyRoute
 from .headers import AUTHORIZATION_HEADER, session_header, single_header
 from .render import session_info, user_info
 from .schemas import (
@@ -46,7 +47,7 @@ from .schemas import (
     UserBody,
 )
 
-router = APIRouter(prefix="/api/v1", redirect_slashes=False)
+router = APIRouter(prefix="/api/v1", redirect_slashes=False, route_class=CheckedBodyRoute)
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

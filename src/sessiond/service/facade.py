@@ -55,14 +55,20 @@ class SessionService:
         self.licensing = Licensing(settings, store, clock)
         self.configuration = Configuration(settings, store, clock, self.licensing.refresh)
         self.sessions = Sessions(settings, store, keys, clock)
-        self.users = Users(settings, store, clock, self.platform, self.sessions)
+        negotiate = load_negotiate(settings)
+        sign_in_types = set(self.authenticators)
+        if negotiate is not None:
+            sign_in_types.add(negotiate.login_type)
+        self.users = Users(
+            settings, store, clock, self.platform, self.sessions, sign_in_types - {LoginType.NONE}
+        )
         self.signin = SignIn(
             settings,
             store,
             keys,
             clock,
             self.authenticators,
-            load_negotiate(settings),
+            negotiate,
             self.platform,
             self.users,
             self.sessions,

@@ -2,14 +2,16 @@
 
 Every change that takes rights away ends the user's sessions in the same transaction (a session
 carries the rights it was opened with), and the installation always keeps one administrator who
-can sign in: the last one cannot be demoted, blocked or given login type None — decided over
-the administrators' rows, locked, in the transaction that writes the change.
+can sign in *on this server*: a login type whose backend is configured here (the platform's
+always; Windows and Ldap only with their sections), a password set for a platform user, and not
+blocked. No change may leave none — decided over the administrators' rows, locked, in the
+transaction that writes the change.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -40,12 +42,16 @@ class Users:
         clock: Clock,
         platform: PlatformAuthenticator,
         sessions: Sessions,
+        sign_in_types: Collection[LoginType] = (LoginType.PLATFORM,),
     ) -> None:
+        """``sign_in_types``: the login types this server has a backend for (who can sign in
+        here at all)."""
         self.settings = settings
         self.store = store
         self.clock = clock
         self.platform = platform
         self.sessions = sessions
+        self.sign_in_types = frozenset(sign_in_types)
         self.windows_names = WindowsNames(settings.windows) if settings.windows else None
 
     # --- finding -------------------------------------------------------------------------
@@ -242,10 +248,17 @@ class Users:
         self, actor: Actor, login: str, blocked: bool, until: datetime | None = None
     ) -> UserRecord:
         """Block (until a time, or until lifted; the user's sessions end) or unblock (which
-        also clears the failed sign-ins counted so far)."""
+        also clears the failed sign-ins counted so far). A block whose end is not in the future
+        is refused: it would block nobody, yet end the user's sessions and read as a block."""
         require_admin(actor, "block or unblock users")
         user = await self.get_user_by_login(login)
         now = self.clock()
+        if blocked and until is not None and until <= now:
+            raise RequestError(
+                f"the block's end {until.isoformat()} is not in the future: give a later time, "
+                "none to block until lifted, or unblock the user",
+                details={"rule": "block_end_past"},
+            )
         async with self.store.write() as tx:
             row = await self._lock(tx, user.id, demoting=blocked)
             if not blocked:
@@ -383,15 +396,18 @@ class Users:
         ]
         if not others:
             raise Conflict(
-                f"{before.login} is the last administrator who can sign in: make another "
-                "user an administrator first"
+                f"{before.login} is the last administrator who can sign in on this server: "
+                "first make another user an administrator who can (a login type configured "
+                "here, a password set for a Platform user, not blocked)"
             )
 
-    @staticmethod
-    def _can_administer(user: UserRecord, now: datetime) -> bool:
+    def _can_administer(self, user: UserRecord, now: datetime) -> bool:
+        """An administrator who can sign in on this server: a login type with a backend here,
+        a password to check for a platform user, and no block in force."""
         return (
             user.access_level == AccessLevel.ADMINISTRATOR
-            and user.login_type != LoginType.NONE
+            and user.login_type in self.sign_in_types
+            and (user.login_type != LoginType.PLATFORM or user.password_hash is not None)
             and not Lockout.blocked(user, now)
         )
 

@@ -95,6 +95,9 @@ def create(settings: Settings, service: SessionService) -> ASGIApp:
             HTTPException: _http_error,
         },
     )
+    # Starlette would answer a path with a trailing slash by a redirect built from the Host
+    # header (re-sending a form's password there): such a path is no page, as in the API.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.service = service
     return SecurityHeaders(app)

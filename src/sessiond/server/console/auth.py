@@ -11,7 +11,12 @@ Path=/). Otherwise it is ``sessiond-console`` with Path=/console.
 Every form that changes something carries a CSRF token: HMAC-SHA256 of the session id under a
 key derived from the signature key that signed the session (so every node of an installation
 computes the same token, and it lives exactly as long as the session). The sign-in forms, which
-have no session yet, use a random value kept in a second cookie (double submit).
+have no session yet, carry a signed double-submit token: a random value kept in a second cookie,
+and in the form HMAC-SHA256 of that value under a key derived from the current signature key.
+On plain HTTP anyone who can set a cookie for the host can plant the cookie, but not make up a
+form token that matches it: that takes the server's key. And a sign-in form the browser says
+came from another site (``Sec-Fetch-Site``) is refused whatever it carries, so a pair the
+attacker fetched from the server cannot be replayed through the victim's browser either.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ SESSION_COOKIE = "sessiond-console"
 SIGNIN_COOKIE = "sessiond-console-signin"
 CSRF_FIELD = "csrf"
 _CSRF_LABEL = b"sessiond console csrf/1"
+_SIGNIN_LABEL = b"sessiond console sign-in csrf/1"
+#: ``Sec-Fetch-Site`` values of a form this console's own page sent.
+_OWN_FETCH_SITES = frozenset({"same-origin", "none"})
 MAX_COOKIE_CHARS = 8192
 
 
@@ -182,23 +190,48 @@ async def checked_form(request: Request, who: Viewer) -> FormData:
 
 
 def signin_token(request: Request) -> tuple[str, bool]:
-    """The sign-in forms' token: the one in the browser's cookie, or a new one (True: set
-    it)."""
+    """The random value of the sign-in forms' cookie: the one in the browser's cookie, or a new
+    one (True: set it)."""
     existing = request.cookies.get(cookies(request).signin)
     if existing and 20 <= len(existing) <= 100:
         return existing, False
     return secrets.token_urlsafe(32), True
 
 
+def _signin_mac(key: bytes, nonce: str) -> str:
+    derived = hmac.new(key, _SIGNIN_LABEL, hashlib.sha256).digest()
+    mac = hmac.new(derived, nonce.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def signin_form_token(service: SessionService, nonce: str) -> str:
+    """What a sign-in form carries for the cookie value ``nonce``: the signing key's id and
+    the HMAC of ``nonce`` under a key derived from it."""
+    key_id = service.keys.current
+    return f"{key_id}.{_signin_mac(service.keys.keys[key_id], nonce)}"
+
+
+def _signin_token_matches(service: SessionService, nonce: str, given: str) -> bool:
+    key_id, _, mac = given.rpartition(".")
+    key = service.keys.keys.get(key_id)
+    if key is None:  # made up, or signed by a key retired since
+        return False
+    return hmac.compare_digest(mac.encode(), _signin_mac(key, nonce).encode())
+
+
 async def checked_signin_form(request: Request) -> FormData:
-    """A sign-in form, once the token in it matches the one in the browser's cookie."""
+    """A sign-in form, once it comes from this console's page (as far as the browser says)
+    and its token is the server's HMAC of the value in the browser's cookie."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in _OWN_FETCH_SITES:
+        raise CsrfRefused()
     form = await request.form()
-    expected = request.cookies.get(cookies(request).signin)
+    nonce = request.cookies.get(cookies(request).signin)
     given = form.get(CSRF_FIELD)
     if (
-        not expected
+        not nonce
         or not isinstance(given, str)
-        or not hmac.compare_digest(given.encode(), expected.encode())
+        or not _signin_token_matches(service_of(request), nonce, given)
     ):
         raise CsrfRefused()
     return form

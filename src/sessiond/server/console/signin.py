@@ -51,10 +51,11 @@ async def _page(
     **context: object,
 ) -> HTMLResponse:
     token, new = auth.signin_token(request)
+    csrf = auth.signin_form_token(auth.service_of(request), token)
     response = render(
         request,
         template,
-        {"csrf": token, "negotiate": negotiate_offered(request), **context},
+        {"csrf": csrf, "negotiate": negotiate_offered(request), **context},
         status=status,
         error=error,
     )
