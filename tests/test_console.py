@@ -288,7 +288,11 @@ def test_a_client_session_shows_in_the_table_and_closing_it_refuses_the_client(
         expect(row).to_contain_text("ConcurrentClient")
         _shot(admin_page, "sessions")
 
-        row.get_by_role("button", name="Close", exact=True).click()
+        _submit(admin_page, row.get_by_role("button", name="Close…", exact=True))
+        confirm = admin_page.locator("#confirm-close")  # nothing is closed before "Yes"
+        expect(confirm).to_contain_text("Ivanov I.")
+        assert client.current_session()["SessionID"] == str(token.session_id)
+        confirm.get_by_role("button", name="Yes, close").click()
         expect(admin_page.locator(".notice")).to_have_text("The session was closed.")
         expect(admin_page.locator(f'tr[data-session="{token.session_id}"]')).to_have_count(0)
         with pytest.raises(SessionNotFound):
@@ -300,6 +304,7 @@ def test_a_client_session_shows_in_the_table_and_closing_it_refuses_the_client(
         admin_page.locator(f'tr[data-session="{other_token.session_id}"]').get_by_role(
             "button", name=f"Close all of {login}"
         ).click()
+        admin_page.locator("#confirm-close-user").get_by_role("button", name="Yes").click()
         expect(admin_page.locator(".notice")).to_have_text("The user's sessions were closed: 2.")
         for closed in (other, third):
             with pytest.raises(SessionNotFound):
@@ -398,8 +403,9 @@ def test_a_regular_user_sees_only_their_own_sessions(
 
         page.goto(f"{console_server.url}/console/sessions")
         page.locator(f'tr[data-session="{my_token.session_id}"]').get_by_role(
-            "button", name="Close", exact=True
+            "button", name="Close…", exact=True
         ).click()
+        page.locator("#confirm-close").get_by_role("button", name="Yes, close").click()
         expect(page.locator(".notice")).to_have_text("The session was closed.")
         with pytest.raises(SessionNotFound):
             mine.current_session()

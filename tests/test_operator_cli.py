@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -382,3 +383,128 @@ def test_a_refusal_is_status_1(run: Run, tmp_path: Path) -> None:
     _one_line(run("users", "block", "nobody", "--data-dir", str(data)), REFUSED, "not_found")
     current = json.loads(run("keys", "list", "--json", "--data-dir", str(data)).stdout)["Current"]
     _one_line(run("keys", "retire", current, "--data-dir", str(data)), REFUSED, "rotate first")
+
+
+# --- 5. what an operator meets at the terminal -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("audit", "export"), ("users", "list"), ("users", "list", "--json")],
+    ids=["audit-export", "table", "json"],
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``sessiond audit export | head -1``: the reader closes the pipe; the command ends with
+    141 (a Unix tool that SIGPIPE ended, as a shell reports it), says nothing, and never
+    blames the database."""
+    data = tmp_path / "data"
+    made = subprocess.run(
+        [sys.executable, "-m", "sessiond", "init", "--data-dir", str(data)],
+        env=_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sessiond", *command, "--data-dir", str(data)],
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line is written
+    status = process.wait(60)
+    said = process.stderr.read().decode()
+    process.stderr.close()
+    assert status == 141, said
+    assert said == ""
+
+
+def _on_terminal(args: list[str], columns: int) -> tuple[int, str]:
+    """Run ``sessiond`` with its output on a terminal ``columns`` wide."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = _env(COLUMNS=str(columns), TERM="dumb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sessiond", *args], env=env, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command has ended and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(60), b"".join(chunks).decode()
+
+
+def test_the_tables_never_cut_an_id_on_an_80_column_terminal(run: Run, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _init(run, data)
+    where = ("--data-dir", str(data))
+    long_name = "Administrator of the document platform for every department"
+    added = run("users", "add", "reviewer", "--name", long_name, "--password", SECRET, *where)
+    assert added.returncode == 0, added.stderr
+    ids = [user["ID"] for user in json.loads(run("users", "list", "--json", *where).stdout)]
+    assert len(ids) == 2
+    status, shown = _on_terminal(["users", "list", *where], 80)
+    assert status == 0, shown
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    for user_id in ids:
+        assert user_id in shown, shown  # whole, on one line: it can be copied
+
+
+def test_a_wrong_value_in_the_settings_file_is_reported_when_overridden(
+    run: Run, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(run, data)
+    settings = tmp_path / "sessiond.toml"
+    settings.write_text('[sessiond]\nport = "eighty"\n')
+    # The environment and the command line override the wrong value; the file still has it.
+    for command in (("users", "list", "--data-dir", str(data)), ("serve", "--port", "0")):
+        result = run(*command, "--config", str(settings), SESSIOND_PORT="8400")
+        _one_line(result, BAD_SETTING, "port", str(settings), "invalid_settings")
+
+
+def test_sigterm_ends_the_server_with_status_0(tmp_path: Path) -> None:
+    """systemd stops a service with SIGTERM and counts anything but 0 as a failure."""
+    from tests.conftest import ServerProcess, server_env
+
+    data = tmp_path / "sessiond-data"
+    server = ServerProcess(data, free_port(), server_env(data), tmp_path / "server.log")
+    server.start()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0, server.log_path.read_text()
+
+
+def test_licences_install_prints_its_warning_once(run: Run, tmp_path: Path) -> None:
+    from tests import licences
+
+    data = tmp_path / "data"
+    _init(run, data)
+    where = ("--data-dir", str(data))
+    first = licences.write_unsigned(tmp_path / "one.json", PersonalClient=1)
+    assert run("licences", "install", str(first), *where).returncode == 0
+    given = run("users", "update", "admin", "--personal-client", *where)
+    assert given.returncode == 0, given.stderr
+    smaller = licences.write_unsigned(tmp_path / "none.json", ID="L-2026-2", PersonalClient=0)
+    installed = run("licences", "install", str(smaller), *where)
+    assert installed.returncode == 0, installed.stderr
+    assert "installed licence L-2026-2" in installed.stdout
+    lines = installed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: "), installed.stderr
+    assert "1 personal client licences are given out" in lines[0]

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import re
 import socket
-import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
@@ -31,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import SettingsError as SourceError
 
 from .errors import SettingsError
+from .settings_file import CONFIG_ENV, file_problems, read_file
 from .settings_sections import (
     ARGON2_PRESETS,
     DEFAULT_DATABASE_CONNECTIONS,
@@ -75,7 +75,6 @@ __all__ = [
     "unknown_environment",
 ]
 
-CONFIG_ENV = "SESSIOND_CONFIG"
 #: Who may read /metrics unless metrics_allow says otherwise: this machine only.
 METRICS_ALLOW_DEFAULT = ("127.0.0.0/8", "::1")
 # The file load_settings() was given; else SESSIOND_CONFIG names it.
@@ -447,31 +446,7 @@ class _TomlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         path = _config_file.get() or os.environ.get(CONFIG_ENV)
-        if not path:
-            return {}
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise SettingsError(
-                f"cannot read settings file {path} (--config or {CONFIG_ENV}): {exc.strerror}; "
-                "name a readable TOML file"
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(
-                f"settings file {path} (--config or {CONFIG_ENV}) is not valid TOML: {exc}; "
-                "correct it there"
-            ) from None
-        except UnicodeDecodeError:
-            raise SettingsError(
-                f"settings file {path} (--config or {CONFIG_ENV}) is not UTF-8 text"
-            ) from None
-        section = data.get("sessiond", data)
-        if not isinstance(section, dict):
-            raise SettingsError(
-                f"settings file {path}: [sessiond] must be a table, not a single value"
-            )
-        return section
+        return read_file(path) if path else {}
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -479,12 +454,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     one line naming each wrong setting, where it was set, and what it should be (never its
     value, which may be a secret)."""
     token = _config_file.set(str(config_file) if config_file is not None else None)
+    file = _config_file.get() or os.environ.get(CONFIG_ENV)
     try:
-        return Settings(**overrides)
+        settings: Settings | None = Settings(**overrides)
+        problems: list[str] = []
     except ValidationError as exc:
-        file = _config_file.get() or os.environ.get(CONFIG_ENV)
-        problems = "; ".join(_problem(err, overrides, file) for err in exc.errors())
-        raise SettingsError(f"invalid settings: {problems}") from None
+        settings, problems = None, [_problem(err, overrides, file) for err in exc.errors()]
     except SourceError as exc:
         # pydantic-settings could not decode a list or table given in the environment.
         found = re.search(r'field "(\w+)"', str(exc))
@@ -496,6 +471,14 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         ) from None
     finally:
         _config_file.reset(token)
+    # A wrong value in the file is reported even where the command line or the environment
+    # overrides it (the merged settings never see it): the next start without that override
+    # reads it.
+    if file:
+        problems += file_problems(Settings, file, exclude=problems)
+    if problems or settings is None:
+        raise SettingsError(f"invalid settings: {'; '.join(problems)}")
+    return settings
 
 
 def _env_name(loc: tuple[Any, ...]) -> str:

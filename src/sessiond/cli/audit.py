@@ -63,6 +63,7 @@ def audit_export(
                 else:
                     write_csv_rows(page, writer)
                 if len(page) < PAGE:
+                    stream.flush()  # here, where a reader gone away is seen and handled
                     return
                 after = page[-1].id
         finally:

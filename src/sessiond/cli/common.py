@@ -16,11 +16,12 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from .._version import __version__
 from ..errors import ServiceUnavailable, SessiondError, SettingsError, StoreMissing, StoreOutdated
@@ -34,10 +35,29 @@ EXIT_REFUSED = 1  # sessiond refused: an unknown user, a conflict, a rejected pa
 EXIT_SETTINGS = 2  # a bad setting or file, or bad usage of the command line
 EXIT_UNREACHABLE = 3  # something cannot be reached: the database server
 EXIT_NO_STORE = 4  # no store where the settings point, or one at another schema revision
+EXIT_BROKEN_PIPE = 141  # the reader of the output went away: 128 + SIGPIPE, as a shell says
 
 app = typer.Typer(no_args_is_help=True, help="sessiond: the platform's session server.")
+
+
+def reader_gone() -> NoReturn:
+    """The program reading the output stopped (``sessiond audit export | head -1``): end
+    quietly with 141, the status of a Unix tool that SIGPIPE ended, as a shell reports it
+    (the command line's own handling would say 1, and the database's would say 3)."""
+    # Python would try to flush standard output once more at exit, and complain on stderr.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
+
+class _Output(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        reader_gone()
+
+
 # Piped output (scripts, files) gets wide tables, so ids are never cut.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+out = _Output(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
@@ -145,6 +165,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         ) from None
     except SessiondError as exc:
         raise _fail(exc) from None
+    except BrokenPipeError:
+        reader_gone()  # the reader of the output went away (``| head``): not the database
     except (ConnectionError, TimeoutError, socket.gaierror) as exc:
         # A database server that does not answer, before the store could say so itself.
         raise _fail(
@@ -217,8 +239,24 @@ def _with_service(config: Path | None, action: Callable[[SessionService], Awaita
     return _run(main())
 
 
+def _table(*headers: str, ids: tuple[str, ...] = ()) -> Table:
+    """A table for the terminal that never cuts an id (so that it can be copied into another
+    command): the columns named in ``ids`` keep their full width, the others wrap."""
+    table = Table()
+    for header in headers:
+        if header in ids:
+            table.add_column(header, no_wrap=True, min_width=36)
+        else:
+            table.add_column(header, overflow="fold")
+    return table
+
+
 def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+    try:
+        sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone()
 
 
 def _time(value: datetime | None) -> str:
@@ -234,3 +272,5 @@ def main() -> None:
     except SessiondError as exc:
         # Raised outside _run (settings, the key ring): one line and the status of its kind.
         raise SystemExit(_fail(exc).exit_code) from None
+    except BrokenPipeError:
+        reader_gone()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..service import Actor, SessionService
+from ..service import Actor
 from .common import (
     ConfigOption,
     DataDirOption,
@@ -62,22 +65,49 @@ def licences_install(
     file: Path, config: ConfigOption = None, data_dir: DataDirOption = None
 ) -> None:
     """Check a licence file and install it for every node (a bad one changes nothing)."""
-
-    async def action(s: SessionService) -> tuple[Any, list[str]]:
-        licence = await s.licensing.install_file(str(file))
-        return licence, await s.licensing.warnings()
-
-    licence, warnings = _with_service(config, action)
+    with _warnings() as warnings:
+        licence = _with_service(config, lambda s: s.licensing.install_file(str(file)))
     out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
-    for warning in warnings:
-        err.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False)
+    _print_warnings(warnings)
 
 
 @licences_app.command("reload")
 def licences_reload(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Install the licence file named by the licence_file setting again."""
-    licence = _with_service(config, lambda s: s.licensing.install_file())
+    with _warnings() as warnings:
+        licence = _with_service(config, lambda s: s.licensing.install_file())
     out.print(f"installed licence {licence.id} for {licence.licensee}", highlight=False)
+    _print_warnings(warnings)
+
+
+class _Collect(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        self.found.append(record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """The warnings the service logs while installing a licence (the server's log needs
+    them), kept out of the log here so that the command prints each once, as its own."""
+    collect = _Collect()
+    logger = logging.getLogger("sessiond.service")
+    logger.addFilter(collect)
+    try:
+        yield collect.found
+    finally:
+        logger.removeFilter(collect)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning[/yellow]: {escape(warning)}", highlight=False)
 
 
 @licences_app.command("keygen")

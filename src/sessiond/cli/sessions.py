@@ -6,7 +6,6 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.table import Table
 
 from ..service import Actor, SessionService
 from .common import (
@@ -14,6 +13,7 @@ from .common import (
     DataDirOption,
     JsonOption,
     _print_json,
+    _table,
     _time,
     _with_service,
     out,
@@ -41,7 +41,16 @@ def sessions_list(
 
         _print_json([session_info(r) for r in records])
         return
-    table = Table("session", "user", "login type", "service", "created", "last activity", "from")
+    table = _table(
+        "session",
+        "user",
+        "login type",
+        "service",
+        "created",
+        "last activity",
+        "from",
+        ids=("session",),
+    )
     for r in records:
         t = r.token
         table.add_row(

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ..models import AccessLevel, LicenseType, LoginType
 from ..service import Actor, SessionService
@@ -18,6 +17,7 @@ from .common import (
     _require_store,
     _run,
     _settings,
+    _table,
     _time,
     _with_service,
     out,
@@ -136,7 +136,7 @@ def users_list(
 
         _print_json([user_info(u) for u in users])
         return
-    table = Table("login", "name", "id", "access", "login type", "account", "blocked")
+    table = _table("login", "name", "id", "access", "login type", "account", "blocked", ids=("id",))
     for u in users:
         blocked = (
             ("until " + _time(u.blocked_due_date) if u.blocked_due_date else "yes")

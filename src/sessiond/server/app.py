@@ -108,7 +108,7 @@ def create_asgi(settings: Settings, service: SessionService | None = None) -> AS
     place that settles the caller's address (``X-Forwarded-For`` from trusted proxies)."""
     app = create_app(settings, service)
     # Outside the framework's own error handling, so that even a 500 carries the versions.
-    with_headers = PlatformHeaders(app, service=app.state.service)
+    with_headers = PlatformHeaders(app, service=app.state.service, console=settings.console.enabled)
     observed = Observe(with_headers, access=settings.access_log)
     validation = FastValidation(observed, service=app.state.service, render=session_info)
     if not app.state.trusted_proxies:
@@ -139,9 +139,10 @@ async def _sweep_forever(service: SessionService) -> None:
 class PlatformHeaders:
     """Adds the configuration and server version headers; refuses oversized bodies early."""
 
-    def __init__(self, app: ASGIApp, service: SessionService) -> None:
+    def __init__(self, app: ASGIApp, service: SessionService, console: bool = False) -> None:
         self.app = app
         self.service = service
+        self.console = console  # the console is served: its refusals are pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,7 +161,9 @@ class PlatformHeaders:
         too_large = RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-                response = error_response(too_large)
+                response: ASGIApp = error_response(too_large)
+                if self.console and console.owns(scope["path"]):
+                    response = console.too_large(scope)  # a page, like the console's others
                 await response(scope, receive, send_with_headers)
                 return
         received = 0

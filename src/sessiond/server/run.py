@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import signal
 import socket
 from collections.abc import Callable
 
@@ -86,6 +87,12 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:  # the application started and the socket accepts connections
             self._on_listening()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        # A clean stop on SIGTERM ends with status 0, as systemd expects of a service; uvicorn
+        # would raise the signal again once it has shut down, which ends the process with 143.
+        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
 def serve(settings: Settings, sock: socket.socket, on_listening: Callable[[str], None]) -> None:

@@ -149,6 +149,21 @@ class Licensing:
                     f"{given} {name} licences are given out, more than the {seats} licence "
                     f"{licence.id} allows; take {name} licences back from some users"
                 )
+        # Open sessions beyond the seats (a smaller licence closes none by itself).
+        in_use = (await self._usage())["Seats"]
+        refuse = self.settings.licence_policy == "refuse"
+        for name, wire in (
+            ("concurrent client", "ConcurrentClient"),
+            ("concurrent web", "ConcurrentWeb"),
+        ):
+            used, seats = in_use[wire]["InUse"], in_use[wire]["Seats"]
+            if seats is not None and used > seats:
+                out.append(
+                    f"{used} {name} seats are in use, more than the {seats} licence "
+                    f"{licence.id} has; the open sessions stay until they end, and a new "
+                    f"sign-in of that kind {'is refused' if refuse else 'closes the oldest'} "
+                    "meanwhile: close some sessions, or install a licence with more seats"
+                )
         return out
 
     async def usage(self, actor: Actor) -> dict[str, Any]:

@@ -409,6 +409,16 @@ class Sessions:
         metrics.sessions_closed("user", closed)
         return closed
 
+    async def get_open(self, actor: Actor, session_id: UUID) -> SessionRecord | None:
+        """One open session by id (None: not open): an administrator may look at any, a
+        regular user at their own only."""
+        record = await self.store.get_session(session_id)
+        if record is None or self.ended(record, self.clock()) is not None:
+            return None
+        if not actor.is_administrator and record.token.user_id != actor.id:
+            raise PermissionDenied("only an administrator may close another user's session")
+        return record
+
     async def close_session_as_admin(self, actor: Actor, session_id: UUID) -> bool:
         """An administrator closes any session; a regular user only one of their own.
         True if it was still open."""

@@ -15,13 +15,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from ...errors import SessiondError
 from ...service import SessionService
 from ...settings import Settings
 from . import audit, configuration, licences, sessions, signin, users
-from .auth import CsrfRefused, SignedOut, cookies
+from .auth import CsrfRefused, NotAdministrator, SignedOut, cookies
 from .web import (
     BASE,
     NO_STORE,
@@ -32,11 +32,15 @@ from .web import (
     static_response,
 )
 
-__all__ = ["BASE", "create", "install"]
+__all__ = ["BASE", "create", "install", "owns", "too_large"]
 
 _HTTP_MESSAGES = {
     404: "There is no such page in the console.",
     405: "That page does not take this kind of request.",
+    413: (
+        "What was sent is larger than 64 KiB, the most sessiond takes in one request; nothing "
+        "was changed. A licence file is at most 64 KiB: check that this is the licence file."
+    ),
 }
 
 
@@ -57,17 +61,21 @@ async def _signed_out(request: Request, exc: Exception) -> Response:
 
 
 async def _csrf(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CsrfRefused)
     return error_page(
         request,
         403,
         "This form did not come from your console session (its CSRF token is missing or "
         "wrong); nothing was changed. Open the page again and resend the form.",
+        viewer=exc.viewer,
     )
 
 
 async def _sessiond_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SessiondError)
-    return error_page(request, exc.status, exc.public_message)
+    # A regular user on an administrator's page keeps the menu of the pages they may use.
+    viewer = exc.viewer if isinstance(exc, NotAdministrator) else None
+    return error_page(request, exc.status, exc.public_message, viewer=viewer)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -103,8 +111,20 @@ def create(settings: Settings, service: SessionService) -> ASGIApp:
     return SecurityHeaders(app)
 
 
+def owns(path: str) -> bool:
+    """Whether a request path is the console's."""
+    return path == BASE or path.startswith(BASE + "/")
+
+
+def too_large(scope: Scope) -> ASGIApp:
+    """The console's own error page for a request body over sessiond's limit, which is
+    refused before the console sees it (the API answers the same refusal in JSON)."""
+    return SecurityHeaders(error_page(Request(scope), 413, _HTTP_MESSAGES[413]))
+
+
 def install(app: FastAPI, settings: Settings, service: SessionService) -> None:
-    """Mount the console at ``/console`` (``/console`` itself leads to ``/console/``)."""
+    """Mount the console at ``/console`` (``/console`` itself and ``/`` lead to ``/console/``,
+    a path of this server: the redirect is never built from the Host header)."""
 
     async def to_console(request: Request) -> Response:
         headers = {name.decode(): value.decode() for name, value in (*SECURITY_HEADERS, NO_STORE)}
@@ -112,3 +132,5 @@ def install(app: FastAPI, settings: Settings, service: SessionService) -> None:
 
     app.mount(BASE, create(settings, service))
     app.add_route(BASE, to_console, methods=["GET"], include_in_schema=False)
+    # Someone who types the server's address lands on the console, not on a 404.
+    app.add_route("/", to_console, methods=["GET"], include_in_schema=False)

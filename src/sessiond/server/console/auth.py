@@ -56,6 +56,19 @@ class SignedOut(Exception):
 class CsrfRefused(Exception):
     """A form came without the CSRF token of the session, or with a wrong one."""
 
+    def __init__(self, viewer: Viewer | None = None) -> None:
+        super().__init__()
+        self.viewer = viewer
+
+
+class NotAdministrator(PermissionDenied):
+    """An administrator's page asked for by a regular user: refused, on a page that keeps
+    their menu."""
+
+    def __init__(self, viewer: Viewer) -> None:
+        super().__init__("only an administrator may use this page")
+        self.viewer = viewer
+
 
 @dataclass(frozen=True, slots=True)
 class CookieSpec:
@@ -176,7 +189,7 @@ async def viewer(request: Request, *, admin: bool = True) -> Viewer:
         raise SignedOut() from None
     found = Viewer(record, Actor.of(record, address), auth_text, csrf_token(service, record))
     if admin and not found.is_administrator:
-        raise PermissionDenied("only an administrator may use this page")
+        raise NotAdministrator(found)
     return found
 
 
@@ -185,7 +198,7 @@ async def checked_form(request: Request, who: Viewer) -> FormData:
     form = await request.form()
     given = form.get(CSRF_FIELD)
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), who.csrf.encode()):
-        raise CsrfRefused()
+        raise CsrfRefused(who)
     return form
 
 

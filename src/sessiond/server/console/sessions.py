@@ -6,6 +6,7 @@ may close only those; every other page is an administrator's.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +27,11 @@ ORDERS: dict[str, str] = {
     "last_activity": "Last activity",
     "user_name": "User name",
 }
-#: The query parameters of the sessions page (kept when a form posts back to it).
-FILTERS = ("user", "licence", "application", "service", "device", "address", "order", "dir")
+#: The query parameters of the sessions page (kept when a form posts back to it). ``login``
+#: is one user exactly (the user page's "Sessions of ..." link); ``user`` a name's start.
+FILTERS = (
+    "login", "user", "licence", "application", "service", "device", "address", "order", "dir",
+)  # fmt: skip
 BACK = (*FILTERS, "size")
 SEAT_TYPES = ("ConcurrentClient", "PersonalClient", "ConcurrentWeb", "PersonalWeb")
 
@@ -64,13 +68,15 @@ def _size(value: str) -> int:
 
 
 def seats(usage: dict[str, Any]) -> list[dict[str, Any]]:
-    """licence_usage's Seats as rows: type, in use, seats (None: not limited), free."""
+    """licence_usage's Seats as rows: type, in use, seats (None: not limited), free, and how
+    many are in use beyond the seats."""
     rows = []
     for name in SEAT_TYPES:
         entry = usage.get("Seats", {}).get(name, {})
         used, total = int(entry.get("InUse", 0)), entry.get("Seats")
         free = None if total is None else max(0, int(total) - used)
-        rows.append({"type": name, "in_use": used, "seats": total, "free": free})
+        over = 0 if total is None else max(0, used - int(total))  # a smaller licence
+        rows.append({"type": name, "in_use": used, "seats": total, "free": free, "over": over})
     return rows
 
 
@@ -95,14 +101,21 @@ async def sessions_page(request: Request) -> Response:
         "idle": _idle_limit(request),
         "back": forms.back_query(str(params), BACK),
         "first_query": forms.query_string(kept),
+        "of_user": None,
     }
     try:
         query, values = _query(params)
+        if values["login"] and who.is_administrator:
+            # One user exactly, by login: not every user whose name starts the same.
+            of_user = await service.users.get_user_by_login(values["login"])
+            query = replace(query, user_id=of_user.id)
+            context["of_user"] = of_user
         records, cursor = await service.sessions.page(
             who.actor, query, values["after"] or None, _size(values["size"])
         )
         if who.is_administrator:
-            context["seats"] = seats(await service.licensing.usage(who.actor))
+            usage = await service.licensing.usage(who.actor)
+            context["seats"], context["warnings"] = seats(usage), usage.get("Warnings", [])
     except SessiondError as exc:
         return render(request, "sessions.html", context, status=exc.status, error=exc.message)
     context["rows"] = records
@@ -121,6 +134,32 @@ def _idle_limit(request: Request) -> float:
     return limit
 
 
+async def confirm_close(request: Request) -> Response:
+    """Close one session? A page that says whose it is, and whether it is this console's
+    own (closing that signs the viewer out); only its button closes it."""
+    who = await auth.viewer(request, admin=False)
+    params = request.query_params
+    back = forms.back_query(forms.text(params, "back"), BACK)
+    try:
+        session_id = forms.uuid(forms.text(params, "session_id"), "session")
+        if session_id is None:
+            raise RequestError("say which session to close")
+        record = await auth.service_of(request).sessions.get_open(who.actor, session_id)
+    except SessiondError as exc:
+        return await _failed(request, exc)
+    if record is None:
+        return redirect("/sessions", "not-open", params=back)
+    context = {
+        "title": "Close a session",
+        "viewer": who,
+        "record": record,
+        "own": record.id == who.record.id,
+        "back": back,
+        "back_query": "?" + back if back else "",
+    }
+    return render(request, "close_session.html", context)
+
+
 async def close_session(request: Request) -> Response:
     who = await auth.viewer(request, admin=False)
     form = await auth.checked_form(request, who)
@@ -134,6 +173,26 @@ async def close_session(request: Request) -> Response:
     except SessiondError as exc:
         return await _failed(request, exc)
     return redirect("/sessions", "closed" if closed else "not-open", params=back)
+
+
+async def confirm_close_user(request: Request) -> Response:
+    """Close every session of a user? Says so when this console's session is among them."""
+    who = await auth.viewer(request)
+    params = request.query_params
+    back = forms.back_query(forms.text(params, "back"), BACK)
+    try:
+        user = await auth.service_of(request).users.get_user_by_login(forms.text(params, "login"))
+    except SessiondError as exc:
+        return await _failed(request, exc)
+    context = {
+        "title": "Close all sessions of a user",
+        "viewer": who,
+        "user": user,
+        "own": user.id == who.actor.id,
+        "back": back,
+        "back_query": "?" + back if back else "",
+    }
+    return render(request, "close_user_sessions.html", context)
 
 
 async def close_user_sessions(request: Request) -> Response:
@@ -179,7 +238,9 @@ async def home(request: Request) -> Response:
 routes = [
     Route("/", home, methods=["GET"]),
     Route("/sessions", sessions_page, methods=["GET"]),
+    Route("/sessions/close", confirm_close, methods=["GET"]),
     Route("/sessions/close", close_session, methods=["POST"]),
+    Route("/sessions/close-user", confirm_close_user, methods=["GET"]),
     Route("/sessions/close-user", close_user_sessions, methods=["POST"]),
     Route("/seats.json", seats_json, methods=["GET"]),
 ]

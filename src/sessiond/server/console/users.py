@@ -3,6 +3,7 @@ licences, block and unblock, a new password, their sessions, and removal (confir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.datastructures import FormData
@@ -19,6 +20,7 @@ from .web import redirect, render
 
 LOGIN_TYPES = [t.wire for t in LoginType]
 ACCESS_LEVELS = [a.wire for a in AccessLevel]
+USERS_PAGE = 50
 
 
 def _user_query(login: str) -> list[tuple[str, str]]:
@@ -34,16 +36,41 @@ async def users_page(
     values: dict[str, str] | None = None,
 ) -> Response:
     who = who or await auth.viewer(request)
+    params = request.query_params
+    search, after = forms.text(params, "q"), forms.text(params, "after")
     users = await auth.service_of(request).users.list_users(who.actor)
+    shown, following = users_page_of(users, search, after)
     context = {
         "title": "Users",
         "viewer": who,
-        "users": sorted(users, key=lambda u: u.login.lower()),
+        "users": shown,
+        "search": search,
+        "after": after,
+        "next_query": forms.query_string({"q": search}, after=following) if following else None,
+        "first_query": forms.query_string({"q": search}),
         "login_types": LOGIN_TYPES,
         "access_levels": ACCESS_LEVELS,
         "values": values or {"login_type": "Platform", "access_level": "Regular"},
     }
     return render(request, "users.html", context, status=status, error=error)
+
+
+def users_page_of(
+    users: Sequence[UserRecord], search: str, after: str, size: int = USERS_PAGE
+) -> tuple[list[UserRecord], str | None]:
+    """A page of users in the order of their logins (ignoring case): those whose login or
+    name contains ``search`` (ignoring case), after the login ``after``; and the login to
+    continue after (None: this was the last page)."""
+    needle = search.casefold()
+    found = sorted(
+        (u for u in users if needle in u.login.casefold() or needle in u.name.casefold()),
+        key=lambda u: (u.login.casefold(), u.login),
+    )
+    if after:
+        mark = after.casefold()
+        found = [u for u in found if u.login.casefold() > mark]
+    page = found[:size]
+    return page, page[-1].login if len(found) > size else None
 
 
 async def add_user(request: Request) -> Response:
@@ -100,7 +127,7 @@ def _user_context(who: Viewer, user: UserRecord) -> dict[str, Any]:
         "login_types": LOGIN_TYPES,
         "access_levels": ACCESS_LEVELS,
         "blocked_until": forms.time_field(user.blocked_due_date),
-        "sessions_query": forms.query_string({"user": user.name}),
+        "sessions_query": forms.query_string({"login": user.login}),
     }
 
 
