@@ -118,12 +118,30 @@ def test_a_flood_at_one_account_leaves_other_users_sign_ins_alone(
     assert "database is locked" not in proc.log_path.read_text()
 
 
-def _verify_count(url: str) -> float:
+def _verify_count(url: str, operation: str = "verify") -> float:
     text = httpx.get(f"{url}/metrics", timeout=30).text
     found = re.search(
-        r'^sessiond_password_hash_seconds_count\{operation="verify"\} (\S+)$', text, re.M
+        rf'^sessiond_password_hash_seconds_count\{{operation="{operation}"\}} (\S+)$', text, re.M
     )
     return float(found.group(1)) if found else 0.0
+
+
+def test_guesses_at_a_blocked_account_cost_no_hash(
+    tmp_path: Path, make_server: list[ServerProcess]
+) -> None:
+    proc = _start(tmp_path, SESSIOND_SECURITY__MAX_FAILED_LOGIN_ATTEMPTS_BEFORE_BLOCKED="3")
+    make_server.append(proc)
+    _add_users(proc, "blocked")
+    for _ in range(3):  # the node times its wrong passwords; the third blocks the user
+        assert _open(proc.url, "blocked", WRONG).status_code == 401
+    hashes = _verify_count(proc.url) + _verify_count(proc.url, "decoy")
+    assert Counter(asyncio.run(_flood(proc.url, "blocked", 50))) == {401: 50}
+    assert _open(proc.url, "blocked", PASSWORD).status_code == 401
+    # Refused unchecked: neither the password nor a decoy was hashed (before: a decoy each).
+    assert _verify_count(proc.url) + _verify_count(proc.url, "decoy") == hashes
+    records = _wrong_password_records(proc.data_dir / "sessiond.db", "blocked")
+    assert records["wrong login or password"] == 3
+    assert sum(records.values()) == 3 + 50 + 1, records
 
 
 def _wait_for_slot(database: Path, within: float = 60.0) -> None:
