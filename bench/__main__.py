@@ -27,6 +27,7 @@ BENCHMARKS = (
     "validate-under-signin",
     "refusals",
     "refusals-domain",
+    "flood",
     "scale",
     "argon2-presets",
     "pg-connections",
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from . import many, pg, refusals, scale, signin, sizing, validate
+    from . import flood, many, pg, refusals, scale, signin, sizing, validate
 
     runners: dict[str, Callable[[], None]] = {
         "validate": lambda: validate.run_validate(config, _need(load)),
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate-under-signin": lambda: validate.run_validate_under_signin(config, _need(load)),
         "refusals": lambda: refusals.run_refusals(config),
         "refusals-domain": lambda: _refusals_domain(config),
+        "flood": lambda: flood.run_flood(config),
         "scale": lambda: scale.run_scale(config, _need(load)),
         "argon2-presets": lambda: sizing.run_argon2_presets(config),
         "pg-connections": lambda: sizing.run_pg_connections(config),

@@ -321,8 +321,8 @@ class Settings(BaseSettings):
     )
     sign_in_slot_wait: Duration = Field(
         timedelta(seconds=10),
-        description="under a lockout, how long a sign-in waits for one of its user's attempt "
-        "slots while other checks of that user are in progress",
+        description="how long a sign-in waits for its account's turn (one at a time per node) "
+        "and, under a lockout, for one of its user's attempt slots; then refused unchecked",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="level of sessiond's and uvicorn's log records (any case)"

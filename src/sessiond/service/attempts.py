@@ -10,6 +10,12 @@
 
 A slot that cannot be had is :class:`NotChecked`: the pipeline turns it into the uniform
 refusal, unchecked.
+
+A wrong password that was checked is counted whatever fails after the check: the settling write
+is tried again while the store cannot be had (:func:`.durable.retried`), and if it still cannot
+be written the slot stays held — its row in the store, and on this node a count that the next
+reservations add to the checks in progress — while the write goes on being tried in the
+background. So a store that fails never lets more than the limit be checked.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 from ..auth import Identity
 from ..settings import Settings
 from ..store import SignInAttempt, Store, Transaction, UserRecord
+from . import pacing
 from .common import Clock, login_failed, user_blocked
+from .durable import RETRY_EVERY, retried
 from .lockout import CLEARED, Lockout, Slot
 
 #: How long a password check may hold its slot if its node goes away before settling it.
@@ -65,13 +73,18 @@ class Attempts:
             weakref.WeakValueDictionary()
         )
         self._waiting: Counter[UUID] = Counter()
+        # Wrong passwords checked on this node whose failure is not written yet, by user.
+        self._unrecorded: Counter[UUID] = Counter()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def reserve(self, user: UserRecord) -> SignInAttempt | None:
         """Take one of the user's attempt slots (None: the lockout does not apply), waiting a
         bounded time for one to free up; :class:`NotChecked` when none can be had."""
         if not self.lockout.applies(user.login_type):
             return None
-        deadline = time.monotonic() + self.settings.sign_in_slot_wait.total_seconds()
+        deadline = pacing.deadline.get() or (
+            time.monotonic() + self.settings.sign_in_slot_wait.total_seconds()
+        )
         if self._waiting[user.id] >= MAX_WAITING:
             raise NotChecked("too many sign-ins at once")
         self._waiting[user.id] += 1
@@ -101,7 +114,8 @@ class Attempts:
             row = await tx.lock_user(user.id)
             if row is None:
                 return Slot.BLOCKED
-            slot = self.lockout.slot(row, await tx.sign_in_attempts(row.id, now), now)
+            in_progress = await tx.sign_in_attempts(row.id, now) + self._unrecorded[row.id]
+            slot = self.lockout.slot(row, in_progress, now)
             if slot is Slot.FREE:
                 attempt = SignInAttempt(uuid4(), row.id, now, now + ATTEMPT_LEASE)
                 await tx.add_sign_in_attempt(attempt)
@@ -122,8 +136,31 @@ class Attempts:
         reason: str,
     ) -> None:
         """A wrong password was checked: give the slot back, record it, count it (and block,
-        once the limit is reached)."""
+        once the limit is reached) — tried again while the store cannot be had. If it still
+        cannot be written, the slot stays held and the write is tried on in the background;
+        the caller gets the store's error."""
         now = self.clock()
+        try:
+            await retried(lambda: self._count_failure(user, attempt, client_address, reason, now))
+        except BaseException:
+            self._unrecorded[user.id] += 1
+            task = asyncio.create_task(
+                self._count_later(user, attempt, client_address, reason, now),
+                name="sessiond-count-failure",
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise
+        self.released(attempt)
+
+    async def _count_failure(
+        self,
+        user: UserRecord,
+        attempt: SignInAttempt | None,
+        client_address: str | None,
+        reason: str,
+        now: datetime,
+    ) -> None:
         async with self.store.write() as tx:
             row = await tx.lock_user(user.id)
             if attempt is not None:
@@ -138,19 +175,52 @@ class Attempts:
             await tx.add_audit(login_failed(row or user, user.login, now, client_address, reason))
             if row is not None and block is not None:
                 await tx.add_audit(user_blocked(row, now, None, block.until, block.reason))
-        self.released(attempt)
+
+    async def _count_later(
+        self,
+        user: UserRecord,
+        attempt: SignInAttempt | None,
+        client_address: str | None,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Try the failure's write until it is written (or the node stops)."""
+        try:
+            while True:
+                try:
+                    await self._count_failure(user, attempt, client_address, reason, now)
+                except Exception:
+                    await asyncio.sleep(RETRY_EVERY * 4)
+                else:
+                    return
+        finally:
+            self._unrecorded[user.id] -= 1
+            if self._unrecorded[user.id] <= 0:
+                del self._unrecorded[user.id]
+            self.released(attempt)
+
+    async def close(self) -> None:
+        """Give failures still being written a last chance, then stop trying."""
+        if self._background:
+            _, pending = await asyncio.wait(self._background, timeout=RETRY_EVERY * 8)
+            for task in pending:
+                task.cancel()
 
     async def release(self, attempt: SignInAttempt | None, user_id: UUID, *, right: bool) -> None:
         """Give a slot back without counting a failure (``right``: the password was right,
         which also clears the failures)."""
         if attempt is None and not right:
             return
-        async with self.store.write() as tx:
-            row = await tx.lock_user(user_id)
-            if attempt is not None:
-                await tx.remove_sign_in_attempt(attempt.id)
-            if right and row is not None and row.failed_attempts + row.failed_series_count:
-                await tx.update_user(row.id, **CLEARED)
+
+        async def write() -> None:
+            async with self.store.write() as tx:
+                row = await tx.lock_user(user_id)
+                if attempt is not None:
+                    await tx.remove_sign_in_attempt(attempt.id)
+                if right and row is not None and row.failed_attempts + row.failed_series_count:
+                    await tx.update_user(row.id, **CLEARED)
+
+        await retried(write)
         self.released(attempt)
 
     async def settle(self, tx: Transaction, checked: Checked) -> UserRecord | None:

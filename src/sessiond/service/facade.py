@@ -109,6 +109,7 @@ class SessionService:
 
     async def close(self) -> None:
         await self.configuration.close()
+        await self.signin.close()
         try:  # a store that is down must not hold the shutdown
             async with asyncio.timeout(10):
                 await self.sessions.flush_touches()

@@ -6,6 +6,11 @@ milliseconds — small beside the hash, but steady, so that enough tries would t
 account from an unknown one. So every such refusal ends no sooner than a floor after its
 sign-in began: the 90th percentile of the last wrong-password refusals' own durations (capped).
 Refusals then all take about that long; an answer that already took longer is not held.
+
+A check's time is counted from when the sign-in got its account's turn (:mod:`.turns`), not
+from its arrival: waiting behind other sign-ins of the same account is not part of it. A refusal
+that needs no check (the account blocked, no slot, a limit reached) does no work at all once a
+floor is known: it is held to the floor by the clock (:meth:`RefusalPace.known`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ CAP = 2.0  # seconds: a floor never grows past this, whatever slow checks were s
 
 #: When the sign-in (or password change) this task is handling began (monotonic seconds).
 started: ContextVar[float | None] = ContextVar("sessiond_sign_in_started", default=None)
+#: The latest time the sign-in this task is handling may still wait for its turn or a slot.
+deadline: ContextVar[float | None] = ContextVar("sessiond_sign_in_deadline", default=None)
 
 
 class RefusalPace:
@@ -30,8 +37,20 @@ class RefusalPace:
     def __init__(self) -> None:
         self._recent: dict[object, deque[float]] = {}
 
-    def begin(self) -> None:
+    def begin(self, wait: float = 0.0) -> None:
+        """A sign-in arrives; it may wait up to ``wait`` seconds for its turn and a slot."""
+        now = time.monotonic()
+        started.set(now)
+        deadline.set(now + wait)
+
+    def restart(self) -> None:
+        """The sign-in got its account's turn: its check (or refusal) is timed from now."""
         started.set(time.monotonic())
+
+    def known(self, path: object) -> bool:
+        """Has a wrong password been timed on ``path`` (so a refusal can be held by the clock
+        alone)?"""
+        return bool(self._recent.get(path))
 
     def checked(self, path: object) -> None:
         """A wrong password was checked on ``path`` and its failure settled: learn how long

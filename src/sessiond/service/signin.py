@@ -14,18 +14,28 @@ Every sign-in has one shape, whatever the credentials:
 4. **Settle** and **admit** (:mod:`.admission`): count a failure, or decide from the user's row
    as it is now and write the session with the rights that row has.
 
+Steps 2 to 4 (and every refusal) happen in the account's *turn* (:mod:`.turns`): one sign-in of
+an account at a time on a node, the others waiting for it a bounded time, then refused
+unchecked; a refused turn pauses the account. So a flood at one account costs at most one check
+at a time, and a fifth of one hashing thread, whatever its size.
+
 Before the right password is shown, every refusal is the same ``invalid_credentials`` answer,
-after the same work (a decoy hash where no real one is checked) and no sooner than the same
-floor (:mod:`.pacing`). Details (blocked until when, password expired, licence full) come
-only after the right password. Which login types exist, how they check and what they refuse
-after the check is the backends' business (:mod:`sessiond.auth`): this module names none.
+after the same work (a decoy hash where no real one is checked; none where no check may be
+made — the account blocked, no slot, a limit reached — once the clock knows the floor) and no
+sooner than the same floor (:mod:`.pacing`). Details (blocked until when, password expired,
+licence full) come only after the right password. Which login types exist, how they check
+and what they refuse after the check is the backends' business (:mod:`sessiond.auth`): this
+module names none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import NoReturn
 from uuid import UUID
 
@@ -54,19 +64,30 @@ from ..models import AuditAction, ClientInfo, LoginType
 from ..settings import Settings
 from ..store import Store, UserRecord
 from ..token import SessionToken
+from . import pacing
 from .admission import WRONG, Admission, reason_of
 from .attempts import Attempts, Checked, NotChecked
 from .common import Actor, Clock, change_audit, login_failed
+from .durable import Records
 from .licensing import Licensing
 from .lockout import CLEARED
 from .pacing import RefusalPace
 from .sessions import Sessions
+from .turns import Turns, Waited
 from .unmapped import UnmappedLimits
 from .users import Users
 
 log = logging.getLogger("sessiond.service")
 
 Verify = Callable[[], Awaitable[Identity]]
+
+
+@dataclass(frozen=True, slots=True)
+class Unclaimed:
+    """No backend claims the credentials: why (for the record), and who said so."""
+
+    reason: str
+    backend: Authenticator | None = None
 
 
 class SignIn:
@@ -97,6 +118,17 @@ class SignIn:
             settings, store, keys, clock, authenticators, self.attempts, licensing
         )
         self.pace = RefusalPace()
+        self.turns = Turns()
+        self.records = Records(store)
+
+    async def close(self) -> None:
+        """Let refusals' records and failures still being written be written."""
+        await self.records.close()
+        await self.attempts.close()
+
+    @property
+    def _wait(self) -> float:
+        return self.settings.sign_in_slot_wait.total_seconds()
 
     # --- the calls -----------------------------------------------------------------------
 
@@ -106,26 +138,39 @@ class SignIn:
         client: ClientInfo,
         client_address: str | None = None,
     ) -> SessionToken:
-        self.pace.begin()
+        self.pace.begin(self._wait)
         who, password = credentials.display, credentials.password
         with metrics.sign_in("password"):  # the outcome, never which user or login type
             user = await self.users.find(credentials)
+            found: tuple[Authenticator, Claim] | Unclaimed | None = None
+            key: object = user.id if user is not None else None
             if user is None:  # a spelling only its backend reads (a UPN), or no user at all
-                backend, claim = await self._claim(credentials, client_address)
-                user = await self.users.find_account(claim.account)
-            if user is None:
-                await self._unmapped_may_be_checked(backend, claim, who, password, client_address)
-                checked = await self._check_unmapped(
-                    backend, claim, lambda: backend.verify(None, credentials),
-                    who, password, client_address,
-                )  # fmt: skip
-            else:
-                mapped = user
-                backend = await self._backend_of(mapped, who, password, client_address)
-                checked = await self._check(
-                    mapped, lambda: backend.verify(mapped, credentials), who, password,
-                    client_address, backend,
-                )  # fmt: skip
+                found = await self._claim(credentials)
+                if isinstance(found, Unclaimed):
+                    key = _login_key(who)
+                else:
+                    user = await self.users.find_account(found[1].account)
+                    key = user.id if user is not None else found[1].key
+            async with self._turn(key, user, who, client_address):
+                if isinstance(found, Unclaimed):
+                    await self._refuse(None, who, password, client_address, *_as_refusal(found))
+                if user is None:
+                    assert found is not None
+                    backend, claim = found
+                    await self._unmapped_may_be_checked(
+                        backend, claim, who, password, client_address
+                    )
+                    checked = await self._check_unmapped(
+                        backend, claim, lambda: backend.verify(None, credentials),
+                        who, password, client_address,
+                    )  # fmt: skip
+                else:
+                    mapped = user
+                    backend = await self._backend_of(mapped, who, password, client_address)
+                    checked = await self._check(
+                        mapped, lambda: backend.verify(mapped, credentials), who, password,
+                        client_address, backend,
+                    )  # fmt: skip
             return await self.admission.admit(
                 checked, checked.user.login_type, "a password", client, client_address
             )
@@ -148,7 +193,7 @@ class SignIn:
             )
         if not token:
             raise NegotiateRequired(f"{proof.title}: send a Negotiate token")
-        self.pace.begin()
+        self.pace.begin(self._wait)
         with metrics.sign_in("negotiate"):  # a challenge is not an outcome
             try:
                 claim = await proof.claim(token, handshake_id)
@@ -187,11 +232,27 @@ class SignIn:
         """A user whose password sessiond keeps changes it (also once it has expired). Their
         other sessions end (all of them without ``current_session``), unless the security
         options keep them."""
-        self.pace.begin()
+        self.pace.begin(self._wait)
         security = self.settings.security
         passwords.check_rules(new_password, security)  # the same for every login: tells nothing
         credentials = PasswordCredentials(login, old_password)
         user = await self.users.find(credentials)
+        key = user.id if user is not None else _login_key(login)
+        async with self._turn(key, user, login, client_address):
+            return await self._change_password(
+                user, credentials, new_password, client_address, current_session
+            )
+
+    async def _change_password(
+        self,
+        user: UserRecord | None,
+        credentials: PasswordCredentials,
+        new_password: str,
+        client_address: str | None,
+        current_session: UUID | None,
+    ) -> UserRecord:
+        security = self.settings.security
+        login, old_password = credentials.login, credentials.password
         if user is None:
             await self._refuse(None, login, old_password, client_address, "unknown login")
         backend = await self._backend_of(user, login, old_password, client_address)
@@ -269,20 +330,38 @@ class SignIn:
         return backend
 
     async def _claim(
-        self, credentials: PasswordCredentials, client_address: str | None
-    ) -> tuple[Authenticator, Claim]:
+        self, credentials: PasswordCredentials
+    ) -> tuple[Authenticator, Claim] | Unclaimed:
         """No user has these credentials: the backend whose account they name, and that
-        account — or the uniform refusal, unchecked."""
-        who, password = credentials.display, credentials.password
+        account — or why not (to be refused, unchecked, in the login's turn)."""
         for backend in self.authenticators.values():
             try:
                 claim = await backend.claim(credentials)
             except InvalidCredentials as exc:
-                reason = f"unknown login; {_said(exc)}"
-                await self._refuse(None, who, password, client_address, reason, backend)
+                return Unclaimed(f"unknown login; {_said(exc)}", backend)
             if claim is not None:
                 return backend, claim
-        await self._refuse(None, who, password, client_address, "unknown login")
+        return Unclaimed("unknown login")
+
+    @asynccontextmanager
+    async def _turn(
+        self, key: object, user: UserRecord | None, who: str, client_address: str | None
+    ) -> AsyncIterator[None]:
+        """The account's turn on this node (:mod:`.turns`), waited for until the sign-in's
+        deadline — or the uniform refusal, unchecked and without any work, once it has not
+        come in time. A turn that ends in a refusal pauses the account."""
+        deadline = pacing.deadline.get() or time.monotonic()
+        try:
+            async with self.turns.take(key, deadline) as turn:
+                self.pace.restart()
+                try:
+                    yield
+                except InvalidCredentials:
+                    turn.refused = True
+                    raise
+        except Waited as exc:
+            await self._audit(user, who, client_address, exc.reason)
+            raise InvalidCredentials(WRONG, reason=exc.reason) from None
 
     async def _unmapped_may_be_checked(
         self,
@@ -317,7 +396,7 @@ class SignIn:
         try:
             attempt = await self.attempts.reserve(user)
         except NotChecked as exc:
-            await self._refuse(user, who, password, client_address, exc.reason, path)
+            await self._refuse(user, who, password, client_address, exc.reason, path, checks=False)
         try:
             identity = await verify()
         except InvalidCredentials as exc:
@@ -350,7 +429,9 @@ class SignIn:
         try:
             held = await self.unmapped.hold(claim, client_address)
         except NotChecked as exc:
-            await self._refuse(None, who, password, client_address, exc.reason, backend)
+            await self._refuse(
+                None, who, password, client_address, exc.reason, backend, checks=False
+            )
         try:
             identity = await verify()
         except InvalidCredentials as exc:
@@ -390,12 +471,14 @@ class SignIn:
             return identity
 
         try:
-            if user is not None:
-                return await self._check(user, verify, claim.account, "", client_address, proof)
-            await self._unmapped_may_be_checked(proof, claim, claim.account, "", client_address)
-            return await self._check_unmapped(
-                proof, claim, verify, claim.account, "", client_address
-            )
+            key = user.id if user is not None else claim.key
+            async with self._turn(key, user, claim.account, client_address):
+                if user is not None:
+                    return await self._check(user, verify, claim.account, "", client_address, proof)
+                await self._unmapped_may_be_checked(proof, claim, claim.account, "", client_address)
+                return await self._check_unmapped(
+                    proof, claim, verify, claim.account, "", client_address
+                )
         except BaseException:
             proof.abandon(handshake_id)
             raise
@@ -428,13 +511,17 @@ class SignIn:
         client_address: str | None,
         reason: str,
         path: Backend | None = None,
+        *,
+        checks: bool = True,
     ) -> NoReturn:
         """The answer every refusal gets before the right password is shown, in the time a
         wrong password takes on ``path`` (the backend that would have checked it; the
         platform's passwords when none): a decoy hash where Argon2 would have run, a LoginFailed
-        record written, and the path's refusal floor (:mod:`.pacing`)."""
+        record written, and the path's refusal floor (:mod:`.pacing`). Where no password may
+        be checked (``checks`` false: blocked, no slot, a limit reached) there is no decoy
+        once the path's floor is known: the clock alone holds the answer to it."""
         path = path or self.hasher
-        if path is self.hasher:
+        if path is self.hasher and (checks or not self.pace.known(path)):
             await self.hasher.burn(password)
         await self._audit(user, who, client_address, reason)
         await self.pace.hold(path)
@@ -467,8 +554,17 @@ class SignIn:
     async def _audit(
         self, user: UserRecord | None, who: str, client_address: str | None, reason: str
     ) -> None:
-        await self.store.add_audit(login_failed(user, who, self.clock(), client_address, reason))
+        await self.records.add(login_failed(user, who, self.clock(), client_address, reason))
 
 
 def _said(exc: InvalidCredentials) -> str:
     return exc.reason or exc.message
+
+
+def _login_key(login: str) -> str:
+    """The turn of a login no user has: the login as typed, in one case."""
+    return "login:" + login.strip().casefold()
+
+
+def _as_refusal(unclaimed: Unclaimed) -> tuple[str, Authenticator | None]:
+    return unclaimed.reason, unclaimed.backend

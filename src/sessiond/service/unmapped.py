@@ -20,6 +20,7 @@ from ..settings import Settings
 from ..store import Store
 from .attempts import ATTEMPT_LEASE, NotChecked
 from .common import Clock, login_failed
+from .durable import retried
 from .throttle import Limit
 
 
@@ -78,19 +79,24 @@ class UnmappedLimits:
         if not held.keys and refused is None:
             return
         now = self.clock()
-        async with self.store.write() as tx:
-            for attempt in held.attempts:
-                await tx.remove_throttle_attempts(attempt)
-            if refused is None:
-                return
-            await tx.add_audit(login_failed(None, who, now, client_address, refused))
-            for key in sorted(held.keys):
-                limit = held.keys[key]
-                changes, reached = limit.refused(await tx.lock_throttle(key, now), now)
-                await tx.update_throttle(key, **changes)
-                if reached:
-                    note = (
-                        f"limit of {limit.limit} refused sign-ins within {limit.window} reached "
-                        f"for {key}: refused unchecked until {changes['blocked_until']:%H:%M:%S}"
-                    )
-                    await tx.add_audit(login_failed(None, who, now, client_address, note))
+
+        async def write() -> None:
+            async with self.store.write() as tx:
+                for attempt in held.attempts:
+                    await tx.remove_throttle_attempts(attempt)
+                if refused is None:
+                    return
+                await tx.add_audit(login_failed(None, who, now, client_address, refused))
+                for key in sorted(held.keys):
+                    limit = held.keys[key]
+                    changes, reached = limit.refused(await tx.lock_throttle(key, now), now)
+                    await tx.update_throttle(key, **changes)
+                    if reached:
+                        note = (
+                            f"limit of {limit.limit} refused sign-ins within {limit.window} "
+                            f"reached for {key}: refused unchecked until "
+                            f"{changes['blocked_until']:%H:%M:%S}"
+                        )
+                        await tx.add_audit(login_failed(None, who, now, client_address, note))
+
+        await retried(write)  # a refusal checked is counted whatever fails after the check
