@@ -148,7 +148,12 @@ def run_flood(config: Config) -> None:
     sign_ins = 3 if config.rounds <= 3 else 5
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sessiond-bench-")))
-        server = start_sessiond(stack, root, "flood", fast_argon2=False)
+        # The flood comes from one address over FLOOD connections: the per-address connection
+        # limit (a defence of its own) is raised so that every attempt reaches sign-in.
+        server = start_sessiond(
+            stack, root, "flood", fast_argon2=False,
+            extra_env={"SESSIOND_MAX_CONNECTIONS_PER_ADDRESS": str(4 * FLOOD)},
+        )  # fmt: skip
         token = _set_up(server.url, server.admin_password)
         pid = server.server.process.pid if server.server.process else None
         _samples(server.url, token, 1, config.round_timeout)  # warm up

@@ -91,7 +91,15 @@ async def _flood(url: str, login: str, count: int) -> list[int]:
 def test_a_flood_at_one_account_leaves_other_users_sign_ins_alone(
     tmp_path: Path, make_server: list[ServerProcess]
 ) -> None:
-    proc = _start(tmp_path, SESSIOND_SIGN_IN_SLOT_WAIT="5s", **SLOW_ARGON2)
+    # All 500 from one address, over 500 connections: above the per-address connection limit
+    # (a defence of its own, tests/test_connections.py), raised here so that every guess
+    # reaches sign-in.
+    proc = _start(
+        tmp_path,
+        SESSIOND_SIGN_IN_SLOT_WAIT="5s",
+        SESSIOND_MAX_CONNECTIONS_PER_ADDRESS="2048",
+        **SLOW_ARGON2,
+    )
     make_server.append(proc)
     _add_users(proc, "target", "bystander")
     unloaded = _open(proc.url, "bystander", PASSWORD)
