@@ -16,7 +16,7 @@ from .. import metrics
 from ..auth import Authenticator, PlatformAuthenticator
 from ..auth.registry import load_authenticators, load_negotiate
 from ..errors import LicenceInvalid
-from ..keys import KeyRing
+from ..keys import AuditKeyRing, KeyRing
 from ..models import LoginType
 from ..settings import Settings
 from ..store import (
@@ -43,7 +43,10 @@ class SessionService:
         *,
         clock: Clock = utc_now,
         authenticators: Mapping[LoginType, Authenticator] | None = None,
+        create: bool = True,
     ) -> None:
+        """``create=False`` (administrative commands): a missing audit key ring is not
+        created (writing an audit record then says where it is missing)."""
         self.settings = settings
         self.store = store
         self.keys = keys
@@ -51,7 +54,8 @@ class SessionService:
         self.authenticators = load_authenticators(settings)
         if authenticators:
             self.authenticators.update(authenticators)
-        self.audit = Audit(store, clock)
+        audit_keys = settings.effective_audit_keys_file
+        self.audit = Audit(store, clock, AuditKeyRing.open(audit_keys, create=create), audit_keys)
         self.licensing = Licensing(settings, store, clock)
         self.configuration = Configuration(settings, store, clock, self.licensing.refresh)
         self.sessions = Sessions(settings, store, keys, clock)
