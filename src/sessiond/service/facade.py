@@ -93,7 +93,7 @@ class SessionService:
         await self.licensing.refresh()
         if install_licence_file:
             node = self.settings.server_code or socket.gethostname()
-            await self.configuration.record_settings(node)
+            await self.configuration.record_settings(node, self.platform)
         if install_licence_file and self.settings.licence_file:
             try:
                 await self.licensing.install_file()
