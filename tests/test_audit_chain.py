@@ -231,7 +231,7 @@ def test_an_unkeyed_trail_keeps_verifying_up_to_the_switch(audited: ServerProces
     audited.stop()
     intact = _verify(audited, "--head", _saved_head(audited))
     assert intact.returncode == 0, intact.stderr
-    assert f"records before {last + 1} unkeyed" in intact.stdout
+    assert f"records 1 to {last} unkeyed, from before keyed chaining" in intact.stdout
 
 
 def _digests(secret: str) -> list[str]:
@@ -289,3 +289,23 @@ def test_secrets_never_enter_the_trail_and_settings_show_as_values(
     for secret in (admin_password, bind_password, new_bind_password):
         assert secret not in raw
         assert hashlib.sha256(secret.encode()).hexdigest()[:12] not in raw
+
+
+def test_a_server_that_would_make_a_second_audit_key_ring_refuses_to_start(
+    audited: ServerProcess,
+) -> None:
+    """A node started without the ring the others chain with (not copied to it): its records
+    could be verified nowhere else."""
+    keys = audited.data_dir / "audit-keys.json"
+    kept = keys.read_bytes()
+    keys.unlink()
+    with pytest.raises(RuntimeError, match="exited early") as refused:
+        _restart(audited)
+    message = str(refused.value)
+    assert "this server had no audit key ring at" in message and str(keys) in message
+    assert not keys.exists()  # not left behind for the next start to take
+    assert "Traceback" not in message
+    keys.write_bytes(kept)  # the right ring back: it starts, and the trail checks out
+    _restart(audited)
+    audited.stop()
+    assert _verify(audited).returncode == 0

@@ -97,9 +97,9 @@ class KeyRing:
             ring.save(path)
         return ring
 
-    def save(self, path: Path, *, exclusive: bool = False) -> None:
+    def save(self, path: Path, *, exclusive: bool = False) -> bool:
         """Write atomically, readable by the owner only. ``exclusive``: only if there is no
-        file there yet (:class:`FileExistsError` otherwise), so that two processes creating
+        file there yet (False, nothing written, otherwise), so that two processes creating
         the ring at once end up with one ring, not one each."""
         data = {
             "current": self.current,
@@ -114,15 +114,16 @@ class KeyRing:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o600)
-            if exclusive:
-                try:
-                    os.link(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
-            else:
+            if not exclusive:
                 os.replace(tmp, path)
-        except FileExistsError:
-            raise
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
         except OSError as exc:
             raise SettingsError(
                 f"cannot write the {self.WHAT} {path} ({self.SETTING}): "
@@ -161,8 +162,4 @@ class AuditKeyRing(KeyRing):
         if path.exists() or not create:
             return cls.load(path) if path.exists() else None
         ring = cls.generate()
-        try:
-            ring.save(path, exclusive=True)
-        except FileExistsError:
-            return cls.load(path)
-        return ring
+        return ring if ring.save(path, exclusive=True) else cls.load(path)

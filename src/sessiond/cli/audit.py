@@ -114,7 +114,7 @@ def audit_verify(
     keyed = (
         "all keyed"
         if report.keyed_from <= 1
-        else f"records before {report.keyed_from} unkeyed (written before keyed chaining)"
+        else f"records 1 to {report.keyed_from - 1} unkeyed, from before keyed chaining"
     )
     reaches = f"; reaches the saved head {saved}" if saved else ""
     out.print(

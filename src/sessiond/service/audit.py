@@ -24,12 +24,20 @@ log = logging.getLogger("sessiond.audit")
 
 class Audit:
     def __init__(
-        self, store: Store, clock: Clock, keys: AuditKeyRing | None, keys_file: Path
+        self,
+        store: Store,
+        clock: Clock,
+        keys: AuditKeyRing | None,
+        keys_file: Path,
+        *,
+        created: bool = False,
     ) -> None:
         """``keys``: the audit key ring (None: there is none at ``keys_file``; the store then
-        refuses to write audit records, naming the file)."""
+        refuses to write audit records, naming the file); ``created``: it was made just now."""
         self.store = store
         self.clock = clock
+        self.created = created
+        self.keys_file = keys_file
         where = f"{keys_file} (audit_keys_file)"
         store.audit_keys = (
             ChainKeys(dict(keys.keys), keys.current, where) if keys else ChainKeys(where=where)
@@ -68,6 +76,33 @@ class Audit:
         require_admin(actor, "change the signature keys")
         record = change_audit(action, self.clock(), actor, details={"key_id": key_id})
         await self.store.add_audit(record)
+
+    async def check_keys(self, *, warn: bool) -> None:
+        """At start: the trail's last record was chained with a key this node has. A ring made
+        at this start, on a trail keyed with others, is refused (and removed again): its
+        records could be verified nowhere else. A ring that merely lacks a newer key (rotated
+        on another node, not copied here yet) is warned of, when ``warn`` (a server)."""
+        head = await self.store.audit_head()
+        key_id = head.last_key_id
+        if key_id is None or key_id in self.store.audit_keys.keys:
+            return
+        where = self.keys_file
+        if self.created:
+            where.unlink(missing_ok=True)
+            raise SettingsError(
+                f"the audit trail is chained with audit key {key_id}, and this server had no "
+                f"audit key ring at {where} (audit_keys_file): a new one would chain records "
+                "no other node could verify; copy the audit key ring the other nodes use there "
+                "(or point audit_keys_file at it)"
+            )
+        if warn:
+            log.warning(
+                "the audit trail's last record was chained with audit key %s, which the audit key "
+                "ring %s (audit_keys_file) lacks: copy it from the node that rotated it, so "
+                "that this node can verify the trail",
+                key_id,
+                where,
+            )
 
     async def verify(self, saved: ChainAnchor | None = None) -> ChainReport:
         """Walk the audit trail's chain (see ``sessiond.store.chain``); given a head saved

@@ -55,7 +55,14 @@ class SessionService:
         if authenticators:
             self.authenticators.update(authenticators)
         audit_keys = settings.effective_audit_keys_file
-        self.audit = Audit(store, clock, AuditKeyRing.open(audit_keys, create=create), audit_keys)
+        existed = audit_keys.exists()
+        self.audit = Audit(
+            store,
+            clock,
+            AuditKeyRing.open(audit_keys, create=create),
+            audit_keys,
+            created=not existed and create,
+        )
         self.licensing = Licensing(settings, store, clock)
         self.configuration = Configuration(settings, store, clock, self.licensing.refresh)
         self.sessions = Sessions(settings, store, keys, clock)
@@ -91,6 +98,7 @@ class SessionService:
             await self.store.listen(self.notified)
         await self.configuration.read()
         await self.licensing.refresh()
+        await self.audit.check_keys(warn=install_licence_file)
         if install_licence_file:
             node = self.settings.server_code or socket.gethostname()
             await self.configuration.record_settings(node, self.platform)

@@ -132,11 +132,13 @@ class ChainReport:
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
-    """The head row: the last record's id and hash, and where keyed chaining starts."""
+    """The head row: the last record's id and hash, and where keyed chaining starts; and the
+    audit key the last record names (None: no record, or an unkeyed one)."""
 
     last_id: int
     last_hash: str
     keyed_from: int
+    last_key_id: str | None = None
 
 
 async def walk(

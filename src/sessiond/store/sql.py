@@ -261,10 +261,15 @@ class SqlStore(Store):
         return [audit_from_row(row) for row in rows]
 
     async def audit_head(self) -> ChainHead:
-        h = schema.audit_head
+        h, a = schema.audit_head, schema.audit
+        last_key = sa.select(a.c.key_id).where(a.c.id == h.c.last_id).scalar_subquery()
         async with self._read() as conn:
-            head = (await conn.execute(sa.select(h).where(h.c.id == 1))).one()
-        return ChainHead(int(head.last_id), str(head.last_hash), int(head.keyed_from))
+            head = (
+                await conn.execute(sa.select(h, last_key.label("last_key_id")).where(h.c.id == 1))
+            ).one()
+        return ChainHead(
+            int(head.last_id), str(head.last_hash), int(head.keyed_from), head.last_key_id
+        )
 
     async def verify_audit(self, saved: ChainAnchor | None = None) -> ChainReport:
         a = schema.audit
