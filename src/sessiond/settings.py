@@ -249,19 +249,13 @@ class Settings(BaseSettings):
         None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
     )
     audit_keys_file: Path | None = Field(
-        None,
-        description="JSON key ring the audit trail is chained with (HMAC-SHA256); default: "
-        "audit-keys.json beside the signature key ring (0600)",
+        None, description="audit chain key ring; default: audit-keys.json beside the other ring"
     )
     audit_anchor_file: Path | None = Field(
-        None,
-        description="file a server appends the audit trail's head to (ID:HASH lines, for "
-        "'sessiond audit verify --head'); default: data_dir/audit-anchors.log",
+        None, description="audit heads appended (ID:HASH); default: data_dir/audit-anchors.log"
     )
     audit_anchor_interval: Duration = Field(
-        timedelta(minutes=10),
-        description="how often a server writes the audit trail's head to the log and the "
-        "anchor file when it moved (and always at shutdown)",
+        timedelta(minutes=10), description="how often the audit head is logged when it moved"
     )
     session_expiration_time_span: Duration = timedelta(days=7)
     validation_cache_entries: int = Field(
@@ -426,13 +420,8 @@ class Settings(BaseSettings):
 
     @property
     def effective_audit_keys_file(self) -> Path:
-        """``audit_keys_file``, else ``audit-keys.json`` beside the signature key ring (so that
-        copying that folder to every node copies both rings)."""
+        """``audit_keys_file``, else ``audit-keys.json`` beside the signature key ring."""
         return self.audit_keys_file or self.effective_keys_file.parent / "audit-keys.json"
-
-    @property
-    def effective_audit_anchor_file(self) -> Path:
-        return self.audit_anchor_file or self.data_dir / "audit-anchors.log"
 
     @classmethod
     def settings_customise_sources(

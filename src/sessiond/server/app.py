@@ -145,9 +145,8 @@ async def _anchor(service: SessionService, *, always: bool = False) -> None:
     settings = service.settings
     try:
         async with asyncio.timeout(10):  # a store that is down must not hold the shutdown
-            await service.audit.anchor(
-                settings.effective_audit_anchor_file, settings.node_name, always=always
-            )
+            file = settings.audit_anchor_file or settings.data_dir / "audit-anchors.log"
+            await service.audit.anchor(file, settings.node_name, always=always)
     except SessiondError as exc:
         log.warning("writing the audit trail's head: %s", exc.message)
     except TimeoutError:
