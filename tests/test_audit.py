@@ -152,8 +152,9 @@ def test_audit_verify_names_each_edited_removed_or_inserted_record(
             # Make room for a record in the middle, then put one there.
             "UPDATE audit SET id = id + 100000 WHERE id >= 5;"
             "UPDATE audit SET id = id - 99999 WHERE id >= 100000;"
-            "INSERT INTO audit (id, at, action, user_name, details, prev_hash, hash) "
-            "SELECT 5, at, action, 'mallory', details, hash, hash FROM audit WHERE id = 4;",
+            "INSERT INTO audit (id, at, action, user_name, details, prev_hash, hash, key_id) "
+            "SELECT 5, at, action, 'mallory', details, hash, hash, key_id FROM audit "
+            "WHERE id = 4;",
             (),
             "record 5 was edited or inserted",
         ),

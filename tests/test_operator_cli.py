@@ -240,7 +240,12 @@ def test_a_database_without_sessiond_schema_is_refused_untouched(
     assert made.returncode == 0 and "created the store" in made.stdout, made.stderr
     listed = run(*ADMIN, "--json", SESSIOND_DATABASE_URL=url)
     assert [u["Login"] for u in json.loads(listed.stdout)] == ["admin"], listed.stderr
-    assert _files(tmp_path) == {Path("work"), Path("keys"), Path("keys/signature-keys.json")}
+    assert _files(tmp_path) == {
+        Path("work"),
+        Path("keys"),
+        Path("keys/signature-keys.json"),
+        Path("keys/audit-keys.json"),
+    }
 
 
 def test_init_creates_the_store_once_and_the_commands_find_it(run: Run, tmp_path: Path) -> None:
@@ -248,7 +253,7 @@ def test_init_creates_the_store_once_and_the_commands_find_it(run: Run, tmp_path
     made = _init(run, data)
     assert "one-time password" in made.stdout and "created the store" in made.stdout
     assert (data.stat().st_mode & 0o777) == 0o700
-    for name in ("sessiond.db", "signature-keys.json"):
+    for name in ("sessiond.db", "signature-keys.json", "audit-keys.json"):
         assert ((data / name).stat().st_mode & 0o777) == 0o600
     again = _init(run, data)
     assert "already there" in again.stdout and "one-time password" not in again.stdout

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from sessiond.service import SessionService
-from sessiond.store.schema import metadata
+from sessiond.store.schema import HEAD_REVISION, metadata
 from sessiond.store.sql import SqlStore
 
 
@@ -33,7 +33,9 @@ async def test_the_database_file_is_in_wal_mode_and_migrated(
     db = tmp_path / "data" / "sessiond.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0007"
+        assert (
+            conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == HEAD_REVISION
+        )
     assert (tmp_path / "data").stat().st_mode & 0o077 == 0
 
 

@@ -265,6 +265,15 @@ class Settings(BaseSettings):
     signature_keys_file: Path | None = Field(
         None, description="JSON key ring; default: data_dir/signature-keys.json (0600)"
     )
+    audit_keys_file: Path | None = Field(
+        None, description="audit chain key ring; default: audit-keys.json beside the other ring"
+    )
+    audit_anchor_file: Path | None = Field(
+        None, description="audit heads appended (ID:HASH); default: data_dir/audit-anchors.log"
+    )
+    audit_anchor_interval: Duration = Field(
+        timedelta(minutes=10), description="how often the audit head is logged when it moved"
+    )
     session_expiration_time_span: Duration = timedelta(days=7)
     validation_cache_entries: int = Field(
         100_000,
@@ -349,6 +358,7 @@ class Settings(BaseSettings):
     @field_validator(
         "session_expiration_time_span",
         "sweep_interval",
+        "audit_anchor_interval",
         "request_head_timeout",
         "request_body_timeout",
         "database_pool_timeout",
@@ -426,6 +436,11 @@ class Settings(BaseSettings):
     @property
     def effective_keys_file(self) -> Path:
         return self.signature_keys_file or self.data_dir / "signature-keys.json"
+
+    @property
+    def effective_audit_keys_file(self) -> Path:
+        """``audit_keys_file``, else ``audit-keys.json`` beside the signature key ring."""
+        return self.audit_keys_file or self.effective_keys_file.parent / "audit-keys.json"
 
     @classmethod
     def settings_customise_sources(

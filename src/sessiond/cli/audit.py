@@ -11,13 +11,18 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ..errors import StoreMissing
 from ..exports import csv_writer, write_csv_rows, write_jsonl
+from ..keys import AuditKeyRing
 from ..models import AuditAction
 from ..service import SessionService
-from ..store import AuditQuery
+from ..store import AuditQuery, ChainAnchor
 from .common import (
     ConfigOption,
     DataDirOption,
+    JsonOption,
+    _print_json,
+    _settings,
     _with_service,
     err,
     out,
@@ -73,11 +78,33 @@ def audit_export(
     _with_service(config, export)
 
 
+def _anchor(value: str | None) -> ChainAnchor | None:
+    if value is None:
+        return None
+    try:
+        return ChainAnchor.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Check the audit trail's hash chain: exits 1 naming the first edited, removed or
-    inserted record; prints the last record's id and hash to keep somewhere safe."""
-    report = _with_service(config, lambda s: s.audit.verify())
+def audit_verify(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="a head saved earlier (ID:HASH, as this command prints it and the audit "
+            "anchor file holds it): also check that the trail still reaches it unchanged",
+        ),
+    ] = None,
+) -> None:
+    """Check the audit trail's chain: exits 1 naming the first edited, removed or inserted
+    record, or (with --head) records cut from the end or rewritten since that head; prints
+    the head (ID:HASH) to keep somewhere the database's writers cannot reach."""
+    saved = _anchor(head)
+    report = _with_service(config, lambda s: s.audit.verify(saved))
     if not report.ok:
         err.print(
             f"[red]audit trail broken[/red] at record {report.record_id}: "
@@ -85,8 +112,51 @@ def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) ->
             highlight=False,
         )
         raise typer.Exit(1)
+    keyed = (
+        "all keyed"
+        if report.keyed_from <= 1
+        else f"records 1 to {report.keyed_from - 1} unkeyed, from before keyed chaining"
+    )
+    reaches = f"; reaches the saved head {saved}" if saved else ""
     out.print(
-        f"audit trail intact: {report.checked} records; last record {report.last_id}, "
-        f"hash {report.last_hash}",
+        f"audit trail intact: {report.checked} records ({keyed}){reaches}; head {report.anchor}",
         highlight=False,
     )
+
+
+def _audit_keys(config: Path | None) -> tuple[Path, AuditKeyRing]:
+    """The existing audit key ring the settings name (never created here: init and serve
+    do)."""
+    path = _settings(config).effective_audit_keys_file
+    ring = AuditKeyRing.open(path, create=False)
+    if ring is None:
+        raise StoreMissing(
+            f"no audit key ring at {path.resolve()} (audit_keys_file); point this command at "
+            "the server's settings with --config FILE (SESSIOND_CONFIG), --data-dir DIR "
+            "(SESSIOND_DATA_DIR) or SESSIOND_AUDIT_KEYS_FILE, or create a store with "
+            "'sessiond init'"
+        )
+    return path, ring
+
+
+@audit_app.command("keys")
+def audit_keys(
+    config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
+    """List the audit key ids (the current one, which chains new records, marked)."""
+    _, ring = _audit_keys(config)
+    if as_json:
+        _print_json({"Current": ring.current, "Keys": list(ring.keys)})
+        return
+    for key_id in ring.keys:
+        out.print(("* " if key_id == ring.current else "  ") + key_id, highlight=False)
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Add a new audit key and chain new records with it; older keys stay to verify the
+    records they chained. Copy the file to every node and restart them to use it."""
+    path, ring = _audit_keys(config)
+    key_id = ring.rotate()
+    ring.save(path)
+    out.print(f"new current audit key {key_id}", highlight=False)

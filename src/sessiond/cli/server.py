@@ -135,7 +135,8 @@ def init(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
         done = f"the store is already there (schema revision {newest})"
     _announce_first_administrator(created)
     out.print(
-        f"{done}: {settings.shown_database_url}; key ring {settings.effective_keys_file.resolve()}",
+        f"{done}: {settings.shown_database_url}; key ring {settings.effective_keys_file.resolve()}"
+        f"; audit key ring {settings.effective_audit_keys_file.resolve()}",
         highlight=False,
     )
 

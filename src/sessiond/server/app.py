@@ -55,7 +55,7 @@ def build_service(settings: Settings, *, create: bool = True) -> SessionService:
         settings.effective_database_url, create=create, pools=settings.database_pools
     )
     keys = KeyRing.load_or_create(settings.effective_keys_file, create=create)
-    return SessionService(settings, store, keys)
+    return SessionService(settings, store, keys, create=create)
 
 
 def create_app(settings: Settings, service: SessionService | None = None) -> FastAPI:
@@ -67,12 +67,15 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
         if owned:
             await svc.start(install_licence_file=True, listen=True)
         sweeper = asyncio.create_task(_sweep_forever(svc), name="sessiond-sweeper")
+        anchors = asyncio.create_task(_anchor_forever(svc), name="sessiond-audit-anchor")
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, anchors):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await _anchor(svc, always=True)
             if owned:
                 await svc.close()
 
@@ -134,6 +137,30 @@ async def _sweep_forever(service: SessionService) -> None:
             log.exception("sweeping expired sessions failed; trying again later")
             continue
         metrics.swept(swept)
+
+
+async def _anchor(service: SessionService, *, always: bool = False) -> None:
+    """Write the audit trail's head outside the database (the log, the anchor file); a
+    failure is logged, never fatal."""
+    settings = service.settings
+    try:
+        async with asyncio.timeout(10):  # a store that is down must not hold the shutdown
+            file = settings.audit_anchor_file or settings.data_dir / "audit-anchors.log"
+            await service.audit.anchor(file, settings.node_name, always=always)
+    except SessiondError as exc:
+        log.warning("writing the audit trail's head: %s", exc.message)
+    except TimeoutError:
+        log.warning("writing the audit trail's head: the store did not answer in time")
+    except Exception:
+        log.exception("writing the audit trail's head failed; trying again later")
+
+
+async def _anchor_forever(service: SessionService) -> None:
+    """The audit trail's head at start, then every audit_anchor_interval when it moved."""
+    interval = service.settings.audit_anchor_interval.total_seconds()
+    while True:
+        await _anchor(service)
+        await asyncio.sleep(interval)
 
 
 class PlatformHeaders:

@@ -503,6 +503,20 @@ async def audit_records(
     return JSONResponse({"Records": [audit_info(r) for r in records], "Next": next_id})
 
 
+@router.get(
+    "/audit/head",
+    responses=_ERRORS,
+    openapi_extra=_SECURED,
+    summary="The audit trail's head (administrators)",
+    description='Answers `{"LastID": id, "LastHash": hash, "Head": "ID:HASH"}`: keep Head '
+    "somewhere the database's writers cannot reach, and check the trail against it later "
+    "with `sessiond audit verify --head ID:HASH`.",
+)
+async def audit_head(request: Request) -> JSONResponse:
+    head = await _service(request).audit.head(await _actor(request))
+    return JSONResponse({"LastID": head.last_id, "LastHash": head.last_hash, "Head": str(head)})
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=value.tzinfo or UTC) if value else None
 

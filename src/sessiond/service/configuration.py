@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-from pydantic_core import to_jsonable_python
 
 from .._version import __version__
 from ..models import AuditAction, ConfigurationInfo
 from ..settings import Settings
 from ..store import AuditQuery, BuildInfo, Store
 from .common import Actor, Clock, actor_audit, change_audit, require_admin
+from .settings_audit import CHANGED, Hasher, changed_secrets, split_settings
 
 MAX_CONFIGURATION_WAIT = 60.0  # seconds a long poll for a configuration change may hold
 log = logging.getLogger("sessiond.service")
@@ -149,24 +146,41 @@ class Configuration:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(poll, remaining))
 
-    async def record_settings(self, node: str) -> bool:
+    async def record_settings(self, node: str, hasher: Hasher) -> bool:
         """At a server's start: a SettingsChanged record when this node's settings differ from
-        those it last started with (secrets show only as changed, never their values)."""
-        snapshot = settings_snapshot(self.settings)
+        those it last started with. Settings are recorded as their values; secrets only as
+        set and changed, never in any form derived from them (``settings_audit``); ``hasher``
+        keeps the node's own hashes of them, to tell when one changed."""
+        snapshot, secrets, secret_names = split_settings(self.settings)
         query = AuditQuery(actions=(AuditAction.SETTINGS_CHANGED,), newest_first=True, limit=200)
         before: dict[str, Any] = {}
         for record in await self.store.list_audit(query):
             if record.details.get("node") == node:
                 before = record.details.get("settings") or {}
                 break
-        changed = {
+        try:
+            moved = await changed_secrets(self.settings, node, secrets, hasher)
+        except OSError as exc:
+            log.warning(
+                "cannot keep the hashes of this node's secret settings in %s: %s; a change of "
+                "a secret setting is recorded only when it is set or unset",
+                self.settings.data_dir,
+                exc.strerror,
+            )
+            moved = {
+                name
+                for name in secret_names
+                if (before.get(name) is None) != (snapshot.get(name) is None)
+            }
+        changed: dict[str, Any] = {
             key: [before.get(key), snapshot.get(key)]
             for key in sorted(before.keys() | snapshot.keys())
-            if before.get(key) != snapshot.get(key)
+            if key not in secret_names and before.get(key) != snapshot.get(key)
         }
+        changed.update((name, CHANGED) for name in sorted(moved))
         if not changed:
             return False
-        details = {"node": node, "changed": changed, "settings": snapshot}
+        details = {"node": node, "changed": dict(sorted(changed.items())), "settings": snapshot}
         now = self.clock()
         await self.store.add_audit(
             change_audit(AuditAction.SETTINGS_CHANGED, now, Actor.system(), details=details)
@@ -185,39 +199,3 @@ class Configuration:
         )
         self._saw(info.version)
         return info
-
-
-_SECRET = re.compile(r"password|secret", re.IGNORECASE)
-
-
-def settings_snapshot(settings: Settings) -> dict[str, Any]:
-    """Every setting, flattened to dotted keys, as JSON values; a secret is shown only as a
-    digest prefix, enough to tell that it changed."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}{key}.", item)
-            return
-        name = prefix[:-1]
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if value is not None and _SECRET.search(name):
-            value = "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
-        flat[name] = to_jsonable_python(value)
-
-    data = settings.model_dump()
-    data["database_url"] = _hidden_password(settings.effective_database_url)
-    data.pop("data_dir", None)  # where the node keeps its files, not how it behaves
-    walk("", data)
-    return flat
-
-
-def _hidden_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unreadable URL)"

@@ -16,7 +16,7 @@ from .. import metrics
 from ..auth import Authenticator, PlatformAuthenticator
 from ..auth.registry import load_authenticators, load_negotiate
 from ..errors import LicenceInvalid
-from ..keys import KeyRing
+from ..keys import AuditKeyRing, KeyRing
 from ..models import LoginType
 from ..settings import Settings
 from ..store import (
@@ -43,7 +43,10 @@ class SessionService:
         *,
         clock: Clock = utc_now,
         authenticators: Mapping[LoginType, Authenticator] | None = None,
+        create: bool = True,
     ) -> None:
+        """``create=False`` (administrative commands): a missing audit key ring is not
+        created (writing an audit record then says where it is missing)."""
         self.settings = settings
         self.store = store
         self.keys = keys
@@ -51,7 +54,15 @@ class SessionService:
         self.authenticators = load_authenticators(settings)
         if authenticators:
             self.authenticators.update(authenticators)
-        self.audit = Audit(store, clock)
+        audit_keys = settings.effective_audit_keys_file
+        existed = audit_keys.exists()
+        self.audit = Audit(
+            store,
+            clock,
+            AuditKeyRing.open(audit_keys, create=create),
+            audit_keys,
+            created=not existed and create,
+        )
         self.licensing = Licensing(settings, store, clock)
         self.configuration = Configuration(settings, store, clock, self.licensing.refresh)
         self.sessions = Sessions(settings, store, keys, clock)
@@ -93,9 +104,10 @@ class SessionService:
             await self.store.listen(self.notified)
         await self.configuration.read()
         await self.licensing.refresh()
+        await self.audit.check_keys(warn=install_licence_file)
         if install_licence_file:
             node = self.settings.server_code or socket.gethostname()
-            await self.configuration.record_settings(node)
+            await self.configuration.record_settings(node, self.platform)
         if install_licence_file and self.settings.licence_file:
             try:
                 await self.licensing.install_file()

@@ -21,12 +21,15 @@ from .base import (
     Transaction,
     UserRecord,
 )
-from .chain import ChainReport
+from .chain import ChainAnchor, ChainHead, ChainKeys, ChainReport
 
 __all__ = [
     "AuditQuery",
     "AuditRecord",
     "BuildInfo",
+    "ChainAnchor",
+    "ChainHead",
+    "ChainKeys",
     "ChainReport",
     "SeatRequest",
     "SessionDecision",

@@ -29,7 +29,7 @@ from ..models import (
     ServiceType,
 )
 from ..token import SessionToken
-from .chain import ChainReport
+from .chain import ChainAnchor, ChainHead, ChainKeys, ChainReport
 from .notify import Notice
 
 
@@ -301,6 +301,10 @@ class Transaction(ABC):
 class Store(ABC):
     """Async storage of users, sessions, audit records, the licence and the configuration."""
 
+    #: The keys audit records are chained with and verified by (set by the service; without
+    #: them no audit record can be written).
+    audit_keys: ChainKeys = ChainKeys()
+
     @abstractmethod
     async def open(self, build: BuildInfo, now: datetime) -> None:
         """Create or migrate the schema, make sure the configuration row exists."""
@@ -403,8 +407,13 @@ class Store(ABC):
     async def list_audit(self, query: AuditQuery) -> Sequence[AuditRecord]: ...
 
     @abstractmethod
-    async def verify_audit(self) -> ChainReport:
-        """Walk the whole hash chain; the report names the first bad record."""
+    async def verify_audit(self, saved: ChainAnchor | None = None) -> ChainReport:
+        """Walk the whole hash chain; the report names the first bad record, or, given a head
+        saved earlier, a trail that no longer reaches it unchanged."""
+
+    @abstractmethod
+    async def audit_head(self) -> ChainHead:
+        """The chain's head row as it is now (the last record's id and hash)."""
 
     # configuration
     @abstractmethod

@@ -197,6 +197,7 @@ def audit_from_row(row: sa.Row[Any]) -> AuditRecord:
     data = dict(row._mapping)
     data.pop("prev_hash", None)
     data.pop("hash", None)
+    data.pop("key_id", None)
     data["action"] = AuditAction(data["action"])
     data["details"] = json.loads(data["details"])
     return AuditRecord(**data)

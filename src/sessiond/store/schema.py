@@ -35,7 +35,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 #: The newest migration (``migrations/versions``); a test holds it to Alembic's own head.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 metadata = sa.MetaData()
 
@@ -183,6 +183,8 @@ audit = sa.Table(
     # 0004: the hash chain (store/chain.py)
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # 0008: the audit key the record was chained with (None: before keyed chaining)
+    sa.Column("key_id", sa.String(64)),
     sa.Index("ix_audit_at", "at"),
     sa.Index("ix_audit_session", "session_id"),
     sa.Index("ix_audit_user", "user_id", "id"),
@@ -196,6 +198,8 @@ audit_head = sa.Table(
     sa.Column("id", sa.SmallInteger(), primary_key=True),
     sa.Column("last_id", sa.Integer(), nullable=False),
     sa.Column("last_hash", sa.String(64), nullable=False),
+    # 0008: the first record chained with an audit key
+    sa.Column("keyed_from", sa.Integer(), nullable=False),
 )
 
 configuration = sa.Table(

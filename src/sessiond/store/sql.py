@@ -31,7 +31,7 @@ from .base import (
     Store,
     UserRecord,
 )
-from .chain import ChainReport, walk
+from .chain import ChainAnchor, ChainHead, ChainReport, walk
 from .codec import (
     LICENCE_COLUMNS,
     PERSONAL_USER_COLUMNS,
@@ -99,7 +99,7 @@ class SqlStore(Store):
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlTransaction]:
         async with self._connection(write=True) as conn:
-            yield SqlTransaction(conn)
+            yield SqlTransaction(conn, self.audit_keys)
 
     def _read(self) -> Any:
         return self._connection(write=False)
@@ -282,8 +282,19 @@ class SqlStore(Store):
             rows = await conn.execute(_audit_page(query))
         return [audit_from_row(row) for row in rows]
 
-    async def verify_audit(self) -> ChainReport:
-        a, h = schema.audit, schema.audit_head
+    async def audit_head(self) -> ChainHead:
+        h, a = schema.audit_head, schema.audit
+        last_key = sa.select(a.c.key_id).where(a.c.id == h.c.last_id).scalar_subquery()
+        async with self._read() as conn:
+            head = (
+                await conn.execute(sa.select(h, last_key.label("last_key_id")).where(h.c.id == 1))
+            ).one()
+        return ChainHead(
+            int(head.last_id), str(head.last_hash), int(head.keyed_from), head.last_key_id
+        )
+
+    async def verify_audit(self, saved: ChainAnchor | None = None) -> ChainReport:
+        a = schema.audit
 
         async def rows() -> AsyncIterator[Mapping[str, Any]]:
             after = 0
@@ -304,9 +315,7 @@ class SqlStore(Store):
                     return
                 after = int(page[-1]["id"])
 
-        async with self._read() as conn:
-            head = (await conn.execute(sa.select(h).where(h.c.id == 1))).one()
-        return await walk(rows(), int(head.last_id), str(head.last_hash))
+        return await walk(rows(), await self.audit_head(), self.audit_keys, saved)
 
     # --- configuration -------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from .base import (
     Transaction,
     UserRecord,
 )
-from .chain import record_hash
+from .chain import ChainKeys, record_hash
 from .codec import (
     LICENCE_COLUMNS,
     PERSONAL_USER_COLUMNS,
@@ -52,8 +52,9 @@ u, s, a = schema.users, schema.sessions, schema.audit
 
 
 class SqlTransaction(Transaction):
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, audit_keys: ChainKeys) -> None:
         self.conn = conn
+        self.audit_keys = audit_keys
 
     # --- users ---------------------------------------------------------------------------
 
@@ -270,9 +271,11 @@ class SqlTransaction(Transaction):
         insert, move the head. The head stays locked until the transaction ends, so records
         are chained in the order their transactions commit, on every node. Three statements
         however many records (a sweep's batch, a user's sessions): a transaction that holds
-        SQLite's write lock must not wait for the event loop once per record."""
+        SQLite's write lock must not wait for the event loop once per record. Each record is
+        chained with the audit key ring's current key, and names it."""
         if not records:
             return
+        key_id, key = self.audit_keys.signing()
         h = schema.audit_head
         head = (await self.conn.execute(sa.select(h).where(h.c.id == 1).with_for_update())).one()
         last_id, last_hash = head.last_id, head.last_hash
@@ -282,7 +285,8 @@ class SqlTransaction(Transaction):
             last_id += 1
             values["id"] = last_id
             values["prev_hash"] = last_hash
-            values["hash"] = last_hash = record_hash(last_hash, values)
+            values["key_id"] = key_id
+            values["hash"] = last_hash = record_hash(last_hash, values, key)
             rows.append(values)
         await self.conn.execute(a.insert(), rows)
         await self.conn.execute(
