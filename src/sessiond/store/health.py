@@ -137,14 +137,24 @@ async def readiness(engine: AsyncEngine, within: float = READY_TIMEOUT) -> Readi
     def current(conn: sa.Connection) -> tuple[str, ...]:
         return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
 
+    late = Readiness(False, "store_unreachable", f"the store did not answer within {within:g} s")
     try:
-        async with asyncio.timeout(within):
-            async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            # A frozen server answers nothing: its connection is closed under the check when
+            # the time is up, since even a cancelled check would wait on it to clean up.
+            from .bounds import bounded_connection
+
+            until = asyncio.get_running_loop().time() + within
+            async with bounded_connection(
+                engine, checkout=within, work=within, until=until
+            ) as conn:
                 revisions = await conn.run_sync(current)
-    except TimeoutError:
-        return Readiness(
-            False, "store_unreachable", f"the store did not answer within {within:g} s"
-        )
+        else:
+            async with asyncio.timeout(within):
+                async with engine.connect() as conn:
+                    revisions = await conn.run_sync(current)
+    except (TimeoutError, ServiceUnavailable):
+        return late
     except Exception as exc:
         if not unreachable(exc):
             raise
