@@ -33,8 +33,10 @@ from .errors import SettingsError
 from .settings_file import CONFIG_ENV, file_problems, read_file
 from .settings_sections import (
     ARGON2_PRESETS,
+    DEFAULT_DATABASE_CONNECT_TIMEOUT,
     DEFAULT_DATABASE_CONNECTIONS,
     DEFAULT_DATABASE_POOL_TIMEOUT,
+    DEFAULT_DATABASE_STATEMENT_TIMEOUT,
     MIN_DATABASE_CONNECTIONS,
     Argon2Settings,
     ConsoleSettings,
@@ -299,6 +301,15 @@ class Settings(BaseSettings):
         description="PostgreSQL: how long a request waits for a free connection when all "
         "database_connections are busy; then 503 service_unavailable",
     )
+    database_connect_timeout: Duration = Field(
+        timedelta(seconds=DEFAULT_DATABASE_CONNECT_TIMEOUT),
+        description="PostgreSQL: how long opening a connection may take; then 503",
+    )
+    database_statement_timeout: Duration = Field(
+        timedelta(seconds=DEFAULT_DATABASE_STATEMENT_TIMEOUT),
+        description="PostgreSQL: how long a request's statements may take once it has a "
+        "connection (server and client side); then 503 service_unavailable",
+    )
     server_code: str | None = None
     instance_name: str | None = None
 
@@ -362,6 +373,8 @@ class Settings(BaseSettings):
         "request_head_timeout",
         "request_body_timeout",
         "database_pool_timeout",
+        "database_connect_timeout",
+        "database_statement_timeout",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -431,6 +444,8 @@ class Settings(BaseSettings):
             self.database_connections,
             self.database_pool_timeout.total_seconds(),
             application_name(self.node_name),
+            self.database_connect_timeout.total_seconds(),
+            self.database_statement_timeout.total_seconds(),
         )
 
     @property

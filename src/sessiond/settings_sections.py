@@ -292,6 +292,8 @@ class ConsoleSettings(BaseModel):
 DEFAULT_DATABASE_CONNECTIONS = 10
 MIN_DATABASE_CONNECTIONS = 3  # one for writes, one for validation's reads, one to listen
 DEFAULT_DATABASE_POOL_TIMEOUT = 10.0
+DEFAULT_DATABASE_CONNECT_TIMEOUT = 5.0
+DEFAULT_DATABASE_STATEMENT_TIMEOUT = 10.0
 #: PostgreSQL keeps the first 63 bytes of an application_name.
 _APPLICATION_NAME_BYTES = 63
 
@@ -308,20 +310,35 @@ class DatabasePools:
     listen: int
     timeout: float  # seconds a request waits for a connection of a pool that is all in use
     application_name: str  # what pg_stat_activity shows for each of them
+    connect_timeout: float = DEFAULT_DATABASE_CONNECT_TIMEOUT  # seconds to open a connection
+    #: seconds the statements of one piece of work may take once it has its connection
+    statement_timeout: float = DEFAULT_DATABASE_STATEMENT_TIMEOUT
 
     @property
     def total(self) -> int:
         return self.write + self.read + self.listen
 
 
-def share_connections(total: int, timeout: float, name: str) -> DatabasePools:
+def share_connections(
+    total: int,
+    timeout: float,
+    name: str,
+    connect_timeout: float = DEFAULT_DATABASE_CONNECT_TIMEOUT,
+    statement_timeout: float = DEFAULT_DATABASE_STATEMENT_TIMEOUT,
+) -> DatabasePools:
     """The rule: 1 to listen; a quarter of the rest (at least 1) for validation's reads, whose
     merged reads need few connections; everything else for the write pool. 10 gives 7 + 2 + 1."""
     if total < MIN_DATABASE_CONNECTIONS:
         raise ValueError(f"database_connections must be at least {MIN_DATABASE_CONNECTIONS}")
     read = max(1, (total - 1) // 4)
     return DatabasePools(
-        write=total - 1 - read, read=read, listen=1, timeout=timeout, application_name=name
+        write=total - 1 - read,
+        read=read,
+        listen=1,
+        timeout=timeout,
+        application_name=name,
+        connect_timeout=connect_timeout,
+        statement_timeout=statement_timeout,
     )
 
 

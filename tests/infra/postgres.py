@@ -10,9 +10,14 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -72,15 +77,72 @@ class PostgresServer:
         keeping its data for :meth:`start`."""
         self._run(_binary("pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop")
 
-    def _run(self, *args: str) -> None:
+    def pids(self) -> list[int]:
+        """The postmaster's process id, then those of its children (backends, checkpointer,
+        and the rest), as they are now."""
+        postmaster = int(Path(self.data, "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # the process ended meanwhile
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *sorted(children)]
+
+    @contextmanager
+    def frozen(self, thaw_timeout: float = 60.0) -> Iterator[None]:
+        """The whole server stopped (SIGSTOP to the postmaster first, so that it forks no
+        new backend, then to every child): its port still accepts connections, nothing
+        answers, as when a machine freezes or the network drops packets. Always resumed
+        (SIGCONT) on leaving, and answering a query again before this returns."""
+        stopped: list[int] = []
+        try:
+            for pid in self.pids():  # the postmaster comes first
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                stopped.append(pid)
+            yield
+        finally:
+            for pid in reversed(stopped):
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self.wait_until_answering(thaw_timeout)
+
+    def wait_until_answering(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.query("SELECT 1", timeout=5)
+                return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def query(self, sql: str, *, database: str = "postgres", timeout: float = 120) -> str:
+        """Run one SQL command with psql; its output, unaligned and without headers."""
+        return self._run(
+            _binary("psql"), "-h", LOOPBACK, "-p", str(self.port), "-U", SUPERUSER,
+            "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql, timeout=timeout,
+        )  # fmt: skip
+
+    def _run(self, *args: str, timeout: float = 120) -> str:
         command = ["runuser", "-u", "postgres", "--", *args] if self._as_postgres else list(args)
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             log = ""
             if os.path.exists(self.log):
                 with open(self.log, encoding="utf-8", errors="replace") as fh:
                     log = fh.read()[-3000:]
             raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}\n{log}")
+        return result.stdout
 
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://{SUPERUSER}@{LOOPBACK}:{self.port}/{database}"

@@ -179,8 +179,10 @@ class PlatformHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                # Liveness never waits for the store; a 503 still carries the last version.
-                version = await configuration_version(self.service, read=not live)
+                # Liveness never waits for the store, nor does a 503 (the store failing, or
+                # the server busy): it carries the last version known.
+                read = not live and message["status"] != 503
+                version = await configuration_version(self.service, read=read)
                 headers = [*message.get("headers", []), *platform_headers(version)]
                 message = {**message, "headers": headers}
             await send(message)

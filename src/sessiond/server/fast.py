@@ -69,7 +69,8 @@ class FastValidation:
             status, payload = 500, error_bytes(None)
         version = self.service.configuration.fresh_version()
         if version is None:  # due for a read (at most once per poll interval)
-            version = await configuration_version(self.service)
+            # A 503 is the store failing: the last version known, not one more wait on it.
+            version = await configuration_version(self.service, read=status != 503)
         await send(
             {
                 "type": "http.response.start",

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._version import __version__
+from ..errors import SessiondError
 from ..models import AuditAction, ConfigurationInfo
 from ..settings import Settings
 from ..store import AuditQuery, BuildInfo, Store
@@ -37,6 +38,7 @@ class Configuration:
         self._read_at = 0.0
         self._interval = self.settings.configuration_poll_interval.total_seconds()  # per request
         self._lock = asyncio.Lock()
+        self._failed: tuple[float, SessiondError] | None = None  # the last read, if it failed
         self._changed = asyncio.Event()
         self._rereading: asyncio.Task[None] | None = None
         self._reread_again = False
@@ -120,9 +122,20 @@ class Configuration:
         fresh = self.fresh_version()
         if fresh is not None:
             return fresh
+        asked = time.monotonic()
         async with self._lock:
+            failed = self._failed
+            if failed is not None and failed[0] >= asked:
+                # The read this request waited for failed (the store is down): its answer,
+                # rather than one more wait each, one after another, for every request queued.
+                raise failed[1]
             if time.monotonic() - self._read_at >= self._interval:
-                await self.read()
+                try:
+                    await self.read()
+                except SessiondError as exc:
+                    self._failed = (time.monotonic(), exc)
+                    raise
+                self._failed = None
         return self._version
 
     async def get(self) -> ConfigurationInfo:

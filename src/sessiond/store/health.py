@@ -15,6 +15,8 @@ import functools
 import logging
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..errors import ServiceUnavailable
 from ..models import LicenseType
@@ -129,6 +131,27 @@ class Readiness:
     expected: tuple[str, ...] = ()
 
 
+@asynccontextmanager
+async def _within(engine: AsyncEngine, within: float) -> AsyncIterator[AsyncConnection]:
+    """A connection for work that must be over within ``within`` seconds (TimeoutError or
+    :class:`ServiceUnavailable` when it is not). On PostgreSQL a frozen server answers
+    nothing: the connection is closed under the work when the time is up (bounds.py), since
+    even a cancelled query would wait on the server to clean up."""
+    if engine.dialect.name == "postgresql":
+        from .bounds import bounded_connection
+
+        until = asyncio.get_running_loop().time() + within
+        async with bounded_connection(engine, checkout=within, work=within, until=until) as conn:
+            yield conn
+        return
+    try:
+        async with asyncio.timeout(within):
+            async with engine.connect() as conn:
+                yield conn
+    except TimeoutError as exc:
+        raise unavailable(exc) from None
+
+
 async def readiness(engine: AsyncEngine, within: float = READY_TIMEOUT) -> Readiness:
     """Can the store be reached within ``within`` seconds, and is its schema at this
     sessiond's head revision? A database migrated by a newer sessiond is not ready either."""
@@ -137,14 +160,12 @@ async def readiness(engine: AsyncEngine, within: float = READY_TIMEOUT) -> Readi
     def current(conn: sa.Connection) -> tuple[str, ...]:
         return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
 
+    late = Readiness(False, "store_unreachable", f"the store did not answer within {within:g} s")
     try:
-        async with asyncio.timeout(within):
-            async with engine.connect() as conn:
-                revisions = await conn.run_sync(current)
-    except TimeoutError:
-        return Readiness(
-            False, "store_unreachable", f"the store did not answer within {within:g} s"
-        )
+        async with _within(engine, within) as conn:
+            revisions = await conn.run_sync(current)
+    except (TimeoutError, ServiceUnavailable):
+        return late
     except Exception as exc:
         if not unreachable(exc):
             raise
@@ -176,7 +197,7 @@ async def open_sessions(
     counts: dict[LicenseType, int] = {
         kind: 0 for kind in LicenseType if kind is not LicenseType.UNSPECIFIED
     }
-    async with engine.connect() as conn:
+    async with _within(engine, READY_TIMEOUT) as conn:
         rows = await conn.execute(
             sa.select(s.c.license_type, sa.func.count()).where(*where).group_by(s.c.license_type)
         )

@@ -39,6 +39,7 @@ from ..settings import (
 )
 from ..token import fast_uuid
 from .base import BuildInfo, SessionRecord, SessionUser
+from .bounds import no_answer
 from .codec import ASYNCPG_SESSIONS, session_with_user_sql
 from .health import unavailable, unreachable
 from .notify import Listener, Notice
@@ -63,12 +64,16 @@ class PostgresStore(SqlStore):
         super().__init__(engine)
         self._dsn = dsn
         self.pools = pools or _default_pools()
+        self.bounds = (self.pools.timeout, self.pools.connect_timeout, self.pools.statement_timeout)
         self._listener: Listener | None = None
         self._pool: asyncpg.Pool | None = None
-        self._rows = _MergedReads(_SELECT, _record)
-        self._versions = _MergedReads(_SELECT_VERSION, _version)
+        self._rows = _MergedReads(_SELECT, _record, self.pools)
+        self._versions = _MergedReads(_SELECT_VERSION, _version, self.pools)
 
     async def _serialise_start(self, conn: AsyncConnection) -> None:
+        # Start-up waits for another node's migration and then may migrate itself: no
+        # statement_timeout for this one transaction.
+        await conn.execute(text("SET LOCAL statement_timeout = 0"))
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
 
     async def open(self, build: BuildInfo, now: Any) -> None:
@@ -80,9 +85,10 @@ class PostgresStore(SqlStore):
                 max_size=self.pools.read,
                 reset=_no_reset,
                 statement_cache_size=16,
-                server_settings={"application_name": self.pools.application_name},
+                timeout=self.pools.connect_timeout,
+                server_settings=_server_settings(self.pools),
             )
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise ServiceUnavailable(f"the session store is unavailable: {exc}") from None
 
     async def listen(self, on_notice: Callable[[Notice], None]) -> bool:
@@ -100,7 +106,7 @@ class PostgresStore(SqlStore):
     async def _listening_connection(self) -> asyncpg.Connection:
         return await asyncpg.connect(
             self._dsn,
-            timeout=self.pools.timeout,
+            timeout=self.pools.connect_timeout,
             statement_cache_size=0,
             server_settings={"application_name": self.pools.application_name},
         )
@@ -133,9 +139,17 @@ class _MergedReads(Generic[T]):
     """Reads of one kind that arrive while another is under way wait for the next one, which
     fetches them all with one ``WHERE id = ANY($1)``; every waiting read gets an answer."""
 
-    def __init__(self, query: str, decode: Callable[[asyncpg.Record], tuple[UUID, T]]) -> None:
+    def __init__(
+        self,
+        query: str,
+        decode: Callable[[asyncpg.Record], tuple[UUID, T]],
+        pools: DatabasePools,
+    ) -> None:
         self.query = query
         self.decode = decode
+        # Taking a connection (which may mean opening one), then the read itself.
+        self._acquire = pools.timeout + pools.connect_timeout
+        self._fetch = pools.statement_timeout
         self._waiting: dict[UUID, list[asyncio.Future[T | None]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -144,7 +158,26 @@ class _MergedReads(Generic[T]):
         self._waiting.setdefault(session_id, []).append(future)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(pool), name="sessiond-reads")
-        return await future
+        within = self._acquire + self._fetch
+        try:
+            # A read that arrives while another is under way waits for that one first.
+            async with asyncio.timeout(within):
+                return await future
+        except TimeoutError:
+            raise no_answer("to a session read", within) from None
+
+    async def _fetch_rows(self, pool: asyncpg.Pool, ids: list[UUID]) -> list[asyncpg.Record]:
+        """One read, bounded: a connection that does not answer in time is closed (never
+        handed out again half-way through a read) and the read raises TimeoutError."""
+        conn = await pool.acquire(timeout=self._acquire)
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(self.query, ids, timeout=self._fetch)
+            return rows
+        except BaseException:
+            conn.terminate()  # no round trip: the server may be the one not answering
+            raise
+        finally:
+            await pool.release(conn)
 
     async def drain(self) -> None:
         if self._reader is not None:
@@ -155,12 +188,14 @@ class _MergedReads(Generic[T]):
             ids = list(self._waiting)[:MAX_BATCH]
             batch = {session_id: self._waiting.pop(session_id) for session_id in ids}
             try:
-                rows = await pool.fetch(self.query, ids)
+                rows = await self._fetch_rows(pool, ids)
                 found = dict(map(self.decode, rows))
                 outcome: BaseException | None = None
             except Exception as exc:  # every waiting validation gets an answer
                 found = {}
-                if unreachable(exc):
+                if isinstance(exc, TimeoutError):
+                    outcome = no_answer("to a session read", self._acquire + self._fetch)
+                elif unreachable(exc):
                     outcome = unavailable(exc)
                 else:
                     log.warning("reading sessions failed: %s", exc)
@@ -184,6 +219,15 @@ def _version(row: asyncpg.Record) -> tuple[UUID, tuple[int, datetime]]:
     return fast_uuid(row[0].int), (row[1], row[2])
 
 
+def _server_settings(pools: DatabasePools) -> dict[str, str]:
+    """What every connection sets on the server: its name, and how long one statement may
+    run there (PostgreSQL ends it after that, whatever the client does)."""
+    return {
+        "application_name": pools.application_name,
+        "statement_timeout": str(max(1, round(pools.statement_timeout * 1000))),
+    }
+
+
 def _default_pools() -> DatabasePools:
     return share_connections(
         DEFAULT_DATABASE_CONNECTIONS, DEFAULT_DATABASE_POOL_TIMEOUT, application_name()
@@ -199,7 +243,7 @@ def create_postgres_store(url: str, pools: DatabasePools | None = None) -> Postg
         max_overflow=0,
         pool_timeout=pools.timeout,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": pools.application_name}},
+        connect_args={"timeout": pools.connect_timeout, "server_settings": _server_settings(pools)},
     )
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     return PostgresStore(engine, dsn, pools)

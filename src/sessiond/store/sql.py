@@ -31,6 +31,7 @@ from .base import (
     Store,
     UserRecord,
 )
+from .bounds import bounded_connection, checkout_within
 from .chain import ChainAnchor, ChainHead, ChainReport, walk
 from .codec import (
     LICENCE_COLUMNS,
@@ -74,15 +75,28 @@ def _revision(sync_connection: sa.Connection) -> str | None:
 class SqlStore(Store):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: PostgreSQL: (pool, connect, statement) timeouts in seconds (see bounds.py); None:
+        #: the driver's own waits only (SQLite, whose "database is locked" has busy_timeout)
+        self.bounds: tuple[float, float, float] | None = None
 
     # --- plumbing ------------------------------------------------------------------------
 
+    def _connect(self, *, bounded: bool = True) -> Any:
+        if self.bounds is None or not bounded:
+            return self.engine.connect()
+        pool, connect, statement = self.bounds
+        checkout = checkout_within(self.engine, pool, connect)
+        return bounded_connection(self.engine, checkout=checkout, work=statement)
+
     @asynccontextmanager
-    async def _connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def _connection(
+        self, *, write: bool, bounded: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
         """A connection, in a transaction when writing; dialects decide how a write
-        transaction begins (SQLite: BEGIN IMMEDIATE)."""
+        transaction begins (SQLite: BEGIN IMMEDIATE). ``bounded``: within the store's
+        timeouts (bounds.py), which only start-up goes without (migrations take their time)."""
         try:
-            async with self.engine.connect() as conn:
+            async with self._connect(bounded=bounded) as conn:
                 if not write:
                     yield conn
                     return
@@ -108,7 +122,7 @@ class SqlStore(Store):
         """Make nodes that start at once migrate one after another (dialects override)."""
 
     async def open(self, build: BuildInfo, now: datetime) -> None:
-        async with self._connection(write=True) as conn:
+        async with self._connection(write=True, bounded=False) as conn:
             await self._serialise_start(conn)
             await conn.run_sync(migrate)
             row = (await conn.execute(sa.select(schema.configuration.c.id))).first()
