@@ -32,7 +32,7 @@ async def _users(service: SessionService, count: int, prefix: str = "u") -> list
 
 
 async def _open(service: SessionService, login: str, client: ClientInfo = DESKTOP) -> Any:
-    return await service.signin.open_session(PasswordCredentials(login, "pw-1234"), client)
+    return (await service.signin.open_session(PasswordCredentials(login, "pw-1234"), client)).token
 
 
 # --- the file --------------------------------------------------------------------------------

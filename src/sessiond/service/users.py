@@ -22,6 +22,7 @@ from ..models import AccessLevel, AuditAction, LicenseType, LoginType
 from ..settings import Settings
 from ..store import Store, Transaction, UserRecord
 from ..store.codec import SEAT_NAMES
+from .admission import password_warning
 from .common import Actor, Clock, change_audit, require_admin, user_blocked, user_fields
 from .lockout import CLEARED, Lockout
 from .sessions import Sessions
@@ -112,12 +113,9 @@ class Users:
     async def password_expires(self, user_id: UUID) -> datetime | None:
         """The expiry of a platform user's password, once its warning period has begun."""
         user = await self.store.get_user(user_id)
-        security = self.settings.security
-        if user is None or user.login_type != LoginType.PLATFORM:
+        if user is None:
             return None
-        if passwords.warning_due(user.password_changed, security, self.clock()):
-            return passwords.expires_at(user.password_changed, security)
-        return None
+        return password_warning(user, self.settings.security, self.clock())
 
     # --- changing ------------------------------------------------------------------------
 
