@@ -371,14 +371,11 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
         login_type=_enum(LoginType, body.LoginType, "LoginType"),
         account=body.Account,
         time_zone_utc_offset=body.TimeZoneUtcOffsetMinutes,
+        personal={
+            LicenseType.PERSONAL_CLIENT: body.PersonalClient,
+            LicenseType.PERSONAL_WEB: body.PersonalWeb,
+        },
     )
-    personal = {
-        LicenseType.PERSONAL_CLIENT: body.PersonalClient,
-        LicenseType.PERSONAL_WEB: body.PersonalWeb,
-    }
-    for kind, holds in personal.items():
-        if holds is not None:
-            user = await service.users.set_personal_licence(actor, user.login, kind, holds)
     return JSONResponse(user_info(user))
 
 

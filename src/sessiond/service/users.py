@@ -9,7 +9,7 @@ the administrators' rows, locked, in the transaction that writes the change.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -197,9 +197,12 @@ class Users:
         login_type: LoginType | None = None,
         account: str | None = None,
         time_zone_utc_offset: int | None = None,
+        personal: Mapping[LicenseType, bool | None] | None = None,
     ) -> UserRecord:
-        """Change how a user signs in and who they are; None leaves a field as it is.
-        Changing the access level or the login type ends the user's open sessions."""
+        """Change how a user signs in and who they are, and which personal licences they hold
+        (``personal``); None leaves a field as it is. Changing the access level or the login
+        type ends the user's open sessions. All of it is one transaction, whose result is the
+        answer: a change is made whole or not at all."""
         require_admin(actor, "change users")
         user = await self.get_user_by_login(login)
         changes: dict[str, Any] = {}
@@ -216,7 +219,11 @@ class Users:
             changes["account"] = self.canonical_account(kind, user.login)
         if time_zone_utc_offset is not None:
             changes["time_zone_utc_offset"] = time_zone_utc_offset
-        if not changes:
+        seats = {seat: holds for seat, holds in (personal or {}).items() if holds is not None}
+        for seat in seats:
+            if seat not in _PERSONAL_FIELDS:
+                raise RequestError("a personal licence is PersonalClient or PersonalWeb")
+        if not changes and not seats:
             return user
         now = self.clock()
         async with self.store.write() as tx:
@@ -225,8 +232,10 @@ class Users:
                 key in changes and changes[key] != getattr(row, key)
                 for key in ("access_level", "login_type", "account")
             )
-            updated = await tx.update_user(row.id, **changes)
+            updated = await tx.update_user(row.id, **changes) if changes else row
             await self._keep_an_administrator(tx, row, updated)
+            for seat, holds in seats.items():
+                updated = await self._personal(tx, actor, updated, seat, holds)
             await self._record_change(tx, now, actor, row, updated)
             if rights:
                 # A session carries the rights it was opened with: end them with the change.
@@ -289,22 +298,30 @@ class Users:
         user = await self.get_user_by_login(login)
         async with self.store.write() as tx:
             row = await self._lock(tx, user.id)
-            licence = await tx.lock_licence()
-            if holds and licence is not None:
-                limit = licence.seats_of(license_type)
-                given = await tx.count_personal_licences(license_type, row.id)
-                if given >= limit:
-                    raise LicenceLimitReached(
-                        f"licence limit reached: {given} of {limit} "
-                        f"{SEAT_NAMES[license_type]} licences are given out"
-                    )
-            updated = await tx.update_user(row.id, **{_PERSONAL_FIELDS[license_type]: holds})
+            updated = await self._personal(tx, actor, row, license_type, holds)
             await self._record_change(tx, self.clock(), actor, row, updated)
-            if not holds:
-                await self.sessions.end_user_sessions(
-                    tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
-                    "personal licence taken back", license_type=license_type,
-                )  # fmt: skip
+        return updated
+
+    async def _personal(
+        self, tx: Transaction, actor: Actor, row: UserRecord, license_type: LicenseType, holds: bool
+    ) -> UserRecord:
+        """Give a personal licence (within the licence's count) or take it back (its sessions
+        end), in the transaction that holds the user's row."""
+        licence = await tx.lock_licence()
+        if holds and licence is not None:
+            limit = licence.seats_of(license_type)
+            given = await tx.count_personal_licences(license_type, row.id)
+            if given >= limit:
+                raise LicenceLimitReached(
+                    f"licence limit reached: {given} of {limit} "
+                    f"{SEAT_NAMES[license_type]} licences are given out"
+                )
+        updated = await tx.update_user(row.id, **{_PERSONAL_FIELDS[license_type]: holds})
+        if not holds:
+            await self.sessions.end_user_sessions(
+                tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
+                "personal licence taken back", license_type=license_type,
+            )  # fmt: skip
         return updated
 
     async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:
