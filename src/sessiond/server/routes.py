@@ -295,18 +295,6 @@ async def increment_configuration_version(request: Request) -> JSONResponse:
     return JSONResponse(info.to_dict())
 
 
-@router.get(
-    "/health",
-    summary="Combined health: the process answers and its store is reachable",
-    description="503 service_unavailable while the store cannot be read. For probes, see "
-    "/health/live (the process alone) and /health/ready (the store and its schema).",
-    responses={503: {"model": ErrorBody}},
-)
-async def health(request: Request) -> JSONResponse:
-    version = await _service(request).configuration.version()
-    return JSONResponse({"Status": "ok", "ConfigurationVersion": version})
-
-
 # --- users (administrators) ------------------------------------------------------------------
 
 
