@@ -36,7 +36,9 @@ async def test_every_change_is_recorded_with_its_actor(make_service: Any) -> Non
     await service.users.add_user(
         SYSTEM, "chief", password="pw-1234", access_level=AccessLevel.ADMINISTRATOR
     )
-    token = await service.signin.open_session(PasswordCredentials("chief", "pw-1234"), ClientInfo())
+    token = (
+        await service.signin.open_session(PasswordCredentials("chief", "pw-1234"), ClientInfo())
+    ).token
     chief = Actor.of(await service.sessions.validate(token.to_auth_xml()), "10.0.0.7")
     await service.users.add_user(chief, "olga", password="pw-1234")
     await service.users.update_user(chief, "olga", name="Olga K.", time_zone_utc_offset=180)
@@ -208,7 +210,7 @@ async def test_two_nodes_writing_at_once_keep_one_chain(
             )
         results = await asyncio.gather(*attempts, return_exceptions=True)
         assert Counter(type(r).__name__ for r in results) == {
-            "SessionToken": 40,
+            "Opened": 40,
             "InvalidCredentials": 20,
         }
         report = await b.audit.verify()

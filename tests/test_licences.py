@@ -32,7 +32,7 @@ async def _users(service: SessionService, count: int, prefix: str = "u") -> list
 
 
 async def _open(service: SessionService, login: str, client: ClientInfo = DESKTOP) -> Any:
-    return await service.signin.open_session(PasswordCredentials(login, "pw-1234"), client)
+    return (await service.signin.open_session(PasswordCredentials(login, "pw-1234"), client)).token
 
 
 # --- the file --------------------------------------------------------------------------------
@@ -253,6 +253,49 @@ def test_the_cli_installs_and_refuses_licences(
     installed = licensed_server.cli("licences", "install", str(better))
     assert installed.returncode == 0, installed.stderr
     assert "L-2026-2" in licensed_server.cli("licences", "show").stdout
+
+
+def test_a_user_change_refused_for_its_personal_licence_changes_nothing(tmp_path: Path) -> None:
+    """A change of a user's name and personal licence is made whole or not at all: refused for
+    the licence (none left), the name stays too. Before, the name was committed first and the
+    caller was answered 429, as if nothing had changed."""
+    licence = licences.write_unsigned(tmp_path / "licence.json", PersonalClient=0)
+    data_dir = tmp_path / "sessiond-data"
+    env = server_env(data_dir, SESSIOND_LICENCE_FILE=str(licence))
+    node = ServerProcess(data_dir, free_port(), env, tmp_path / "server.log")
+    node.start()
+    try:
+        admin = httpx.post(
+            f"{node.url}/api/v1/sessions/open",
+            json={"Login": "admin", "Password": node.admin_password},
+            timeout=30,
+        )
+        headers = {"Tessa-Session": admin.json()["AuthToken"]}
+        created = httpx.post(
+            f"{node.url}/api/v1/users",
+            json={"Login": "petra", "Name": "Petra", "Password": "pw-1234"},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        changed = httpx.patch(
+            f"{node.url}/api/v1/users/petra",
+            json={"Name": "Petra Renamed", "PersonalClient": True},
+            headers=headers,
+        )
+        assert changed.status_code == 429, changed.text
+        assert changed.json()["error"]["code"] == "licence_limit_reached"
+        users = httpx.get(f"{node.url}/api/v1/users", headers=headers).json()
+        [petra] = [u for u in users if u["Login"] == "petra"]
+        assert (petra["Name"], petra["PersonalClient"]) == ("Petra", False)
+        renamed = httpx.patch(
+            f"{node.url}/api/v1/users/petra",
+            json={"Name": "Petra Renamed", "PersonalClient": False},
+            headers=headers,
+        )
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["Name"] == "Petra Renamed"
+    finally:
+        node.stop()
 
 
 def test_every_refusal_is_an_error_with_a_code() -> None:

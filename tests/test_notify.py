@@ -163,8 +163,8 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> 
 
 
 async def _open(node: SessionService, login: str, password: str = "pw-1234") -> str:
-    token = await node.signin.open_session(PasswordCredentials(login, password), CLIENT)
-    return token.to_auth_xml()
+    opened = await node.signin.open_session(PasswordCredentials(login, password), CLIENT)
+    return opened.token.to_auth_xml()
 
 
 # --- 1. notifications ------------------------------------------------------------------------

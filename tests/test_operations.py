@@ -5,12 +5,15 @@ a clean refusal of a port in use, and an API page that needs no other server."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -420,6 +423,67 @@ def test_while_postgresql_is_down_every_route_answers_503_and_then_recovers(
         for name, answer in requests().items():
             assert answer.status_code == 200, (name, answer.text)
         assert value(scrape(url), "sessiond_store_up") == 1
+        node.stop()
+
+
+STALL_BOUND = 15.0  # generous: the health check waits 2 s for the store, however busy the machine
+
+
+def _cluster_processes(postgres: PostgresServer) -> list[int]:
+    """The postmaster of ``postgres`` and every process it started."""
+    postmaster = int(Path(postgres.data, "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [*children, postmaster]
+
+
+def test_health_asks_the_store_at_every_call(tmp_path: Path, servers: list[ServerProcess]) -> None:
+    """GET /api/v1/health answers 503 as soon as PostgreSQL is down or frozen, whatever the
+    configuration poll interval; before, it answered 200 "ok" from the remembered version for
+    up to that interval (here 30 s), and at once while the database was frozen."""
+    with PostgresServer() as postgres:  # its own cluster: the shared one stays up
+        node = start(
+            tmp_path,
+            "pg",
+            SESSIOND_DATABASE_URL=postgres.new_database(),
+            SESSIOND_CONFIGURATION_POLL_INTERVAL="30",
+        )
+        servers.append(node)
+        health = f"{node.url}/api/v1/health"
+        assert httpx.get(health, timeout=30).json() == {"Status": "ok", "ConfigurationVersion": 1}
+
+        postgres.halt()
+        down = httpx.get(health, timeout=30)
+        assert down.status_code == 503, down.text
+        error = down.json()["error"]
+        assert (error["code"], error["details"]) == (
+            "service_unavailable",
+            {"reason": "store_unreachable"},
+        )
+        assert httpx.get(f"{node.url}/api/v1/health/live").status_code == 200
+        postgres.start()
+        assert httpx.get(health, timeout=30).status_code == 200
+
+        frozen = _cluster_processes(postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            stalled = httpx.get(health, timeout=30)
+            took = time.monotonic() - started
+        finally:
+            for pid in reversed(frozen):
+                os.kill(pid, signal.SIGCONT)
+        assert stalled.status_code == 503, stalled.text
+        assert stalled.json()["error"]["details"] == {"reason": "store_unreachable"}
+        assert took < STALL_BOUND  # answered, not stuck with the database
+        assert httpx.get(health, timeout=30).status_code == 200
         node.stop()
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -84,7 +85,7 @@ async def test_a_session_closed_on_one_node_is_refused_by_the_others(
 ) -> None:
     a, b = await nodes(2)
     await a.users.add_user(SYSTEM, "nina", password="Nina-pw-1")
-    token = await a.signin.open_session(PasswordCredentials("nina", "Nina-pw-1"), CLIENT)
+    token = (await a.signin.open_session(PasswordCredentials("nina", "Nina-pw-1"), CLIENT)).token
     auth = token.to_auth_xml()
     assert (await b.sessions.validate(auth)).token == token
     assert await a.sessions.close_session(auth) is True
@@ -100,7 +101,7 @@ async def test_two_nodes_closing_one_session_at_once_close_it_once(
     for _ in range(10):
         auth = (
             await a.signin.open_session(PasswordCredentials("oleg", "Oleg-pw-1"), CLIENT)
-        ).to_auth_xml()
+        ).token.to_auth_xml()
         results = await asyncio.gather(
             a.sessions.close_session(auth), b.sessions.close_session(auth)
         )
@@ -137,7 +138,7 @@ async def test_200_concurrent_opens_on_three_nodes_for_10_seats(
         return_exceptions=True,
     )
     kinds = Counter(type(r).__name__ for r in results)
-    assert kinds == {"SessionToken": 10, "LicenceLimitReached": 190}
+    assert kinds == {"Opened": 10, "LicenceLimitReached": 190}
     assert len(await c.store.list_sessions()) == 10
 
 
@@ -230,7 +231,7 @@ async def test_concurrent_validations_each_get_their_own_session(
     a, b = await nodes(2)
     await a.users.add_user(SYSTEM, "vlad", password="Vlad-pw-1")
     tokens = [
-        (await a.signin.open_session(PasswordCredentials("vlad", "Vlad-pw-1"), CLIENT))
+        (await a.signin.open_session(PasswordCredentials("vlad", "Vlad-pw-1"), CLIENT)).token
         for _ in range(60)
     ]
     closed = tokens[::3]
@@ -274,3 +275,79 @@ async def test_two_administrators_demoting_each_other_on_two_nodes_leave_one(
         assert any(isinstance(r, Conflict) for r in results)
         admins = [u.login for u in await b.users.list_users(SYSTEM) if u.is_administrator]
         assert len(admins) == 1 and admins[0] in pair
+
+
+def test_a_sign_in_answered_503_opened_no_session(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """200 sign-ins at once on a node with the fewest database connections and a short pool
+    timeout: many wait too long for a connection and are answered 503, and every session the
+    database holds is one whose token its caller got. Before, the answer read the user again
+    after the commit, and a 503 there left a session (and its seat) that nobody could use."""
+    url = postgres_server.new_database()
+    data_dir = tmp_path / "node"
+    env = server_env(
+        data_dir,
+        SESSIOND_DATABASE_URL=url,
+        SESSIOND_ADMIN_PASSWORD="Admin-pw-1",
+        SESSIOND_DATABASE_CONNECTIONS="3",  # one for sign-ins' reads and writes
+        SESSIOND_DATABASE_POOL_TIMEOUT="0.5s",
+        SESSIOND_SECURITY__PASSWORD_EXPIRATION_TIME="30d",
+        SESSIOND_SECURITY__PASSWORD_EXPIRATION_NOTIFICATION_TIME="40d",  # warned at once
+    )
+    node = ServerProcess(data_dir, free_port(), env, tmp_path / "node.log")
+    node.start()
+    try:
+        admin = httpx.post(
+            f"{node.url}/api/v1/sessions/open",
+            json={"Login": "admin", "Password": "Admin-pw-1"},
+            timeout=30,
+        )
+        assert admin.status_code == 200, admin.text
+        assert admin.json()["PasswordExpires"]  # read where the session was written
+        headers = {"Tessa-Session": admin.json()["AuthToken"]}
+        logins = [f"p{i}" for i in range(40)]
+        for login in logins:
+            created = httpx.post(
+                f"{node.url}/api/v1/users",
+                json={"Login": login, "Password": "pw-1234"},
+                headers=headers,
+                timeout=30,
+            )
+            assert created.status_code == 201, created.text
+        closed = httpx.post(f"{node.url}/api/v1/sessions/close", headers=headers, timeout=30)
+        assert closed.json() == {"Closed": True}
+
+        async def race() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as http:
+                return await asyncio.gather(
+                    *(
+                        http.post(
+                            f"{node.url}/api/v1/sessions/open",
+                            json={"Login": logins[i % len(logins)], "Password": "pw-1234"},
+                        )
+                        for i in range(200)
+                    )
+                )
+
+        answers = asyncio.run(race())
+        statuses = Counter(r.status_code for r in answers)
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses[503] > 0, statuses  # the pool did run out
+        refused = {r.json()["error"]["code"] for r in answers if r.status_code == 503}
+        assert refused == {"service_unavailable"}
+        tokens = {r.json()["AuthToken"] for r in answers if r.status_code == 200}
+        assert all(r.json()["PasswordExpires"] for r in answers if r.status_code == 200)
+
+        async def rows() -> int:
+            engine = sa_async.create_async_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    count = await conn.scalar(sa.text("SELECT count(*) FROM sessions"))
+                    return int(count)
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(rows()) == len(tokens), statuses
+    finally:
+        node.stop()

@@ -26,7 +26,8 @@ SYSTEM = Actor.system()
 
 
 async def _sign_in(service: SessionService, login: str, password: str) -> Any:
-    return await service.signin.open_session(PasswordCredentials(login, password), ClientInfo())
+    opened = await service.signin.open_session(PasswordCredentials(login, password), ClientInfo())
+    return opened.token
 
 
 async def _fail(service: SessionService, login: str, times: int) -> None:

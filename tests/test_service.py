@@ -39,10 +39,10 @@ async def _user(service: SessionService, login: str = "ivanov", **kw: Any) -> No
 
 
 async def _open(service: SessionService, login: str = "ivanov", password: str = "pw-1234") -> str:
-    token = await service.signin.open_session(
+    opened = await service.signin.open_session(
         PasswordCredentials(login, password), CLIENT, "10.1.1.1"
     )
-    return token.to_auth_xml()
+    return opened.token.to_auth_xml()
 
 
 async def test_a_session_expires_at_its_absolute_lifetime(make_service: Any, clock: Clock) -> None:

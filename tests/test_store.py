@@ -63,7 +63,8 @@ async def test_a_session_removed_by_another_process_is_refused_at_once(
     from sessiond.service import Actor
 
     await service.users.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
-    token = await service.signin.open_session(PasswordCredentials("zoe", "Zoe-pw-1"), ClientInfo())
+    opened = await service.signin.open_session(PasswordCredentials("zoe", "Zoe-pw-1"), ClientInfo())
+    token = opened.token
     auth = token.to_auth_xml()
     for _ in range(3):  # read, then remembered
         await service.sessions.validate(auth)
@@ -97,7 +98,8 @@ async def test_touches_move_last_activity_forward_only(
     await service.users.add_user(Actor.system(), "zoe", password="Zoe-pw-1")
     credentials = PasswordCredentials("zoe", "Zoe-pw-1")
     ids = [
-        (await service.signin.open_session(credentials, ClientInfo())).session_id for _ in range(3)
+        (await service.signin.open_session(credentials, ClientInfo())).token.session_id
+        for _ in range(3)
     ]
     before = {s.id: s.last_activity for s in await service.store.list_sessions()}
     later, earlier = before[ids[0]] + timedelta(minutes=5), before[ids[1]] - timedelta(minutes=5)

@@ -41,8 +41,8 @@ def _render(record: SessionRecord) -> bytes:
 async def _opened(service: SessionService, login: str = "cached") -> str:
     if await service.store.find_user_by_login(login) is None:
         await service.users.add_user(SYSTEM, login, password="pw-1234")
-    token = await service.signin.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
-    return token.to_auth_xml()
+    opened = await service.signin.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
+    return opened.token.to_auth_xml()
 
 
 async def _warm(service: SessionService, auth: str) -> None:

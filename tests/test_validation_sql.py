@@ -109,7 +109,9 @@ EDITS: dict[str, tuple[Edit, type[Exception] | None]] = {
 
 async def _open(service: SessionService, login: str) -> str:
     await service.users.add_user(SYSTEM, login, password="pw-1234")
-    token = await service.signin.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
+    token = (
+        await service.signin.open_session(PasswordCredentials(login, "pw-1234"), ClientInfo())
+    ).token
     return token.to_auth_xml()
 
 

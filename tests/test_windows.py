@@ -478,16 +478,17 @@ async def test_windows_passwords_by_directory_bind_with_auto_provisioning(
     )
     uid = _unique("liam")
     ldap_server.add_user(uid, "Liam-pw-1")
-    token = await service.signin.open_session(
+    opened = await service.signin.open_session(
         PasswordCredentials(uid, "Liam-pw-1", DOMAIN), ClientInfo()
     )
+    token = opened.token
     assert token.login_type == LoginType.WINDOWS and token.user_login == f"{DOMAIN}\\{uid}"
     user = await service.store.find_user_by_account(f"{DOMAIN}\\{uid}")
     assert user is not None and user.access_level == AccessLevel.REGULAR
     again = await service.signin.open_session(
         PasswordCredentials(f"{uid}@{REALM}", "Liam-pw-1"), ClientInfo()
     )
-    assert again.user_id == user.id
+    assert again.token.user_id == user.id
     with pytest.raises(InvalidCredentials):
         await service.signin.open_session(PasswordCredentials(uid, "wrong", DOMAIN), ClientInfo())
 
@@ -507,7 +508,8 @@ async def test_ldap_users_are_provisioned_from_the_directory_when_allowed(
         await strict.signin.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
     await strict.close()
     open_door = await make_service(ldap={**ldap, "auto_provision": True})
-    token = await open_door.signin.open_session(PasswordCredentials(uid, "Mona-pw-1"), ClientInfo())
+    credentials = PasswordCredentials(uid, "Mona-pw-1")
+    token = (await open_door.signin.open_session(credentials, ClientInfo())).token
     assert token.login_type == LoginType.LDAP and token.user_name == "Mona M."
     failed = await open_door.audit.records(action=AuditAction.LOGIN_FAILED)
     assert any("not mapped" in str(r.details) for r in failed)

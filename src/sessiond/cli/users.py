@@ -103,15 +103,11 @@ def users_update(
             login_type=kind,
             account=account,
             time_zone_utc_offset=time_zone_offset,
+            personal={
+                LicenseType.PERSONAL_CLIENT: personal_client,
+                LicenseType.PERSONAL_WEB: personal_web,
+            },
         )
-        for kind_of, holds in (
-            (LicenseType.PERSONAL_CLIENT, personal_client),
-            (LicenseType.PERSONAL_WEB, personal_web),
-        ):
-            if holds is not None:
-                user = await s.users.set_personal_licence(
-                    Actor.system(), user.login, kind_of, holds
-                )
         return user
 
     user = _with_service(config, action)

@@ -1,8 +1,11 @@
-"""Routes for operators and their tools: liveness, readiness, metrics, and the API page.
+"""Routes for operators and their tools: health, liveness, readiness, metrics, and the API page.
 
 - ``GET /api/v1/health/live``: the process answers; nothing else is asked (not the store).
 - ``GET /api/v1/health/ready``: the store answers and its schema is this sessiond's
   (:func:`~sessiond.store.health.readiness`); ``503 service_unavailable`` otherwise.
+- ``GET /api/v1/health``: the combined check, asked of the store at every call as readiness
+  is, within :data:`HEALTH_TIMEOUT` (never a remembered answer), with the configuration
+  version.
 - ``GET /metrics``: Prometheus text format (:mod:`sessiond.metrics`), unless the ``metrics``
   setting is off (then there is no such route); only to a client address in ``metrics_allow``
   (loopback unless set), and never to a request a proxy forwarded while no proxy is trusted
@@ -10,9 +13,6 @@
 - ``GET /api/v1/docs``: Swagger UI, with its script and style served from the package
   (``static/swagger-ui``), so the page needs no other server; its Content-Security-Policy
   allows nothing else and forbids framing (:func:`docs_headers`).
-
-The combined ``GET /api/v1/health`` (the process answers and can read its store) stays in
-:mod:`.routes`.
 """
 
 from __future__ import annotations
@@ -33,17 +33,21 @@ from .. import metrics
 from ..errors import ServiceUnavailable
 from ..service import SessionService
 from ..settings import Settings
-from ..store.health import readiness
+from ..store.health import READY_TIMEOUT, Readiness, readiness
 from .addresses import Network, networks
 from .render import body_response, error_body, error_response
 from .schemas import ErrorBody
 
+HEALTH_PATH = "/api/v1/health"
 LIVE_PATH = "/api/v1/health/live"
 READY_PATH = "/api/v1/health/ready"
 METRICS_PATH = "/metrics"
 DOCS_PATH = "/api/v1/docs"
 STATIC_PATH = "/api/v1/docs/static"
 STATIC_DIR = Path(__file__).parent / "static" / "swagger-ui"
+#: How long the combined health check waits for the store before it answers 503: well within
+#: the container's health check (4 s), and short enough for a load balancer's probe.
+HEALTH_TIMEOUT = 2.0
 #: The files of STATIC_DIR the API page uses; nothing else there is served.
 STATIC_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
@@ -74,19 +78,45 @@ async def live() -> JSONResponse:
     responses={503: {"model": ErrorBody}},
 )
 async def ready(request: Request) -> JSONResponse:
+    result = await _readiness(_service(request), READY_TIMEOUT)
+    if isinstance(result, JSONResponse):
+        return result
+    revisions = ", ".join(result.revisions) if result is not None else None
+    return JSONResponse({"Status": "ready", "SchemaRevision": revisions})
+
+
+@router.get(
+    HEALTH_PATH,
+    summary="Combined health: the process answers and its store answers now",
+    description="The store is asked at every call, as by /health/ready, within "
+    f"{HEALTH_TIMEOUT:g} s: `200` with the configuration version, or `503 "
+    "service_unavailable` with `details.reason` (`store_unreachable`, `schema_not_current`). "
+    "For probes, see /health/live (the process alone) and /health/ready.",
+    responses={503: {"model": ErrorBody}},
+)
+async def health(request: Request) -> JSONResponse:
     service = _service(request)
+    result = await _readiness(service, HEALTH_TIMEOUT)
+    if isinstance(result, JSONResponse):
+        return result
+    version = await service.configuration.version()
+    return JSONResponse({"Status": "ok", "ConfigurationVersion": version})
+
+
+async def _readiness(service: SessionService, within: float) -> Readiness | JSONResponse | None:
+    """The store asked now, within ``within`` seconds: its readiness, or the 503 to answer
+    (None: a store without a database behind it)."""
     engine = getattr(service.store, "engine", None)
-    if engine is None:  # a store without a database behind it
-        return JSONResponse({"Status": "ready", "SchemaRevision": None})
-    result = await readiness(engine)
-    if not result.ready:
-        details: dict[str, Any] = {"reason": result.reason}
-        if result.reason == "schema_not_current":
-            details["SchemaRevision"] = ", ".join(result.revisions) or None
-            details["ExpectedRevision"] = ", ".join(result.expected)
-        error = ServiceUnavailable(result.message, details=details)
-        return error_response(error)
-    return JSONResponse({"Status": "ready", "SchemaRevision": ", ".join(result.revisions)})
+    if engine is None:
+        return None
+    result = await readiness(engine, within)
+    if result.ready:
+        return result
+    details: dict[str, Any] = {"reason": result.reason}
+    if result.reason == "schema_not_current":
+        details["SchemaRevision"] = ", ".join(result.revisions) or None
+        details["ExpectedRevision"] = ", ".join(result.expected)
+    return error_response(ServiceUnavailable(result.message, details=details))
 
 
 def _allowed(host: str, allowed: list[Network]) -> bool:

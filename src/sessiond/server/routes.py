@@ -25,9 +25,8 @@ from ..models import (
     ServiceType,
     WireEnum,
 )
-from ..service import Actor, SessionService
+from ..service import Actor, Opened, SessionService
 from ..store import AuditQuery, AuditRecord, SessionOrder, SessionQuery, SessionRecord
-from ..token import SessionToken
 from ..wire import NEGOTIATE_ID_HEADER, NEXT_PAGE_HEADER, format_time
 from .bodies import CheckedBodyRoute
 from .headers import AUTHORIZATION_HEADER, session_header, single_header
@@ -101,25 +100,23 @@ async def open_session(request: Request, body: OpenSessionRequest) -> JSONRespon
         )
     if not login or not password:
         raise RequestError("give both Login and Password, or neither for Windows sign-in")
-    service = _service(request)
-    token = await service.signin.open_session(
+    opened = await _service(request).signin.open_session(
         PasswordCredentials(login, password, body.Domain or None),
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
-    expires = await service.users.password_expires(token.user_id)
-    return JSONResponse(_opened(service, token, expires))
+    return JSONResponse(_opened(opened))
 
 
-def _opened(
-    service: SessionService, token: SessionToken, password_expires: datetime | None = None
-) -> dict[str, Any]:
-    inactivity = service.settings.security.session_inactivity_time
+def _opened(opened: Opened) -> dict[str, Any]:
+    """The answer to a sign-in: all of it decided where the session was written, so nothing
+    is read after the commit (a failure here would hide a session that was opened)."""
+    token, inactivity, expires = opened.token, opened.inactivity, opened.password_expires
     return {
         "Token": token.to_xml(),
         "AuthToken": token.to_auth_xml(),
         "SessionInactivityTime": inactivity.total_seconds() if inactivity else None,
-        "PasswordExpires": format_time(password_expires) if password_expires else None,
+        "PasswordExpires": format_time(expires) if expires else None,
     }
 
 
@@ -139,14 +136,14 @@ async def open_session_windows(request: Request) -> JSONResponse:
         body = OpenSessionRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise RequestError(f"the request is malformed: {exc.errors()[0]['msg']}") from None
-    token, mutual = await _service(request).signin.open_session_negotiate(
+    opened, mutual = await _service(request).signin.open_session_negotiate(
         _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
         _handshake_id(request),
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
     headers = negotiate_headers(mutual, challenge=False)
-    return JSONResponse(_opened(_service(request), token), headers=headers or None)
+    return JSONResponse(_opened(opened), headers=headers or None)
 
 
 def _negotiate_token(authorization: str | None) -> AuthorizationToken | None:
@@ -299,18 +296,6 @@ async def increment_configuration_version(request: Request) -> JSONResponse:
     return JSONResponse(info.to_dict())
 
 
-@router.get(
-    "/health",
-    summary="Combined health: the process answers and its store is reachable",
-    description="503 service_unavailable while the store cannot be read. For probes, see "
-    "/health/live (the process alone) and /health/ready (the store and its schema).",
-    responses={503: {"model": ErrorBody}},
-)
-async def health(request: Request) -> JSONResponse:
-    version = await _service(request).configuration.version()
-    return JSONResponse({"Status": "ok", "ConfigurationVersion": version})
-
-
 # --- users (administrators) ------------------------------------------------------------------
 
 
@@ -375,14 +360,11 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
         login_type=_enum(LoginType, body.LoginType, "LoginType"),
         account=body.Account,
         time_zone_utc_offset=body.TimeZoneUtcOffsetMinutes,
+        personal={
+            LicenseType.PERSONAL_CLIENT: body.PersonalClient,
+            LicenseType.PERSONAL_WEB: body.PersonalWeb,
+        },
     )
-    personal = {
-        LicenseType.PERSONAL_CLIENT: body.PersonalClient,
-        LicenseType.PERSONAL_WEB: body.PersonalWeb,
-    }
-    for kind, holds in personal.items():
-        if holds is not None:
-            user = await service.users.set_personal_licence(actor, user.login, kind, holds)
     return JSONResponse(user_info(user))
 
 

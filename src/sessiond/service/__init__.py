@@ -10,7 +10,8 @@ its public attributes, and callers call them directly: ``signin`` (lockout in ``
 ``common`` who acts, the clock, and the shapes of audit records.
 """
 
+from .admission import Opened
 from .common import SYSTEM, Actor, Clock, utc_now
 from .facade import SessionService
 
-__all__ = ["SYSTEM", "Actor", "Clock", "SessionService", "utc_now"]
+__all__ = ["SYSTEM", "Actor", "Clock", "Opened", "SessionService", "utc_now"]

@@ -1,13 +1,18 @@
 """The last step of every sign-in, whatever proved the caller: decide from the user's row, locked
 and read again, and write the session with the rights that row has now, in one transaction.
+
+Everything the caller is answered with (:class:`Opened`) comes from that transaction: nothing
+is read after the commit, so an answer that fails (a 503) means no session was opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from uuid import uuid4
 
+from .. import passwords
 from ..auth import Backend
 from ..errors import (
     InvalidCredentials,
@@ -19,7 +24,7 @@ from ..errors import (
 )
 from ..keys import KeyRing
 from ..models import AuditAction, ClientInfo, LoginType
-from ..settings import Settings
+from ..settings import SecuritySettings, Settings
 from ..store import AuditRecord, SessionRecord, Store, Transaction, UserRecord
 from ..token import SessionToken
 from .attempts import Attempts, Checked
@@ -27,6 +32,18 @@ from .common import Clock, login_failed
 from .licensing import Licensing
 
 WRONG = "wrong login or password"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A session just opened, with all its answer says: decided in the transaction that wrote
+    it, so that the answer needs no read after the commit."""
+
+    token: SessionToken
+    #: When the user's password expires, once its warning period has begun (else None).
+    password_expires: datetime | None
+    #: How long the session may stay idle (None: no inactivity limit).
+    inactivity: timedelta | None
 
 
 class Admission:
@@ -97,9 +114,10 @@ class Admission:
         title: str,
         client: ClientInfo,
         client_address: str | None,
-    ) -> SessionToken:
+    ) -> Opened:
         """Settle a right password (or proof): decide from the locked row, and write the session
-        with the rights the row has now, in the same transaction."""
+        with the rights the row has now, in the same transaction; the answer is taken from that
+        row and what was written."""
         now = self.clock()
         async with self.store.write() as tx:
             row = await self.attempts.settle(tx, checked)
@@ -118,8 +136,9 @@ class Admission:
         self.attempts.released(checked)
         if refusal is not None:
             raise refusal
-        assert token is not None
-        return token
+        assert token is not None and row is not None
+        security = self.settings.security
+        return Opened(token, password_warning(row, security, now), security.session_inactivity_time)
 
     async def _mint(
         self,
@@ -180,6 +199,17 @@ class Admission:
             )
         )
         return token
+
+
+def password_warning(
+    user: UserRecord, security: SecuritySettings, now: datetime
+) -> datetime | None:
+    """When a platform user's password expires, once its warning period has begun."""
+    if user.login_type != LoginType.PLATFORM:
+        return None
+    if passwords.warning_due(user.password_changed, security, now):
+        return passwords.expires_at(user.password_changed, security)
+    return None
 
 
 def reason_of(refusal: SessiondError | None) -> str:

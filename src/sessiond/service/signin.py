@@ -63,9 +63,8 @@ from ..keys import KeyRing
 from ..models import AuditAction, ClientInfo, LoginType
 from ..settings import Settings
 from ..store import Store, UserRecord
-from ..token import SessionToken
 from . import pacing
-from .admission import WRONG, Admission, reason_of
+from .admission import WRONG, Admission, Opened, reason_of
 from .attempts import Attempts, Checked, NotChecked
 from .common import Actor, Clock, change_audit, login_failed
 from .durable import Records
@@ -137,7 +136,9 @@ class SignIn:
         credentials: PasswordCredentials,
         client: ClientInfo,
         client_address: str | None = None,
-    ) -> SessionToken:
+    ) -> Opened:
+        """A sign-in with a login and password: the session opened, with what its answer
+        says (decided where it was written: see :class:`~.admission.Opened`)."""
         self.pace.begin(self._wait)
         who, password = credentials.display, credentials.password
         with metrics.sign_in("password"):  # the outcome, never which user or login type
@@ -181,8 +182,8 @@ class SignIn:
         handshake_id: str | None,
         client: ClientInfo,
         client_address: str | None = None,
-    ) -> tuple[SessionToken, bytes | None]:
-        """Integrated sign-in (HTTP Negotiate). Returns the session and the backend's last
+    ) -> tuple[Opened, bytes | None]:
+        """Integrated sign-in (HTTP Negotiate). Returns the session opened and the backend's last
         token (mutual authentication), or raises :class:`NegotiateRequired` with the
         challenge when the exchange needs another leg."""
         proof = self.proof

@@ -11,7 +11,7 @@ transaction that writes the change.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,6 +24,7 @@ from ..models import AccessLevel, AuditAction, LicenseType, LoginType
 from ..settings import Settings
 from ..store import Store, Transaction, UserRecord
 from ..store.codec import SEAT_NAMES
+from .admission import password_warning
 from .common import Actor, Clock, change_audit, require_admin, user_blocked, user_fields
 from .lockout import CLEARED, Lockout
 from .sessions import Sessions
@@ -118,12 +119,9 @@ class Users:
     async def password_expires(self, user_id: UUID) -> datetime | None:
         """The expiry of a platform user's password, once its warning period has begun."""
         user = await self.store.get_user(user_id)
-        security = self.settings.security
-        if user is None or user.login_type != LoginType.PLATFORM:
+        if user is None:
             return None
-        if passwords.warning_due(user.password_changed, security, self.clock()):
-            return passwords.expires_at(user.password_changed, security)
-        return None
+        return password_warning(user, self.settings.security, self.clock())
 
     # --- changing ------------------------------------------------------------------------
 
@@ -205,9 +203,12 @@ class Users:
         login_type: LoginType | None = None,
         account: str | None = None,
         time_zone_utc_offset: int | None = None,
+        personal: Mapping[LicenseType, bool | None] | None = None,
     ) -> UserRecord:
-        """Change how a user signs in and who they are; None leaves a field as it is.
-        Changing the access level or the login type ends the user's open sessions."""
+        """Change how a user signs in and who they are, and which personal licences they hold
+        (``personal``); None leaves a field as it is. Changing the access level or the login
+        type ends the user's open sessions. All of it is one transaction, whose result is the
+        answer: a change is made whole or not at all."""
         require_admin(actor, "change users")
         user = await self.get_user_by_login(login)
         changes: dict[str, Any] = {}
@@ -224,7 +225,11 @@ class Users:
             changes["account"] = self.canonical_account(kind, user.login)
         if time_zone_utc_offset is not None:
             changes["time_zone_utc_offset"] = time_zone_utc_offset
-        if not changes:
+        seats = {seat: holds for seat, holds in (personal or {}).items() if holds is not None}
+        for seat in seats:
+            if seat not in _PERSONAL_FIELDS:
+                raise RequestError("a personal licence is PersonalClient or PersonalWeb")
+        if not changes and not seats:
             return user
         now = self.clock()
         async with self.store.write() as tx:
@@ -233,8 +238,10 @@ class Users:
                 key in changes and changes[key] != getattr(row, key)
                 for key in ("access_level", "login_type", "account")
             )
-            updated = await tx.update_user(row.id, **changes)
+            updated = await tx.update_user(row.id, **changes) if changes else row
             await self._keep_an_administrator(tx, row, updated)
+            for seat, holds in seats.items():
+                updated = await self._personal(tx, actor, updated, seat, holds)
             await self._record_change(tx, now, actor, row, updated)
             if rights:
                 # A session carries the rights it was opened with: end them with the change.
@@ -308,22 +315,30 @@ class Users:
         user = await self.get_user_by_login(login)
         async with self.store.write() as tx:
             row = await self._lock(tx, user.id)
-            licence = await tx.lock_licence()
-            if holds and licence is not None:
-                limit = licence.seats_of(license_type)
-                given = await tx.count_personal_licences(license_type, row.id)
-                if given >= limit:
-                    raise LicenceLimitReached(
-                        f"licence limit reached: {given} of {limit} "
-                        f"{SEAT_NAMES[license_type]} licences are given out"
-                    )
-            updated = await tx.update_user(row.id, **{_PERSONAL_FIELDS[license_type]: holds})
+            updated = await self._personal(tx, actor, row, license_type, holds)
             await self._record_change(tx, self.clock(), actor, row, updated)
-            if not holds:
-                await self.sessions.end_user_sessions(
-                    tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
-                    "personal licence taken back", license_type=license_type,
-                )  # fmt: skip
+        return updated
+
+    async def _personal(
+        self, tx: Transaction, actor: Actor, row: UserRecord, license_type: LicenseType, holds: bool
+    ) -> UserRecord:
+        """Give a personal licence (within the licence's count) or take it back (its sessions
+        end), in the transaction that holds the user's row."""
+        licence = await tx.lock_licence()
+        if holds and licence is not None:
+            limit = licence.seats_of(license_type)
+            given = await tx.count_personal_licences(license_type, row.id)
+            if given >= limit:
+                raise LicenceLimitReached(
+                    f"licence limit reached: {given} of {limit} "
+                    f"{SEAT_NAMES[license_type]} licences are given out"
+                )
+        updated = await tx.update_user(row.id, **{_PERSONAL_FIELDS[license_type]: holds})
+        if not holds:
+            await self.sessions.end_user_sessions(
+                tx, row.id, actor, AuditAction.SESSION_CLOSED_BY_ADMIN,
+                "personal licence taken back", license_type=license_type,
+            )  # fmt: skip
         return updated
 
     async def ensure_first_administrator(self) -> tuple[UserRecord, str | None] | None:

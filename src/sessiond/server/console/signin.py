@@ -95,7 +95,7 @@ async def sign_in(request: Request) -> Response:
         )  # fmt: skip
     service = auth.service_of(request)
     try:
-        token = await service.signin.open_session(
+        opened = await service.signin.open_session(
             PasswordCredentials(login, password, None),
             _client(request),
             auth.client_address(request),
@@ -107,7 +107,7 @@ async def sign_in(request: Request) -> Response:
             request, "signin.html", title="Sign in", login=login, status=exc.status,
             error=exc.public_message,
         )  # fmt: skip
-    return await _signed_in(request, token)
+    return await _signed_in(request, opened.token)
 
 
 async def _change_page(
@@ -152,12 +152,20 @@ async def change_password(request: Request) -> Response:
         service = auth.service_of(request)
         address = auth.client_address(request)
         await service.signin.change_password(login, old, new, address)
-        token = await service.signin.open_session(
+    except SessiondError as exc:
+        return await _change_page(request, login, status=exc.status, error=exc.public_message)
+    try:
+        opened = await service.signin.open_session(
             PasswordCredentials(login, new, None), _client(request), address
         )
     except SessiondError as exc:
-        return await _change_page(request, login, status=exc.status, error=exc.public_message)
-    return await _signed_in(request, token)
+        # The change is committed: asking for the old password again would be wrong.
+        return await _page(
+            request, "signin.html", title="Sign in", login=login, status=exc.status,
+            error=f"Your password was changed, but signing in failed ({exc.public_message}): "
+            "sign in with the new password.",
+        )  # fmt: skip
+    return await _signed_in(request, opened.token)
 
 
 async def windows_sign_in(request: Request) -> Response:
@@ -167,7 +175,7 @@ async def windows_sign_in(request: Request) -> Response:
     try:
         if not negotiate_offered(request):
             raise NotConfigured("integrated Windows sign-in is not configured on this server")
-        token, mutual = await service.signin.open_session_negotiate(
+        opened, mutual = await service.signin.open_session_negotiate(
             _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
             _handshake_id(request),
             _client(request),
@@ -190,7 +198,7 @@ async def windows_sign_in(request: Request) -> Response:
             status=status,
             error=exc.public_message,
         )
-    signed_in = await _signed_in(request, token)
+    signed_in = await _signed_in(request, opened.token)
     if mutual:
         signed_in.headers["WWW-Authenticate"] = "Negotiate " + base64.b64encode(mutual).decode()
     return signed_in

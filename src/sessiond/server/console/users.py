@@ -146,6 +146,12 @@ async def _act(request: Request, done: str, action: Any) -> Response:
     return redirect("/user", done, params=_user_query(login))
 
 
+def _box(form: FormData, field: str, held: bool) -> bool | None:
+    """A personal licence's box, as a change (None: as it is)."""
+    holds = form.get(field) == "on"
+    return holds if holds != held else None
+
+
 async def update_user(request: Request) -> Response:
     async def action(service: Any, who: Viewer, login: str, form: FormData) -> UserRecord:
         user: UserRecord = await service.users.get_user_by_login(login)
@@ -161,15 +167,11 @@ async def update_user(request: Request) -> Response:
             login_type=kind if kind != user.login_type else None,
             account=account if account and account != user.account else None,
             time_zone_utc_offset=offset if offset != user.time_zone_utc_offset else None,
+            personal={
+                LicenseType.PERSONAL_CLIENT: _box(form, "personal_client", user.personal_client),
+                LicenseType.PERSONAL_WEB: _box(form, "personal_web", user.personal_web),
+            },
         )
-        wanted = {
-            LicenseType.PERSONAL_CLIENT: ("personal_client", user.personal_client),
-            LicenseType.PERSONAL_WEB: ("personal_web", user.personal_web),
-        }
-        for seat, (field, held) in wanted.items():
-            holds = form.get(field) == "on"
-            if holds != held:
-                user = await service.users.set_personal_licence(who.actor, user.login, seat, holds)
         return user
 
     return await _act(request, "user-changed", action)
