@@ -17,8 +17,9 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
-from ..errors import DuplicateKey
+from ..errors import DuplicateKey, RequestError
 
 
 def _pairs_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -62,7 +63,12 @@ class CheckedBodyRoute(APIRoute):
 
         async def checked(request: Request) -> Response:
             if _is_json(request.headers.get("content-type")):
-                body = await request.body()
+                try:
+                    body = await request.body()
+                except ClientDisconnect:  # the body never came (cut by its time limit)
+                    raise RequestError(
+                        "the request body did not arrive: the connection closed first"
+                    ) from None
                 if body:
                     check_json(body)
             return await handler(request)
