@@ -60,8 +60,19 @@ def account(samba_domain: SambaDomain) -> DomainUser:
 
 
 @pytest.fixture(scope="module")
+def in_flight(samba_domain: SambaDomain) -> list[DomainUser]:
+    """One account per sign-in in flight: a node checks one sign-in of an account at a time
+    (docs/security.md), so that sign-ins of one account would wait on each other, not on the
+    DC's threads."""
+    return [samba_domain.add_user(_unique("bdf-"), PASSWORD) for _ in range(IN_FLIGHT)]
+
+
+@pytest.fixture(scope="module")
 def kerberos_server(
-    tmp_path_factory: pytest.TempPathFactory, samba_domain: SambaDomain, account: DomainUser
+    tmp_path_factory: pytest.TempPathFactory,
+    samba_domain: SambaDomain,
+    account: DomainUser,
+    in_flight: list[DomainUser],
 ) -> Iterator[ServerProcess]:
     """Windows passwords checked by Kerberos with the KDC proven, ``kerberos_timeout`` short."""
     dc = samba_domain
@@ -69,7 +80,8 @@ def kerberos_server(
     svc = _service_account(dc, root / "sessiond.keytab")
     config = _kerberos_config(dc, svc) + f'kerberos_timeout = "{KERBEROS_TIMEOUT:g}s"\n'
     server = _server(root / "server", dc, config)
-    _map(server, account)
+    for user in (account, *in_flight):
+        _map(server, user)
     yield server
     server.stop()
 
@@ -99,7 +111,10 @@ def _validate(server: ServerProcess, auth_token: str) -> httpx.Response:
 
 
 def test_a_frozen_dc_holds_only_the_kerberos_threads_and_sign_ins_get_kdc_timeout(
-    kerberos_server: ServerProcess, samba_domain: SambaDomain, account: DomainUser
+    kerberos_server: ServerProcess,
+    samba_domain: SambaDomain,
+    account: DomainUser,
+    in_flight: list[DomainUser],
 ) -> None:
     server, dc = kerberos_server, samba_domain
     assert _open(server, account.name, PASSWORD, "SAMBA").status_code == 200  # the DC works
@@ -110,8 +125,8 @@ def test_a_frozen_dc_holds_only_the_kerberos_threads_and_sign_ins_get_kdc_timeou
     with dc.frozen() as pids, ThreadPoolExecutor(IN_FLIGHT) as clients:
         assert len(pids) > 1  # samba and what it started (smbd, winbindd, workers)
         windows = [
-            clients.submit(_timed, _open, server, account.name, PASSWORD, "SAMBA")
-            for _ in range(IN_FLIGHT)
+            clients.submit(_timed, _open, server, user.name, PASSWORD, "SAMBA")
+            for user in in_flight
         ]
         time.sleep(1.0)  # the sign-ins reach the server and wait on the KDC
         platform = _timed(_platform_open, server)
@@ -138,7 +153,7 @@ def test_a_frozen_dc_holds_only_the_kerberos_threads_and_sign_ins_get_kdc_timeou
 
 
 def test_a_frozen_dc_answering_ldap_binds_gets_directory_timeout_within_its_timeout(
-    tmp_path: Path, samba_domain: SambaDomain, account: DomainUser
+    tmp_path: Path, samba_domain: SambaDomain, account: DomainUser, in_flight: list[DomainUser]
 ) -> None:
     dc = samba_domain
     server = _server(
@@ -157,12 +172,13 @@ timeout = "{DIRECTORY_TIMEOUT:g}s"
 """,
     )
     try:
-        _map(server, account)
+        for user in (account, *in_flight):
+            _map(server, user)
         assert _open(server, account.name, PASSWORD, "SAMBA").status_code == 200
         with dc.frozen(), ThreadPoolExecutor(IN_FLIGHT) as clients:
             windows = [
-                clients.submit(_timed, _open, server, account.name, PASSWORD, "SAMBA")
-                for _ in range(IN_FLIGHT)
+                clients.submit(_timed, _open, server, user.name, PASSWORD, "SAMBA")
+                for user in in_flight
             ]
             time.sleep(0.5)
             platform = _timed(_platform_open, server)
