@@ -411,54 +411,27 @@ class Directory:
 
     def _find(self, login: str) -> Entry:
         s = self.settings
-        conn = self._connection()
+        query = s.search_filter.replace("{login}", ldap.filter.escape_filter_chars(login))
+        several = False
         try:
-            if s.bind_dn:
-                refused = self._bind_as(conn, s.bind_dn, s.bind_password_value or "")
-                if refused is not None:
-                    sub = ad_subcode(refused["info"])
-                    said = f"{AD_BIND_SUBCODES[sub]}, " if sub and sub in AD_BIND_SUBCODES else ""
-                    raise self._unavailable(
-                        "search_account_refused",
-                        f"the directory {s.url} refused sessiond's search account {s.bind_dn} "
-                        f"({self.section}.bind_dn): {said}{_words(refused)}",
-                    )
-            query = s.search_filter.replace("{login}", ldap.filter.escape_filter_chars(login))
-            several = False
-            try:
-                found = conn.search_ext_s(
-                    s.search_base,
-                    ldap.SCOPE_SUBTREE,
-                    query,
-                    [s.name_attribute],
-                    timeout=self.timeout,  # the directory's time limit and the wait here
-                    sizelimit=2,
-                )
-            except ldap.SIZELIMIT_EXCEEDED:
-                found, several = [], True
+            found = self._search_as_account(s.search_base, ldap.SCOPE_SUBTREE, query,
+                                            [s.name_attribute])  # fmt: skip
+        except ldap.SIZELIMIT_EXCEEDED:
+            found, several = [], True
         except ldap.FILTER_ERROR as exc:
             raise self._unavailable(
                 "search_filter",
                 f"{self.section}.search_filter is not a valid LDAP filter: {_said(exc)}",
             ) from None
-        except _UNREACHED as exc:
-            raise self._unreachable(exc) from None
-        except ldap.LDAPError as exc:
-            result = _result(exc)
-            if result["result"] < 0:
-                raise self._failed(exc) from None
-            raise self._search_refusal(result) from None
-        finally:
-            _close(conn)
-        # Search references (AD's referrals to its other partitions) have no DN: not entries.
-        entries = [(dn, attributes) for dn, attributes in found if dn is not None]
-        if len(entries) > 1 or several:
+        except ldap.NO_SUCH_OBJECT as exc:  # the search base
+            raise self._search_refusal(_result(exc)) from None
+        if len(found) > 1 or several:
             raise InvalidCredentials(
                 WRONG, reason="several directory entries match the account: none is guessed"
             )
-        if not entries:
+        if not found:
             raise InvalidCredentials(WRONG, reason="no directory entry for the account")
-        dn, attributes = entries[0]
+        dn, attributes = found[0]
         values = _values(attributes, s.name_attribute)
         return Entry(str(dn), values[0] if values else None)
 
@@ -473,34 +446,50 @@ class Directory:
     def _search(
         self, query: str, attributes: list[str], base: str, scope_base: bool
     ) -> list[tuple[str, dict[str, list[bytes]]]]:
+        scope = ldap.SCOPE_BASE if scope_base else ldap.SCOPE_SUBTREE
+        try:  # "1.1": no attributes
+            return self._search_as_account(base, scope, query, attributes or ["1.1"])
+        except ldap.SIZELIMIT_EXCEEDED:
+            raise InvalidCredentials(
+                WRONG, reason=f"several directory entries match {query}: none is guessed"
+            ) from None
+        except ldap.NO_SUCH_OBJECT as exc:
+            if not scope_base:
+                raise self._search_refusal(_result(exc)) from None
+            return []
+        except ldap.FILTER_ERROR as exc:  # the query is sessiond's own: a fault, not a refusal
+            raise self._failed(exc) from None
+
+    def _search_as_account(
+        self, base: str, scope: int, query: str, attributes: list[str]
+    ) -> list[tuple[str, dict[str, list[bytes]]]]:
+        """One search (at most two entries) on a new connection, as the search account when
+        one is set. Entries only: search references (AD's referrals to its other partitions)
+        have no DN. ``ldap.SIZELIMIT_EXCEEDED``, ``FILTER_ERROR`` and ``NO_SUCH_OBJECT`` are
+        the caller's to read; the server's other faults are :class:`ServiceUnavailable`."""
         s = self.settings
         conn = self._connection()
         try:
             if s.bind_dn:
                 refused = self._bind_as(conn, s.bind_dn, s.bind_password_value or "")
                 if refused is not None:
+                    sub = ad_subcode(refused["info"])
+                    said = f"{AD_BIND_SUBCODES[sub]}, " if sub and sub in AD_BIND_SUBCODES else ""
                     raise self._unavailable(
                         "search_account_refused",
                         f"the directory {s.url} refused sessiond's search account {s.bind_dn} "
-                        f"({self.section}.bind_dn): {_words(refused)}",
+                        f"({self.section}.bind_dn): {said}{_words(refused)}",
                     )
-            try:
-                found = conn.search_ext_s(
-                    base,
-                    ldap.SCOPE_BASE if scope_base else ldap.SCOPE_SUBTREE,
-                    query,
-                    attributes or ["1.1"],  # "1.1": no attributes
-                    timeout=self.timeout,
-                    sizelimit=2,
-                )
-            except ldap.SIZELIMIT_EXCEEDED:
-                raise InvalidCredentials(
-                    WRONG, reason=f"several directory entries match {query}: none is guessed"
-                ) from None
-            except ldap.NO_SUCH_OBJECT:
-                if not scope_base:
-                    raise
-                found = []
+            found = conn.search_ext_s(
+                base,
+                scope,
+                query,
+                attributes,
+                timeout=self.timeout,  # the directory's time limit and the wait here
+                sizelimit=2,
+            )
+        except (ldap.SIZELIMIT_EXCEEDED, ldap.FILTER_ERROR, ldap.NO_SUCH_OBJECT):
+            raise
         except _UNREACHED as exc:
             raise self._unreachable(exc) from None
         except ldap.LDAPError as exc:
