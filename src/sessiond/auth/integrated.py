@@ -49,8 +49,10 @@ class IntegratedWindows(ProofBackend):
         if answer is None:
             return None
         try:
-            self.acceptor._check_ntlm_answer(answer)  # anonymous, NTLMv1: refused as such
-            if not self._pending(handshake_id):  # no password is checked: nothing to count
+            self.acceptor.check_answer(answer)  # anonymous, NTLMv1: refused as such
+            if not self.acceptor.continues(
+                handshake_id
+            ):  # no password is checked: nothing to count
                 raise InvalidCredentials(
                     "integrated Windows sign-in failed: the NTLM answer belongs to no handshake "
                     "in progress here (it expired, or its Tessa-Negotiate-Id was not sent back); "
@@ -62,13 +64,6 @@ class IntegratedWindows(ProofBackend):
         except InvalidCredentials as exc:  # the audit names who tried, as NTLM says
             exc.reason = f"{answer.who}: {exc.reason or exc.message}"
             raise
-
-    def _pending(self, handshake_id: str | None) -> bool:
-        given = str(handshake_id) if handshake_id else ""
-        if given:
-            return given in self.acceptor._pending
-        connection = getattr(handshake_id, "connection", None)
-        return connection is not None and connection in self.acceptor._by_connection
 
     async def step(self, token: bytes, handshake_id: str | None) -> ProofStep:
         result = await self.acceptor.step(token, handshake_id)
@@ -91,9 +86,7 @@ class IntegratedWindows(ProofBackend):
         return ProofStep(identity, result.output, result.handshake_id, result.scheme)
 
     def abandon(self, handshake_id: str | None) -> None:
-        _key, pending = self.acceptor._take(handshake_id, first=False)
-        if pending is not None:
-            self.acceptor._drop(pending)
+        self.acceptor.abandon(handshake_id)
 
     async def close(self) -> None:
         await self.acceptor.close()

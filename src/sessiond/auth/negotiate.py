@@ -209,6 +209,25 @@ class NegotiateAcceptor:
     def pending(self) -> int:
         return len(self._pending)
 
+    def continues(self, handshake: str | None) -> bool:
+        """Is a handshake in progress that a next leg named so would continue (by its id, or
+        for a leg without one, by its connection)?"""
+        given = str(handshake) if handshake else ""
+        if given:
+            return given in self._pending
+        connection = getattr(handshake, "connection", None)
+        return connection is not None and connection in self._by_connection
+
+    def abandon(self, handshake: str | None) -> None:
+        """End the handshake a leg named so continues (its helper process killed)."""
+        _key, pending = self._take(handshake, first=False)
+        if pending is not None:
+            self._drop(pending)
+
+    def check_answer(self, answer: tokens.NtlmAuthenticate) -> None:
+        """Refuse an anonymous or (unless allowed) NTLMv1 answer before anyone checks it."""
+        self._check_ntlm_answer(answer)
+
     # --- one leg -------------------------------------------------------------------------
 
     async def step(self, token: bytes, handshake_id: str | None = None) -> NegotiateResult:
