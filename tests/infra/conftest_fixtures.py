@@ -20,10 +20,18 @@ import pytest
 from tests.infra.kerberos import KerberosRealm
 from tests.infra.ldap import LdapServer
 from tests.infra.ntlm import NtlmUsers
+from tests.infra.pgbouncer import PgBouncer
 from tests.infra.postgres import PostgresServer
 from tests.infra.samba import SambaDomain
 
-__all__ = ["kerberos_realm", "ldap_server", "ntlm_users", "postgres_server", "samba_domain"]
+__all__ = [
+    "kerberos_realm",
+    "ldap_server",
+    "ntlm_users",
+    "pgbouncer",
+    "postgres_server",
+    "samba_domain",
+]
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +76,17 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncer]:
+    """A running pgbouncer in transaction pooling in front of ``postgres_server``: every
+    database of the cluster by its name; ``pgbouncer.url(direct_url)`` reaches one through it."""
+    bouncer = PgBouncer(postgres_server)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
 
 
 @pytest.fixture(scope="session")
