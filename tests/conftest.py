@@ -28,6 +28,7 @@ from tests.infra.conftest_fixtures import (
     ldap_server,
     ntlm_users,
     oidc_provider,
+    pgbouncer,
     postgres_server,
     samba_domain,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ldap_server",
     "ntlm_users",
     "oidc_provider",
+    "pgbouncer",
     "postgres_server",
     "samba_domain",
 ]  # fixtures for every test module

@@ -45,6 +45,7 @@ from .settings_sections import (
     DirectorySettings,
     Duration,
     LdapSettings,
+    Pooler,
     SecuritySettings,
     application_name,
     env_known,
@@ -289,6 +290,16 @@ class Settings(BaseSettings):
     configuration_poll_interval: Duration = Field(
         timedelta(seconds=1), description="how often a node re-reads the configuration version"
     )
+    database_listen_url: DatabaseUrl | None = Field(
+        None,
+        description="PostgreSQL: a direct connection (not through a pooler) that only listens "
+        "for other nodes' changes; default: database_url",
+    )
+    database_pooler: Pooler = Field(
+        "none",
+        description="what database_url leads to: none (PostgreSQL itself) or pgbouncer "
+        "(transaction pooling: no prepared statements kept, timeouts set per transaction)",
+    )
     database_connections: int = Field(
         DEFAULT_DATABASE_CONNECTIONS,
         ge=MIN_DATABASE_CONNECTIONS,
@@ -382,13 +393,15 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_listen_url")
     @classmethod
-    def _database_url(cls, value: DatabaseUrl | None) -> DatabaseUrl | None:
+    def _database_url(cls, value: DatabaseUrl | None, info: ValidationInfo) -> DatabaseUrl | None:
         if value is None:
             return None
         url = value.get_secret_value()
         scheme = url.split("://", 1)[0] if "://" in url else ""
+        if info.field_name == "database_listen_url" and scheme.startswith("sqlite"):
+            raise ValueError("is for PostgreSQL: write postgresql+asyncpg://user@host/database")
         if not (scheme.startswith("sqlite") or scheme in ("postgresql", "postgresql+asyncpg")):
             # The value itself is not repeated: it may hold a password.
             raise ValueError(
@@ -446,6 +459,7 @@ class Settings(BaseSettings):
             application_name(self.node_name),
             self.database_connect_timeout.total_seconds(),
             self.database_statement_timeout.total_seconds(),
+            self.database_pooler,
         )
 
     @property

@@ -294,6 +294,9 @@ MIN_DATABASE_CONNECTIONS = 3  # one for writes, one for validation's reads, one 
 DEFAULT_DATABASE_POOL_TIMEOUT = 10.0
 DEFAULT_DATABASE_CONNECT_TIMEOUT = 5.0
 DEFAULT_DATABASE_STATEMENT_TIMEOUT = 10.0
+#: What stands between sessiond and PostgreSQL: nothing, or PgBouncer in transaction pooling
+#: (no named prepared statements, no session state; see docs/multi-node.md, "PgBouncer").
+Pooler = Literal["none", "pgbouncer"]
 #: PostgreSQL keeps the first 63 bytes of an application_name.
 _APPLICATION_NAME_BYTES = 63
 
@@ -313,6 +316,8 @@ class DatabasePools:
     connect_timeout: float = DEFAULT_DATABASE_CONNECT_TIMEOUT  # seconds to open a connection
     #: seconds the statements of one piece of work may take once it has its connection
     statement_timeout: float = DEFAULT_DATABASE_STATEMENT_TIMEOUT
+    #: what database_url leads to (database_pooler)
+    pooler: Pooler = "none"
 
     @property
     def total(self) -> int:
@@ -325,6 +330,7 @@ def share_connections(
     name: str,
     connect_timeout: float = DEFAULT_DATABASE_CONNECT_TIMEOUT,
     statement_timeout: float = DEFAULT_DATABASE_STATEMENT_TIMEOUT,
+    pooler: Pooler = "none",
 ) -> DatabasePools:
     """The rule: 1 to listen; a quarter of the rest (at least 1) for validation's reads, whose
     merged reads need few connections; everything else for the write pool. 10 gives 7 + 2 + 1."""
@@ -339,6 +345,7 @@ def share_connections(
         application_name=name,
         connect_timeout=connect_timeout,
         statement_timeout=statement_timeout,
+        pooler=pooler,
     )
 
 

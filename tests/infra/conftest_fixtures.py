@@ -21,6 +21,7 @@ from tests.infra.kerberos import KerberosRealm
 from tests.infra.ldap import LdapServer
 from tests.infra.ntlm import NtlmUsers
 from tests.infra.oidc import OidcProvider
+from tests.infra.pgbouncer import PgBouncer
 from tests.infra.postgres import PostgresServer
 from tests.infra.samba import SambaDomain
 
@@ -29,6 +30,7 @@ __all__ = [
     "ldap_server",
     "ntlm_users",
     "oidc_provider",
+    "pgbouncer",
     "postgres_server",
     "samba_domain",
 ]
@@ -90,6 +92,17 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncer]:
+    """A running pgbouncer in transaction pooling in front of ``postgres_server``: every
+    database of the cluster by its name; ``pgbouncer.url(direct_url)`` reaches one through it."""
+    bouncer = PgBouncer(postgres_server)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
 
 
 @pytest.fixture(scope="session")

@@ -51,8 +51,12 @@ MAX_BODY_BYTES = 64 * 1024
 def build_service(settings: Settings, *, create: bool = True) -> SessionService:
     """``create=False`` (administrative commands): nothing is created on disk, neither a SQLite
     folder or file nor a key ring (a missing ring is replaced by one that is never saved)."""
+    listen_url = settings.database_listen_url
     store = create_store(
-        settings.effective_database_url, create=create, pools=settings.database_pools
+        settings.effective_database_url,
+        create=create,
+        pools=settings.database_pools,
+        listen_url=listen_url.get_secret_value() if listen_url else None,
     )
     keys = KeyRing.load_or_create(settings.effective_keys_file, create=create)
     return SessionService(settings, store, keys, create=create)

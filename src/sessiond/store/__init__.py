@@ -47,13 +47,21 @@ __all__ = [
 ]
 
 
-def create_store(url: str, *, create: bool = True, pools: DatabasePools | None = None) -> Store:
+def create_store(
+    url: str,
+    *,
+    create: bool = True,
+    pools: DatabasePools | None = None,
+    listen_url: str | None = None,
+) -> Store:
     """``sqlite+aiosqlite:///path`` (embedded default) or ``postgresql+asyncpg://...``.
 
     ``create=False``: make nothing on disk (no SQLite folder or file); for commands that work
     on an existing store, which check it first (:func:`.existing.require_store`). ``pools``:
     how many connections PostgreSQL gets (:attr:`.Settings.database_pools`; default: the
-    default ``database_connections``); SQLite's pool is its own."""
+    default ``database_connections``); SQLite's pool is its own. ``listen_url``: PostgreSQL, where
+    the connection that listens for other nodes' changes goes (``database_listen_url``; default:
+    ``url``)."""
     scheme = url.split(":", 1)[0]
     if scheme.startswith("sqlite"):
         from .sqlite import create_sqlite_store
@@ -63,7 +71,7 @@ def create_store(url: str, *, create: bool = True, pools: DatabasePools | None =
         from .postgres import create_postgres_store
 
         return create_postgres_store(
-            url.replace("postgresql://", "postgresql+asyncpg://", 1), pools
+            url.replace("postgresql://", "postgresql+asyncpg://", 1), pools, listen_url=listen_url
         )
     raise SettingsError(
         f"unsupported database URL scheme {scheme!r}: use sqlite+aiosqlite:///<file> or "

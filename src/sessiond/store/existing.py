@@ -90,7 +90,17 @@ def _sqlite_revision(database: str | None) -> str | None:
 
 
 async def _server_revision(url: str, password: str | None) -> str | None:
-    engine = create_async_engine(url, connect_args={"timeout": CONNECT_TIMEOUT})
+    # No prepared statement kept by name: through PgBouncer in transaction pooling the next
+    # command's connection may find it taken on the server connection this one leaves.
+    engine = create_async_engine(
+        url,
+        connect_args={
+            "timeout": CONNECT_TIMEOUT,
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: "",
+        },
+    )
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current_revision)

@@ -21,15 +21,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..errors import ServiceUnavailable
+from ..errors import ServiceUnavailable, SettingsError
 from ..settings import (
     DEFAULT_DATABASE_CONNECTIONS,
     DEFAULT_DATABASE_POOL_TIMEOUT,
@@ -50,6 +50,8 @@ log = logging.getLogger("sessiond.store")
 #: pg_advisory_xact_lock key for start-up: "sessiond" in ASCII, as a number.
 START_LOCK = 0x73657373696F6E64
 MAX_BATCH = 500
+#: What PgBouncer answers a connection that sets statement_timeout as it starts.
+_POOLER_REFUSAL = "unsupported startup parameter"
 _SELECT = session_with_user_sql("s.id = ANY($1::uuid[])")
 _SELECT_VERSION = "SELECT id, version, last_activity FROM sessions WHERE id = ANY($1::uuid[])"
 T = TypeVar("T")
@@ -60,9 +62,19 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore(SqlStore):
-    def __init__(self, engine: Any, dsn: str, pools: DatabasePools | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        dsn: str,
+        pools: DatabasePools | None = None,
+        *,
+        listen_dsn: str | None = None,
+    ) -> None:
         super().__init__(engine)
         self._dsn = dsn
+        #: where the listening connection goes; None: nowhere (through a transaction pooler
+        #: LISTEN cannot work, and no direct connection was given)
+        self._listen_dsn = listen_dsn
         self.pools = pools or _default_pools()
         self.bounds = (self.pools.timeout, self.pools.connect_timeout, self.pools.statement_timeout)
         self._listener: Listener | None = None
@@ -77,23 +89,41 @@ class PostgresStore(SqlStore):
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
 
     async def open(self, build: BuildInfo, now: Any) -> None:
-        await super().open(build, now)
+        try:
+            await super().open(build, now)
+        except Exception as exc:
+            if not _refused_by_pooler(exc):
+                raise
+            raise SettingsError(
+                "database_url leads to a connection pooler (PgBouncer) that refuses the "
+                "statement_timeout sessiond sets when it connects: set database_pooler = "
+                '"pgbouncer" (SESSIOND_DATABASE_POOLER) and database_listen_url to a direct '
+                "connection to PostgreSQL (docs/multi-node.md, PgBouncer)"
+            ) from None
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
                 max_size=self.pools.read,
                 reset=_no_reset,
-                statement_cache_size=16,
-                timeout=self.pools.connect_timeout,
-                server_settings=_server_settings(self.pools),
+                **connect_arguments(self.pools, "reads"),
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise ServiceUnavailable(f"the session store is unavailable: {exc}") from None
 
     async def listen(self, on_notice: Callable[[Notice], None]) -> bool:
         """Hand every notification of another node's change to ``on_notice`` from now on, over
-        a connection of its own (``pools.listen``), reconnecting when it drops."""
+        a connection of its own (``pools.listen``), reconnecting when it drops. False, with a
+        warning, behind PgBouncer without ``database_listen_url``: nothing is heard."""
+        if self._listen_dsn is None:
+            log.warning(
+                "notifications are not available: database_url leads to pgbouncer "
+                "(database_pooler), through which LISTEN cannot work, and "
+                "database_listen_url is not set; other nodes' changes show within "
+                "configuration_poll_interval. Set database_listen_url to a direct "
+                "connection to PostgreSQL"
+            )
+            return False
         if self._listener is None:
             self._listener = Listener(self._listening_connection, on_notice)
             await self._listener.start()
@@ -104,12 +134,8 @@ class PostgresStore(SqlStore):
         return self._listener is not None and self._listener.listening
 
     async def _listening_connection(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self._dsn,
-            timeout=self.pools.connect_timeout,
-            statement_cache_size=0,
-            server_settings={"application_name": self.pools.application_name},
-        )
+        assert self._listen_dsn is not None
+        return await asyncpg.connect(self._listen_dsn, **connect_arguments(self.pools, "listen"))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -219,13 +245,76 @@ def _version(row: asyncpg.Record) -> tuple[UUID, tuple[int, datetime]]:
     return fast_uuid(row[0].int), (row[1], row[2])
 
 
-def _server_settings(pools: DatabasePools) -> dict[str, str]:
-    """What every connection sets on the server: its name, and how long one statement may
-    run there (PostgreSQL ends it after that, whatever the client does)."""
-    return {
-        "application_name": pools.application_name,
-        "statement_timeout": str(max(1, round(pools.statement_timeout * 1000))),
-    }
+def _refused_by_pooler(exc: BaseException) -> bool:
+    """Whether PgBouncer's refusal of a startup parameter is behind ``exc`` (which the store
+    may have turned into "cannot be reached", keeping the refusal as its context)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if _POOLER_REFUSAL in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+ConnectionUse = Literal["engine", "reads", "listen"]
+
+
+def connect_arguments(pools: DatabasePools, use: ConnectionUse) -> dict[str, Any]:
+    """What asyncpg is given for each connection sessiond opens: to SQLAlchemy's pool
+    (``engine``), to the pool of validation's reads (``reads``), or to listen (``listen``).
+
+    Every connection says its name and is opened within ``connect_timeout``. Directly on
+    PostgreSQL the pools' connections also set how long one statement may run on the server
+    (PostgreSQL ends it after that, whatever the client does), and the reads keep their
+    prepared statement. Through PgBouncer in transaction pooling (``pooler``) a connection
+    holds no state of its own on the server between transactions: no startup parameter but
+    the name (PgBouncer refuses the others), no named prepared statement (the next
+    transaction may run on another server connection, where the name is unknown or taken);
+    the statement timeout is set in each transaction instead (:func:`_timeout_per_transaction`).
+    The listening connection is always direct (``database_listen_url``) and prepares nothing.
+    """
+    name = {"application_name": pools.application_name}
+    arguments: dict[str, Any] = {"timeout": pools.connect_timeout}
+    if use == "listen":
+        return arguments | {"statement_cache_size": 0, "server_settings": name}
+    if pools.pooler == "pgbouncer":
+        arguments |= {"statement_cache_size": 0, "server_settings": name}
+        if use == "engine":
+            # SQLAlchemy's own cache off, and its statements unnamed ("" is PostgreSQL's
+            # unnamed statement, replaced by the next one on the same connection).
+            arguments |= {
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": _unnamed,
+            }
+        return arguments
+    timeout = {"statement_timeout": _milliseconds(pools.statement_timeout)}
+    if use == "reads":
+        arguments["statement_cache_size"] = 16
+    return arguments | {"server_settings": name | timeout}
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+asyncpg://...``) as asyncpg reads it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _unnamed() -> str:
+    return ""
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+def _timeout_per_transaction(engine: AsyncEngine, pools: DatabasePools) -> None:
+    """Through PgBouncer: PostgreSQL's statement_timeout set at the start of every
+    transaction of ``engine`` (``SET LOCAL``: it ends with the transaction, so the server
+    connection goes back to PgBouncer as it came)."""
+    statement = f"SET LOCAL statement_timeout = {_milliseconds(pools.statement_timeout)}"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def begin(conn: Connection) -> None:
+        conn.exec_driver_sql(statement)
 
 
 def _default_pools() -> DatabasePools:
@@ -234,8 +323,12 @@ def _default_pools() -> DatabasePools:
     )
 
 
-def create_postgres_store(url: str, pools: DatabasePools | None = None) -> PostgresStore:
-    """The store, opening at most ``pools.total`` connections (``database_connections``)."""
+def create_postgres_store(
+    url: str, pools: DatabasePools | None = None, *, listen_url: str | None = None
+) -> PostgresStore:
+    """The store, opening at most ``pools.total`` connections (``database_connections``).
+    ``listen_url``: where the listening connection goes (default: ``url``, unless ``url``
+    leads to PgBouncer: then no connection listens)."""
     pools = pools or _default_pools()
     engine = create_async_engine(
         url,
@@ -243,7 +336,11 @@ def create_postgres_store(url: str, pools: DatabasePools | None = None) -> Postg
         max_overflow=0,
         pool_timeout=pools.timeout,
         pool_pre_ping=True,
-        connect_args={"timeout": pools.connect_timeout, "server_settings": _server_settings(pools)},
+        connect_args=connect_arguments(pools, "engine"),
     )
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return PostgresStore(engine, dsn, pools)
+    if pools.pooler == "pgbouncer":
+        _timeout_per_transaction(engine, pools)
+    if listen_url is None and pools.pooler == "none":
+        listen_url = url
+    listen_dsn = asyncpg_dsn(listen_url) if listen_url is not None else None
+    return PostgresStore(engine, asyncpg_dsn(url), pools, listen_dsn=listen_dsn)
