@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..errors import ServiceUnavailable
 from ..models import LicenseType
 from . import schema
+from .state import open_sql
 
 log = logging.getLogger("sessiond.store")
 
@@ -191,15 +192,14 @@ async def open_sessions(
     """Sessions open now (not past their lifetime nor, with an inactivity limit, idle past it),
     by the licence type they hold; every seat type is present."""
     s = schema.sessions
-    where = [s.c.expires > now]
-    if active_since is not None:
-        where.append(s.c.last_activity >= active_since)
     counts: dict[LicenseType, int] = {
         kind: 0 for kind in LicenseType if kind is not LicenseType.UNSPECIFIED
     }
     async with _within(engine, READY_TIMEOUT) as conn:
         rows = await conn.execute(
-            sa.select(s.c.license_type, sa.func.count()).where(*where).group_by(s.c.license_type)
+            sa.select(s.c.license_type, sa.func.count())
+            .where(open_sql(now, active_since))
+            .group_by(s.c.license_type)
         )
         for kind, count in rows:
             counts[LicenseType(kind)] = int(count)

@@ -46,6 +46,7 @@ from .codec import (
 )
 from .health import busy, unavailable, unreachable
 from .notify import announce
+from .state import open_sql
 from .transaction import SqlTransaction, licence_from_row
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -270,12 +271,9 @@ class SqlStore(Store):
         s, u = schema.sessions, schema.users
         usage: dict[LicenseType, int] = {}
         async with self._read() as conn:
-            where = [s.c.expires > now]
-            if active_since is not None:
-                where.append(s.c.last_activity >= active_since)
             rows = await conn.execute(
                 sa.select(s.c.license_type, sa.func.count())
-                .where(*where)
+                .where(open_sql(now, active_since))
                 .group_by(s.c.license_type)
             )
             for kind, count in rows:
@@ -402,9 +400,7 @@ def _session_page(q: SessionQuery) -> sa.Select[Any]:
     if q.user_name:
         query = query.where(sa.func.lower(s.c.user_name).like(_prefix(q.user_name), escape="\\"))
     if q.open_at is not None:
-        query = query.where(s.c.expires > q.open_at)
-    if q.active_since is not None:
-        query = query.where(s.c.last_activity >= q.active_since)
+        query = query.where(open_sql(q.open_at, q.active_since))
     key = _SESSION_ORDERS[q.order]
     if q.after is not None:
         cursor = sa.tuple_(key, s.c.id)

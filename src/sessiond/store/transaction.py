@@ -47,6 +47,7 @@ from .codec import (
 )
 from .notify import announce_revoked
 from .schema import removal_bucket
+from .state import ended_sql, open_sql
 
 u, s, a = schema.users, schema.sessions, schema.audit
 
@@ -187,9 +188,10 @@ class SqlTransaction(Transaction):
         if licence is None:
             return []  # no licence installed: seats are not limited
         limit = licence.seats_of(seat.license_type)
-        counted = [s.c.license_type == int(seat.license_type), s.c.expires > seat.now]
-        if seat.active_since is not None:
-            counted.append(s.c.last_activity >= seat.active_since)
+        counted = [
+            s.c.license_type == int(seat.license_type),
+            open_sql(seat.now, seat.active_since),
+        ]
         in_use = int(await self.conn.scalar(sa.select(sa.func.count()).where(*counted)) or 0)
         if in_use < limit:
             return []
@@ -307,10 +309,7 @@ def _select_sessions(which: SessionFilter) -> sa.Select[Any]:
     if which.except_session_id is not None:
         query = query.where(s.c.id != which.except_session_id)
     if which.stale_at is not None:
-        stale = s.c.expires <= which.stale_at
-        if which.idle_before is not None:
-            stale = sa.or_(stale, s.c.last_activity < which.idle_before)
-        query = query.where(stale)
+        query = query.where(ended_sql(which.stale_at, which.idle_before))
     if which.limit is not None:
         query = query.limit(which.limit)
     return query
