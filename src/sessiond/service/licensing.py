@@ -18,6 +18,7 @@ from ..licence import Licence
 from ..models import AuditAction, LicenseType, ServiceType
 from ..settings import Settings
 from ..store import AuditRecord, SeatRequest, SessionRecord, Store, UserRecord
+from ..store.state import SessionState
 from .common import Actor, Clock, change_audit, require_admin, session_audit
 
 log = logging.getLogger("sessiond.service")
@@ -65,7 +66,6 @@ class Licensing:
     ) -> SeatRequest | None:
         if license_type in (LicenseType.PERSONAL_CLIENT, LicenseType.PERSONAL_WEB):
             return None  # personal seats are counted when they are given out
-        inactivity = self.settings.security.session_inactivity_time
 
         def displaced(old: SessionRecord) -> AuditRecord:
             return session_audit(
@@ -83,7 +83,7 @@ class Licensing:
         return SeatRequest(
             license_type=license_type,
             now=now,
-            active_since=now - inactivity if inactivity else None,
+            active_since=self._state().active_since(now),
             displace_oldest=self.settings.licence_policy == "deactivate_oldest",
             displaced_audit=displaced,
         )
@@ -172,6 +172,11 @@ class Licensing:
         require_admin(actor, "see licence usage")
         return {**await self._usage(), "Warnings": await self.warnings()}
 
+    def _state(self) -> SessionState:
+        """The "is it open?" rule under the settings as they are now: seats count open
+        sessions."""
+        return SessionState(self.settings.security.session_inactivity_time)
+
     async def seats(self) -> dict[str, Any]:
         """How many seats of each kind are in use, and how many the licence has (None: not
         limited): the figures the node's metrics show."""
@@ -181,8 +186,7 @@ class Licensing:
     async def _usage(self) -> dict[str, Any]:
         """The installed licence and how many seats of each kind are in use."""
         now = self.clock()
-        inactivity = self.settings.security.session_inactivity_time
-        usage = await self.store.licence_usage(now, now - inactivity if inactivity else None)
+        usage = await self.store.licence_usage(now, self._state().active_since(now))
         licence = await self.store.get_licence()
         seats = {
             name: {

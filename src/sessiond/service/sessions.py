@@ -1,9 +1,9 @@
 """Open sessions: validation on every request, last-activity touches, closing, sweeping.
 
-Whether a session is still open is decided by :class:`~.state.SessionState` alone, here and
-wherever a session ends; a close reports that a session was open, and records Logout or
-SessionClosedByAdmin, only if it was open by that rule — a session found already ended is
-recorded as SessionExpired and reported as not open.
+Whether a session is still open is decided by :class:`~sessiond.store.state.SessionState`
+alone (the rule, beside its SQL form), here and wherever a session ends; a close reports that a
+session was open, and records Logout or SessionClosedByAdmin, only if it was open by that rule —
+a session found already ended is recorded as SessionExpired and reported as not open.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from ..store import (
     Store,
     Transaction,
 )
+from ..store.state import SessionState
 from ..token import CANONICAL_AUTH, AuthToken, fast_uuid
 from .common import Actor, Clock, require_admin, session_audit
-from .state import SessionState
 
 SWEEP_BATCH = 200
 SWEEP_PAUSE = 0.05  # seconds between two batches of a backlog

@@ -151,8 +151,8 @@ class SessionQuery:
     service_type: ServiceType | None = None
     device_type: DeviceType | None = None
     client_address: str | None = None
-    open_at: datetime | None = None  # only sessions not expired then...
-    active_since: datetime | None = None  # ...and active since then
+    open_at: datetime | None = None  # only sessions open then (state.py's rule)...
+    active_since: datetime | None = None  # ...whose cutoff for then this is
     order: SessionOrder = "created"
     descending: bool = False
     after: tuple[Any, UUID] | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..errors import ServiceUnavailable
 from ..models import LicenseType
 from . import schema
+from .dialect import DIALECTS, Dialect, dialect_of
+from .state import open_sql
 
 log = logging.getLogger("sessiond.store")
 
@@ -42,31 +43,15 @@ LOG_EVERY = 10.0
 _last_logged = -LOG_EVERY
 
 
-def _driver_unreachable(exc: BaseException) -> bool:
-    """An error of a database driver that means the server is gone, not that a statement
-    failed. asyncpg is looked up only if something already imported it (SQLite needs none)."""
-    if isinstance(exc, OSError):  # refused, reset, unknown host, connect timeout
-        return True
-    asyncpg = sys.modules.get("asyncpg")
-    if asyncpg is None:
-        return False
-    errors = asyncpg.exceptions
-    return isinstance(
-        exc,
-        (
-            errors.PostgresConnectionError,  # class 08, ConnectionDoesNotExistError included
-            errors.InterfaceError,  # "connection is closed" and the like, on the client side
-            errors.CannotConnectNowError,  # starting up, shutting down
-            errors.AdminShutdownError,
-            errors.CrashShutdownError,
-            errors.TooManyConnectionsError,
-        ),
-    )
-
-
-def unreachable(exc: BaseException) -> bool:
+def unreachable(exc: BaseException, dialect: Dialect | None = None) -> bool:
     """True when ``exc`` means the database cannot be reached (or is refusing connections),
-    whether SQLAlchemy wrapped it or the driver raised it as it is."""
+    whether SQLAlchemy wrapped it or the driver raised it as it is (by ``dialect``'s driver;
+    None: by any)."""
+
+    def _driver_unreachable(error: BaseException) -> bool:
+        dialects = DIALECTS if dialect is None else (dialect,)
+        return any(d.driver_unreachable(error) for d in dialects)
+
     if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError):
         return True  # SQLite's "unable to open", "locked"; a pool with no connection to give
     if isinstance(exc, sa_exc.DBAPIError):
@@ -134,10 +119,11 @@ class Readiness:
 @asynccontextmanager
 async def _within(engine: AsyncEngine, within: float) -> AsyncIterator[AsyncConnection]:
     """A connection for work that must be over within ``within`` seconds (TimeoutError or
-    :class:`ServiceUnavailable` when it is not). On PostgreSQL a frozen server answers
-    nothing: the connection is closed under the work when the time is up (bounds.py), since
-    even a cancelled query would wait on the server to clean up."""
-    if engine.dialect.name == "postgresql":
+    :class:`ServiceUnavailable` when it is not). A server that can freeze
+    (:attr:`.Dialect.remote`) then answers nothing: the connection is closed under the work
+    when the time is up (bounds.py), since even a cancelled query would wait on the server to
+    clean up."""
+    if dialect_of(engine).remote:
         from .bounds import bounded_connection
 
         until = asyncio.get_running_loop().time() + within
@@ -191,15 +177,14 @@ async def open_sessions(
     """Sessions open now (not past their lifetime nor, with an inactivity limit, idle past it),
     by the licence type they hold; every seat type is present."""
     s = schema.sessions
-    where = [s.c.expires > now]
-    if active_since is not None:
-        where.append(s.c.last_activity >= active_since)
     counts: dict[LicenseType, int] = {
         kind: 0 for kind in LicenseType if kind is not LicenseType.UNSPECIFIED
     }
     async with _within(engine, READY_TIMEOUT) as conn:
         rows = await conn.execute(
-            sa.select(s.c.license_type, sa.func.count()).where(*where).group_by(s.c.license_type)
+            sa.select(s.c.license_type, sa.func.count())
+            .where(open_sql(now, active_since))
+            .group_by(s.c.license_type)
         )
         for kind, count in rows:
             counts[LicenseType(kind)] = int(count)

@@ -15,8 +15,8 @@ Payloads are short text:
 Notifications are a shortcut, never the only way a change is learnt: they are lost while the
 listening connection is down, so the service goes on polling the configuration version (every
 ``configuration_poll_interval``) and, once the listener is back, re-reads what it keeps
-(:data:`Notice` ``resumed``). SQLite has one node and no notifications: :func:`announce` does
-nothing there.
+(:data:`Notice` ``resumed``). The store announces through its dialect
+(:meth:`.Dialect.announce`): SQLite has one node and sends nothing.
 """
 
 from __future__ import annotations
@@ -69,10 +69,8 @@ class Notice:
 
 
 async def announce(conn: AsyncConnection, *payloads: str) -> None:
-    """Queue notifications in ``conn``'s transaction; sent if and when it commits. Nothing on
-    a database other than PostgreSQL."""
-    if conn.dialect.name != "postgresql":
-        return
+    """Queue notifications in ``conn``'s transaction (a PostgreSQL one); sent if and when it
+    commits."""
     for payload in payloads:
         await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
@@ -89,12 +87,6 @@ def revoked_payloads(session_ids: Collection[UUID]) -> list[str]:
         " ".join(["revoked", *hexes[start : start + IDS_PER_PAYLOAD]])
         for start in range(0, len(hexes), IDS_PER_PAYLOAD)
     ]
-
-
-async def announce_revoked(conn: AsyncConnection, session_ids: Collection[UUID]) -> None:
-    """Tell the other nodes, at commit, that these sessions' rows are gone."""
-    if conn.dialect.name == "postgresql":
-        await announce(conn, *revoked_payloads(session_ids))
 
 
 # --- receiving -------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Everything a node needs from another lives in the database: sessions (so a session closed on
 one node is refused by all at the next request), the licence row (locked while a seat is taken,
 so seats stay exact across nodes), failure counts (one UPDATE each), the configuration version
-(one UPDATE each). Nodes starting together migrate one after another under an advisory lock.
+(one UPDATE each). Nodes starting together migrate one after another under an advisory lock;
+that, notifications and what counts as unreachable are this database's :class:`.Dialect`
+(dialect.py), which the portable store asks.
 
 The per-request session reads bypass SQLAlchemy: a fixed pool of plain asyncpg connections,
 one prepared ``SELECT`` outside any transaction, and the reads of validations that arrive
@@ -25,9 +27,9 @@ from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import ServiceUnavailable, SettingsError
 from ..settings import (
@@ -41,14 +43,13 @@ from ..token import fast_uuid
 from .base import BuildInfo, SessionRecord, SessionUser
 from .bounds import no_answer
 from .codec import ASYNCPG_SESSIONS, session_with_user_sql
+from .dialect import POSTGRES
 from .health import unavailable, unreachable
 from .notify import Listener, Notice
 from .sql import SqlStore
 
 log = logging.getLogger("sessiond.store")
 
-#: pg_advisory_xact_lock key for start-up: "sessiond" in ASCII, as a number.
-START_LOCK = 0x73657373696F6E64
 MAX_BATCH = 500
 #: What PgBouncer answers a connection that sets statement_timeout as it starts.
 _POOLER_REFUSAL = "unsupported startup parameter"
@@ -81,12 +82,6 @@ class PostgresStore(SqlStore):
         self._pool: asyncpg.Pool | None = None
         self._rows = _MergedReads(_SELECT, _record, self.pools)
         self._versions = _MergedReads(_SELECT_VERSION, _version, self.pools)
-
-    async def _serialise_start(self, conn: AsyncConnection) -> None:
-        # Start-up waits for another node's migration and then may migrate itself: no
-        # statement_timeout for this one transaction.
-        await conn.execute(text("SET LOCAL statement_timeout = 0"))
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
 
     async def open(self, build: BuildInfo, now: Any) -> None:
         try:
@@ -221,7 +216,7 @@ class _MergedReads(Generic[T]):
                 found = {}
                 if isinstance(exc, TimeoutError):
                     outcome = no_answer("to a session read", self._acquire + self._fetch)
-                elif unreachable(exc):
+                elif unreachable(exc, POSTGRES):
                     outcome = unavailable(exc)
                 else:
                     log.warning("reading sessions failed: %s", exc)

@@ -1,7 +1,9 @@
-"""The store on SQLAlchemy's async Core: one implementation for SQLite and PostgreSQL.
+"""The store on SQLAlchemy's async Core: one implementation for every database it supports.
 
-Dialect differences (connection set-up, how a write transaction starts, the fast session read)
-live in a module per dialect (``sqlite.py``, ``postgres.py``); everything here is portable SQL.
+Everything here is portable SQL. Where the databases differ (how a write transaction begins,
+start-up, notifications, what follows a delete, what counts as unreachable) the store asks its
+:class:`~sessiond.store.dialect.Dialect`, chosen once from the engine when the store is made;
+connection set-up and the fast session reads live with each database's store subclass.
 Writes that guard a rule go through :class:`~sessiond.store.transaction.SqlTransaction`.
 """
 
@@ -44,8 +46,9 @@ from .codec import (
     session_from_row,
     user_from_row,
 )
+from .dialect import Dialect, dialect_of
 from .health import busy, unavailable, unreachable
-from .notify import announce
+from .state import open_sql
 from .transaction import SqlTransaction, licence_from_row
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -75,8 +78,11 @@ def _revision(sync_connection: sa.Connection) -> str | None:
 class SqlStore(Store):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        #: PostgreSQL: (pool, connect, statement) timeouts in seconds (see bounds.py); None:
-        #: the driver's own waits only (SQLite, whose "database is locked" has busy_timeout)
+        #: what this database does differently (dialect.py), chosen once, here
+        self.dialect: Dialect = dialect_of(engine)
+        self.dialect.configure(engine)
+        #: (pool, connect, statement) timeouts in seconds (see bounds.py), set by a store on a
+        #: server that can freeze; None: the driver's own waits only
         self.bounds: tuple[float, float, float] | None = None
 
     # --- plumbing ------------------------------------------------------------------------
@@ -92,38 +98,35 @@ class SqlStore(Store):
     async def _connection(
         self, *, write: bool, bounded: bool = True
     ) -> AsyncIterator[AsyncConnection]:
-        """A connection, in a transaction when writing; dialects decide how a write
-        transaction begins (SQLite: BEGIN IMMEDIATE). ``bounded``: within the store's
-        timeouts (bounds.py), which only start-up goes without (migrations take their time)."""
+        """A connection, in a transaction when writing; the dialect decides how a write
+        transaction begins. ``bounded``: within the store's timeouts (bounds.py), which only
+        start-up goes without (migrations take their time)."""
         try:
             async with self._connect(bounded=bounded) as conn:
                 if not write:
                     yield conn
                     return
-                conn = await conn.execution_options(sessiond_write=True)
+                conn = await self.dialect.writing(conn)
                 async with conn.begin():
                     yield conn
         except sa.exc.TimeoutError:  # every connection of the pool stayed in use
             raise busy() from None
         except Exception as exc:
-            if not unreachable(exc):  # OperationalError, a lost connection, a refused one
+            if not unreachable(exc, self.dialect):  # OperationalError, a lost connection, ...
                 raise
             raise unavailable(exc) from None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqlTransaction]:
         async with self._connection(write=True) as conn:
-            yield SqlTransaction(conn, self.audit_keys)
+            yield SqlTransaction(conn, self.audit_keys, self.dialect)
 
     def _read(self) -> Any:
         return self._connection(write=False)
 
-    async def _serialise_start(self, conn: AsyncConnection) -> None:
-        """Make nodes that start at once migrate one after another (dialects override)."""
-
     async def open(self, build: BuildInfo, now: datetime) -> None:
         async with self._connection(write=True, bounded=False) as conn:
-            await self._serialise_start(conn)
+            await self.dialect.serialise_start(conn)
             await conn.run_sync(migrate)
             row = (await conn.execute(sa.select(schema.configuration.c.id))).first()
             if row is None:
@@ -261,7 +264,7 @@ class SqlStore(Store):
                     schema.licence.update().where(schema.licence.c.id == 1).values(**values)
                 )
             await tx.add_audit(audit)
-            await announce(tx.conn, "licence")
+            await self.dialect.announce(tx.conn, "licence")
         return True
 
     async def licence_usage(
@@ -270,12 +273,9 @@ class SqlStore(Store):
         s, u = schema.sessions, schema.users
         usage: dict[LicenseType, int] = {}
         async with self._read() as conn:
-            where = [s.c.expires > now]
-            if active_since is not None:
-                where.append(s.c.last_activity >= active_since)
             rows = await conn.execute(
                 sa.select(s.c.license_type, sa.func.count())
-                .where(*where)
+                .where(open_sql(now, active_since))
                 .group_by(s.c.license_type)
             )
             for kind, count in rows:
@@ -374,7 +374,7 @@ class SqlStore(Store):
             ).one()
             info = self._configuration(row)
             await tx.add_audit(replace(audit, details={**audit.details, "version": info.version}))
-            await announce(tx.conn, f"version {info.version}")  # at commit, to every node
+            await self.dialect.announce(tx.conn, f"version {info.version}")  # at commit
         return info
 
 
@@ -402,9 +402,7 @@ def _session_page(q: SessionQuery) -> sa.Select[Any]:
     if q.user_name:
         query = query.where(sa.func.lower(s.c.user_name).like(_prefix(q.user_name), escape="\\"))
     if q.open_at is not None:
-        query = query.where(s.c.expires > q.open_at)
-    if q.active_since is not None:
-        query = query.where(s.c.last_activity >= q.active_since)
+        query = query.where(open_sql(q.open_at, q.active_since))
     key = _SESSION_ORDERS[q.order]
     if q.after is not None:
         cursor = sa.tuple_(key, s.c.id)

@@ -1,6 +1,7 @@
 """SQLite, the embedded default: one file, WAL, and write transactions that take the lock first.
 
-``BEGIN IMMEDIATE`` for writes means two writers never both read and then race to upgrade their
+``BEGIN IMMEDIATE`` for writes (its :class:`.Dialect`, in dialect.py, with what else the portable
+store does differently here) means two writers never both read and then race to upgrade their
 locks (which SQLite answers with "database is locked"); readers stay concurrent under WAL.
 
 The per-request session reads skip the async driver: a primary-key read from a WAL database
@@ -29,7 +30,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -72,7 +73,8 @@ def create_sqlite_store(url: str, *, create: bool = True) -> SqlStore:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # Let SQLAlchemy, not the driver, decide when a transaction begins.
+        # Let SQLAlchemy, not the driver, decide when a transaction begins (and how: the
+        # dialect's begin, dialect.py).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -80,11 +82,6 @@ def create_sqlite_store(url: str, *, create: bool = True) -> SqlStore:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("sessiond_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return SqliteStore(engine, parsed.database)
 

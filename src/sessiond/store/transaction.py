@@ -1,14 +1,13 @@
-"""One write transaction on SQLAlchemy Core, the same SQL on SQLite and PostgreSQL.
+"""One write transaction on SQLAlchemy Core, the same SQL on every database.
 
-Locks: SQLite's ``BEGIN IMMEDIATE`` (see ``sqlite.py``) holds the database's one write lock for
-the whole transaction, so every read here is already exclusive. On PostgreSQL ``lock_*`` take
-row locks (``SELECT ... FOR UPDATE``) in one order everywhere — administrators, then a user,
-then the licence row — so that two transactions never wait on each other in a circle.
+Locks: ``lock_*`` take row locks (``SELECT ... FOR UPDATE``) in one order everywhere —
+administrators, then a user, then the licence row — so that two transactions never wait on each
+other in a circle. A database that takes its one write lock when the transaction begins (see
+:meth:`.Dialect.writing`) makes every read here exclusive already, and ignores ``FOR UPDATE``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -45,16 +44,17 @@ from .codec import (
     user_from_row,
     user_values,
 )
-from .notify import announce_revoked
-from .schema import removal_bucket
+from .dialect import Dialect
+from .state import ended_sql, open_sql
 
 u, s, a = schema.users, schema.sessions, schema.audit
 
 
 class SqlTransaction(Transaction):
-    def __init__(self, conn: AsyncConnection, audit_keys: ChainKeys) -> None:
+    def __init__(self, conn: AsyncConnection, audit_keys: ChainKeys, dialect: Dialect) -> None:
         self.conn = conn
         self.audit_keys = audit_keys
+        self.dialect = dialect
 
     # --- users ---------------------------------------------------------------------------
 
@@ -187,9 +187,10 @@ class SqlTransaction(Transaction):
         if licence is None:
             return []  # no licence installed: seats are not limited
         limit = licence.seats_of(seat.license_type)
-        counted = [s.c.license_type == int(seat.license_type), s.c.expires > seat.now]
-        if seat.active_since is not None:
-            counted.append(s.c.last_activity >= seat.active_since)
+        counted = [
+            s.c.license_type == int(seat.license_type),
+            open_sql(seat.now, seat.active_since),
+        ]
         in_use = int(await self.conn.scalar(sa.select(sa.func.count()).where(*counted)) or 0)
         if in_use < limit:
             return []
@@ -233,25 +234,9 @@ class SqlTransaction(Transaction):
             return []
         rows = (await self.conn.execute(s.delete().where(s.c.id.in_(chosen)).returning(*s.c))).all()
         deleted = [session_from_row(row) for row in rows]
-        await announce_revoked(self.conn, [r.id for r in deleted])  # sent at commit (notify.py)
         await self.add_audits([chosen[record.id] for record in deleted])
-        if lifetime_ended_by is not None and self.conn.dialect.name == "sqlite":
-            # The trigger of migration 0006 counted every removal in its session's bucket;
-            # take back those of sessions past their lifetime, in this same transaction (a
-            # count never goes down).
-            ended = Counter(
-                f"{removal_bucket(r.id.int):02x}"
-                for r in deleted
-                if r.token.expires <= lifetime_ended_by
-            )
-            if ended:
-                r = schema.session_removals
-                await self.conn.execute(
-                    r.update()
-                    .where(r.c.bucket == sa.bindparam("b"))
-                    .values(removed=r.c.removed - sa.bindparam("n")),
-                    [{"b": bucket, "n": n} for bucket, n in sorted(ended.items())],
-                )
+        # Other nodes told at commit, the cache epoch's counts put right (dialect.py).
+        await self.dialect.after_delete(self.conn, deleted, lifetime_ended_by)
         return deleted
 
     # --- licence -------------------------------------------------------------------------
@@ -307,10 +292,7 @@ def _select_sessions(which: SessionFilter) -> sa.Select[Any]:
     if which.except_session_id is not None:
         query = query.where(s.c.id != which.except_session_id)
     if which.stale_at is not None:
-        stale = s.c.expires <= which.stale_at
-        if which.idle_before is not None:
-            stale = sa.or_(stale, s.c.last_activity < which.idle_before)
-        query = query.where(stale)
+        query = query.where(ended_sql(which.stale_at, which.idle_before))
     if which.limit is not None:
         query = query.limit(which.limit)
     return query
