@@ -35,7 +35,7 @@ from sessiond.errors import (
 )
 from sessiond.settings import DirectorySettings, LdapSettings, WindowsSettings
 from tests.infra.kerberos import KerberosRealm
-from tests.infra.samba import DomainUser, SambaDomain, ServiceAccount
+from tests.infra.samba import AccountStates, DomainUser, SambaDomain, ServiceAccount
 
 from .conftest import ServerProcess, free_port, server_env
 
@@ -49,20 +49,11 @@ def _unique(prefix: str) -> str:
 
 
 @dataclass(frozen=True)
-class States:
+class States(AccountStates):
     """One account per state Active Directory reports, all with password ``PASSWORD``."""
 
-    ok: DomainUser
-    disabled: DomainUser
-    must_change: DomainUser
-    password_expired: DomainUser
-    account_expired: DomainUser
-    locked: DomainUser
     logon_hours: DomainUser
     workstation: DomainUser
-
-    def all(self) -> list[DomainUser]:
-        return [getattr(self, name) for name in self.__dataclass_fields__]
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +61,7 @@ def states(samba_domain: SambaDomain) -> States:
     dc = samba_domain
     made = dc.add_users_in_each_state("wd-", PASSWORD)
     return States(
-        ok=made["ok"],
-        disabled=made["disabled"],
-        must_change=made["must"],
-        password_expired=made["pwexp"],
-        account_expired=made["acctexp"],
-        locked=made["locked"],
+        **vars(made),
         logon_hours=dc.add_user(_unique("wd-hours-"), PASSWORD, logonHours=bytes(21)),
         workstation=dc.add_user(_unique("wd-ws-"), PASSWORD, userWorkstations="OTHERPC"),
     )

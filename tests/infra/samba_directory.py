@@ -88,6 +88,23 @@ class DomainUser:
         return f"{self.domain}\\{self.name}"
 
 
+@dataclass(frozen=True)
+class AccountStates:
+    """One account per state Active Directory reports, made by
+    :meth:`SambaDirectory.add_users_in_each_state`."""
+
+    ok: DomainUser
+    disabled: DomainUser
+    must_change: DomainUser
+    password_expired: DomainUser
+    account_expired: DomainUser
+    locked: DomainUser
+
+    def all(self) -> list[DomainUser]:
+        """Every account, in the order of the fields (a subclass's too)."""
+        return [getattr(self, name) for name in self.__dataclass_fields__]
+
+
 class SambaDirectory(SambaSetup):
     """LDAP to the DC, and the accounts in it."""
 
@@ -330,22 +347,31 @@ class SambaDirectory(SambaSetup):
             name, datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
         )
 
-    ACCOUNT_STATES = ("ok", "disabled", "must", "pwexp", "acctexp", "locked")
+    #: The states of :class:`AccountStates`, each with the short label its account's name
+    #: carries.
+    ACCOUNT_STATES = {
+        "ok": "ok",
+        "disabled": "disab",
+        "must_change": "must",
+        "password_expired": "pwexp",
+        "account_expired": "accte",
+        "locked": "locke",
+    }
 
-    def add_users_in_each_state(self, prefix: str, password: str) -> dict[str, DomainUser]:
-        """One new account per state of :data:`ACCOUNT_STATES` (named ``prefix``, the state's
-        first letters and a random part), put in that state: usable, disabled, must change its
-        password, password expired, account expired, locked out."""
+    def add_users_in_each_state(self, prefix: str, password: str) -> AccountStates:
+        """One new account per state of :class:`AccountStates` (named ``prefix``, the state's
+        label in :data:`ACCOUNT_STATES` and a random part), put in that state: usable,
+        disabled, must change its password, password expired, account expired, locked out."""
         made = {
-            state: self.add_user(f"{prefix}{state[:5]}-{secrets.token_hex(4)}", password)
-            for state in self.ACCOUNT_STATES
+            state: self.add_user(f"{prefix}{label}-{secrets.token_hex(4)}", password)
+            for state, label in self.ACCOUNT_STATES.items()
         }
         self.disable_user(made["disabled"].name)
-        self.require_password_change(made["must"].name)
-        self.expire_password(made["pwexp"].name)
-        self.expire_account(made["acctexp"].name)
+        self.require_password_change(made["must_change"].name)
+        self.expire_password(made["password_expired"].name)
+        self.expire_account(made["account_expired"].name)
         self.lock_out(made["locked"].name)
-        return made
+        return AccountStates(**made)
 
     def lock_out(self, name: str, *, threshold: int = 3) -> int:
         """Lock the account out the way users do: wrong-password binds past a lockout
