@@ -307,6 +307,14 @@ class SambaSetup:
             env.update(self.wrapper_env())
         return env
 
+    def server_environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The environment of a server under test that reaches this DC by its name:
+        :meth:`subprocess_env` of ``base`` with nss_wrapper, and no credential cache (a server
+        works from its settings, never from a client's tickets)."""
+        env = self.subprocess_env(base=base, wrappers=True)
+        env.pop("KRB5CCNAME", None)
+        return env
+
     @contextmanager
     def activate(
         self, *, ccache: str | None = None, keytab: str | None = None
