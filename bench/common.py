@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import math
 import os
 import platform
@@ -12,6 +13,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -385,6 +388,32 @@ def sign_in(url: str, login: str, password: str, timeout: float = 60.0) -> str:
     if not isinstance(token, str):
         raise BenchError(f"sign-in at {url} gave no AuthToken")
     return token
+
+
+def call_api(client: httpx.Client, method: str, url: str, body: object = None) -> Any:
+    """An administrator's call to the API (set-up, never measured): its JSON answer; any
+    status but 200 or 201 stops the benchmark."""
+    response = client.request(method, url, json=body)
+    if response.status_code not in (200, 201):
+        raise BenchError(f"{method} {url} answered {response.status_code}: {response.text}")
+    return response.json()
+
+
+def audit_records(
+    database: Path, action: str, after_id: int
+) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+    """The last audit id, and the records of ``action`` (its stored value) after ``after_id``
+    as (user name, details), read from a server's SQLite file (read-only)."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        last = conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0]
+        rows = conn.execute(
+            "SELECT user_name, details FROM audit WHERE action = ? AND id > ?",
+            (action, after_id),
+        ).fetchall()
+    finally:
+        conn.close()
+    return int(last), [(str(user_name), json.loads(details)) for user_name, details in rows]
 
 
 def bench_pythonpath() -> str:

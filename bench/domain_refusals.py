@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import secrets
-import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -51,6 +50,8 @@ from .common import (
     BenchError,
     Config,
     Series,
+    audit_records,
+    call_api,
     fmt,
     heading,
     median,
@@ -127,13 +128,6 @@ def _b64(data: bytes | None) -> str:
     return base64.b64encode(data or b"").decode()
 
 
-def _call(client: httpx.Client, method: str, url: str, body: object = None) -> object:
-    response = client.request(method, url, json=body)
-    if response.status_code not in (200, 201):
-        raise BenchError(f"{method} {url} answered {response.status_code}: {response.text}")
-    return response.json()
-
-
 def _server_config(dc: SambaDomain, root: Path, search_upn: str) -> Path:
     svc = dc.add_service_account("HTTP", "sessiond-bench.samba.test", keytab=str(root / "kt"))
     wrappers = "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in dc.wrapper_env().items())
@@ -183,12 +177,12 @@ def _set_up(dc: SambaDomain, url: str, admin: str) -> dict[str, Accounts]:
         for role in ("wmapped", "wblocked"):
             account = f"{dc.domain}\\{names[role]}"
             body = {"Login": names[role], "LoginType": "Windows", "Account": account}
-            _call(client, "POST", users, body)
+            call_api(client, "POST", users, body)
         for role in ("lmapped", "lblocked"):
             body = {"Login": names[role], "LoginType": "Ldap", "Account": names[role]}
-            _call(client, "POST", users, body)
+            call_api(client, "POST", users, body)
         for role in ("wblocked", "lblocked"):
-            _call(client, "POST", f"{users}/{names[role]}/block", {})
+            call_api(client, "POST", f"{users}/{names[role]}/block", {})
     windows = Accounts(*(f"{dc.domain}\\{names[r]}" for r in ("wmapped", "wunmapped", "wblocked")))
     ldap = Accounts(names["lmapped"], names["lunmapped"], names["lblocked"])
     return {"Windows": windows, "Ldap": ldap, "NTLM": windows}
@@ -258,16 +252,8 @@ class Attempts:
 
 
 def _login_failed(database: Path, after_id: int) -> tuple[int, list[str]]:
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        last = conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0]
-        rows = conn.execute(
-            "SELECT details FROM audit WHERE action = ? AND id > ?",
-            (AuditAction.LOGIN_FAILED.value, after_id),
-        ).fetchall()
-    finally:
-        conn.close()
-    return int(last), [str(json.loads(details).get("reason")) for (details,) in rows]
+    last, records = audit_records(database, AuditAction.LOGIN_FAILED.value, after_id)
+    return last, [str(details.get("reason")) for _, details in records]
 
 
 def _order(round_no: int, sample: int) -> list[Case]:

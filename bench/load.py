@@ -248,19 +248,11 @@ class Wrk(LoadGenerator):
             "5s",
             "--latency",
         ]
-        for name, value in headers.items():
-            argv += ["-H", f"{name}: {value}"]
+        argv += _header_args(headers)
         if cycle is not None:
             argv += ["-s", str(self._script(cycle))]
         argv.append(url)
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=seconds + 30, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"wrk did not finish within {seconds + 30:.0f}s") from exc
-        if done.returncode != 0:
-            raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+        done = _run_load("wrk", argv, seconds + 30)
         result = parse_wrk(done.stdout)
         if cycle is not None:
             _check_cycle(done.stdout + done.stderr, cycle, result)
@@ -297,24 +289,33 @@ class HttpxLoad(LoadGenerator):
             "--connections",
             str(connections),
         ]
-        for name, value in headers.items():
-            argv += ["-H", f"{name}: {value}"]
+        argv += _header_args(headers)
         if cycle is not None:
             argv += ["--cycle-header", cycle.name, "--cycle-file", str(cycle.values_file)]
-        try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=seconds + 60,
-                check=False,
-                env=clean_env(PYTHONPATH=bench_pythonpath()),
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"the httpx load did not finish within {seconds + 60:.0f}s") from exc
-        if done.returncode != 0:
-            raise BenchError(f"the httpx load failed ({done.returncode}): {done.stderr}")
+        env = clean_env(PYTHONPATH=bench_pythonpath())
+        done = _run_load("the httpx load", argv, seconds + 60, env)
         return LoadResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _header_args(headers: Mapping[str, str]) -> list[str]:
+    """``-H "Name: value"`` for each header (both generators take them so)."""
+    return [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+
+
+def _run_load(
+    what: str, argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a load generator to its end; one that fails or outlives ``timeout`` stops the
+    benchmark."""
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{what} did not finish within {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        raise BenchError(f"{what} failed ({done.returncode}): {done.stderr or done.stdout}")
+    return done
 
 
 def load_generator(config: Config) -> LoadGenerator:

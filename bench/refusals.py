@@ -20,9 +20,7 @@ that every sample left the ``LoginFailed`` record of the case it claims to be.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -38,6 +36,8 @@ from .common import (
     BenchError,
     Config,
     Series,
+    audit_records,
+    call_api,
     fmt,
     heading,
     median,
@@ -115,18 +115,8 @@ def _argon2_line(settings: Argon2Settings) -> str:
     )
 
 
-def _admin_call(
-    client: httpx.Client, method: str, url: str, body: dict[str, object] | None = None
-) -> dict[str, object] | list[dict[str, object]]:
-    response = client.request(method, url, json=body)
-    if response.status_code not in (200, 201):
-        raise BenchError(f"{method} {url} answered {response.status_code}: {response.text}")
-    result: dict[str, object] | list[dict[str, object]] = response.json()
-    return result
-
-
 def _users(client: httpx.Client, url: str) -> dict[str, dict[str, object]]:
-    users = _admin_call(client, "GET", f"{url}/api/v1/users")
+    users = call_api(client, "GET", f"{url}/api/v1/users")
     assert isinstance(users, list)
     return {str(u["Login"]): u for u in users}
 
@@ -136,13 +126,13 @@ def _set_up_users(url: str, admin_token: str, known: list[str]) -> None:
     with httpx.Client(timeout=120, headers={SESSION_HEADER: admin_token}) as client:
         add = f"{url}/api/v1/users"
         for login in known:
-            _admin_call(client, "POST", add, {"Login": login, "Password": PASSWORD})
-        _admin_call(client, "POST", add, {"Login": "blocked", "Password": PASSWORD})
-        _admin_call(client, "POST", f"{url}/api/v1/users/blocked/block", {})
-        _admin_call(
+            call_api(client, "POST", add, {"Login": login, "Password": PASSWORD})
+        call_api(client, "POST", add, {"Login": "blocked", "Password": PASSWORD})
+        call_api(client, "POST", f"{url}/api/v1/users/blocked/block", {})
+        call_api(
             client, "POST", add, {"Login": "dismissed", "Password": PASSWORD, "LoginType": "None"}
         )
-        _admin_call(
+        call_api(
             client,
             "POST",
             add,
@@ -177,20 +167,11 @@ def _check_known_after(url: str, admin_token: str, known: list[str]) -> None:
 def _audit_since(database: Path, after_id: int) -> tuple[int, Counter[tuple[str, str]]]:
     """The last audit id, and the LoginFailed records after ``after_id`` by (login, reason),
     read from the server's SQLite file (read-only)."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        last = conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0]
-        rows = conn.execute(
-            "SELECT user_name, details FROM audit WHERE action = ? AND id > ?",
-            (AuditAction.LOGIN_FAILED.value, after_id),
-        ).fetchall()
-    finally:
-        conn.close()
+    last, records = audit_records(database, AuditAction.LOGIN_FAILED.value, after_id)
     found: Counter[tuple[str, str]] = Counter()
-    for user_name, details in rows:
-        data = json.loads(details)
+    for user_name, data in records:
         found[(str(data.get("login", user_name)), str(data.get("reason")))] += 1
-    return int(last), found
+    return last, found
 
 
 def _attempt(

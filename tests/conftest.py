@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from sessiond.keys import KeyRing
 from sessiond.service import SessionService
 from sessiond.settings import Settings, load_settings
 from sessiond.store import create_store
+from tests.infra._net import free_port
 from tests.infra.conftest_fixtures import (
     kerberos_realm,
     ldap_server,
@@ -109,12 +109,6 @@ async def make_service(
 async def service(make_service: Callable[..., Any]) -> SessionService:
     svc: SessionService = await make_service()
     return svc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -204,11 +198,63 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def start_server(
+    root: Path,
+    config: str | None = None,
+    *,
+    env: Callable[[dict[str, str]], dict[str, str]] | None = None,
+    unset: Iterable[str] = (),
+    **extra: str,
+) -> ServerProcess:
+    """A started ``sessiond serve`` in ``root`` (made if missing): its data in
+    ``root/sessiond-data``, its log in ``root/server.log``.
+
+    Its environment is :func:`server_env` with ``extra``; with ``config``, written to
+    ``root/sessiond.toml`` and named by SESSIOND_CONFIG; then made over by ``env`` (e.g. a
+    realm's Kerberos variables added), less the variables in ``unset``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = root / "sessiond-data"
+    if config is not None:
+        settings = root / "sessiond.toml"
+        settings.write_text(config)
+        extra["SESSIOND_CONFIG"] = str(settings)
+    full = server_env(data_dir, **extra)
+    if env is not None:
+        full = env(full)
+    for name in unset:
+        full.pop(name, None)
+    proc = ServerProcess(data_dir, free_port(), full, root / "server.log")
+    proc.start()
+    return proc
+
+
+def start_nodes(
+    root: Path, names: Iterable[str], *, coded: bool = False, **extra: str
+) -> list[ServerProcess]:
+    """Started ``sessiond serve`` processes sharing ``root``, one per name: its data in
+    ``root/NAME``, its log in ``root/NAME.log``, its environment :func:`server_env` with
+    ``extra`` (and, if ``coded``, SESSIOND_SERVER_CODE = NAME). If one fails to start, those
+    started are stopped."""
+    servers = []
+    for name in names:
+        data_dir = root / name
+        env = server_env(data_dir, **extra)
+        if coded:
+            env["SESSIOND_SERVER_CODE"] = name
+        servers.append(ServerProcess(data_dir, free_port(), env, root / f"{name}.log"))
+    try:
+        for server in servers:
+            server.start()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("server")
-    data_dir = root / "sessiond-data"
-    proc = ServerProcess(data_dir, free_port(), server_env(data_dir), root / "server.log")
-    proc.start()
+    proc = start_server(tmp_path_factory.mktemp("server"))
     yield proc
     proc.stop()

@@ -17,20 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess, start_server
 
 BODY_TIMEOUT = 3.0  # seconds, the slow-body server's request_body_timeout
 MARGIN = 12.0  # generous: a cut must come this long after the body limit at the latest
 SLOW_CONNECTIONS = 1000
 SLOW_SOURCES = 10  # loopback addresses the slow connections come from (127.0.0.2 ...)
 STALL_BOUND = 15.0  # generous: health and sign-in answer within it, however busy the server
-
-
-def _start(root: Path, **env: str) -> ServerProcess:
-    data_dir = root / "sessiond-data"
-    proc = ServerProcess(data_dir, free_port(), server_env(data_dir, **env), root / "server.log")
-    proc.start()
-    return proc
 
 
 def _raise_open_files(needed: int) -> None:
@@ -47,7 +40,7 @@ def _raise_open_files(needed: int) -> None:
 def slow_bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that gives a request body three seconds to arrive."""
     _raise_open_files(2 * SLOW_CONNECTIONS + 500)
-    proc = _start(
+    proc = start_server(
         tmp_path_factory.mktemp("slow-bodies"), SESSIOND_REQUEST_BODY_TIMEOUT=str(BODY_TIMEOUT)
     )
     yield proc
@@ -57,7 +50,7 @@ def slow_bodies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that holds 12 connections at most, 4 per address."""
-    proc = _start(
+    proc = start_server(
         tmp_path_factory.mktemp("limited"),
         SESSIOND_MAX_CONNECTIONS="12",
         SESSIOND_MAX_CONNECTIONS_PER_ADDRESS="4",
@@ -69,7 +62,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 @pytest.fixture(scope="module")
 def behind_a_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """2 connections per address, except from the trusted proxy 127.0.0.2."""
-    proc = _start(
+    proc = start_server(
         tmp_path_factory.mktemp("behind-a-proxy"),
         SESSIOND_MAX_CONNECTIONS_PER_ADDRESS="2",
         SESSIOND_TRUSTED_PROXIES='["127.0.0.2/32"]',
@@ -331,12 +324,12 @@ def _limits_of(proc: ServerProcess) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
-def test_a_low_soft_open_files_limit_is_raised_at_start(tmp_path: Path) -> None:
+def test_a_low_soft_open_files_limit_is_raised_atstart_server(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert hard >= 8192, "the test needs a hard open-files limit of 8192 or more"
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
     try:
-        proc = _start(tmp_path, SESSIOND_MAX_CONNECTIONS="4096")
+        proc = start_server(tmp_path, SESSIOND_MAX_CONNECTIONS="4096")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     try:
@@ -351,7 +344,7 @@ def test_a_low_soft_open_files_limit_is_raised_at_start(tmp_path: Path) -> None:
 def test_an_open_files_limit_below_max_connections_is_a_warning(tmp_path: Path) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert hard != resource.RLIM_INFINITY
-    proc = _start(tmp_path, SESSIOND_MAX_CONNECTIONS=str(hard))
+    proc = start_server(tmp_path, SESSIOND_MAX_CONNECTIONS=str(hard))
     try:
         warnings = [
             line

@@ -38,7 +38,7 @@ from sessiond.errors import InvalidCredentials, UserBlocked
 from tests.infra.kerberos import KerberosRealm
 
 from . import licences
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess, free_port, server_env, start_server
 
 ROOT = Path(__file__).parent.parent
 SHOTS = ROOT / "docs" / "console"
@@ -102,12 +102,8 @@ class Admin:
 
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("console")
-    data_dir = root / "sessiond-data"
     # The sessions page's seat counts refresh every second here (15 s by default).
-    env = server_env(data_dir, SESSIOND_CONSOLE__REFRESH_INTERVAL="1")
-    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
-    proc.start()
+    proc = start_server(tmp_path_factory.mktemp("console"), SESSIOND_CONSOLE__REFRESH_INTERVAL="1")
     yield proc
     proc.stop()
     log = proc.log_path.read_text()
@@ -814,9 +810,8 @@ def test_behind_tls_the_cookie_is_secure_and_host_prefixed(console_server: Serve
 def windows_console(
     tmp_path_factory: pytest.TempPathFactory, kerberos_realm: KerberosRealm
 ) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("console-windows")
-    config = root / "sessiond.toml"
-    config.write_text(
+    proc = start_server(
+        tmp_path_factory.mktemp("console-windows"),
         f"""
 [sessiond.windows]
 realm = "{REALM}"
@@ -824,14 +819,10 @@ domains = {{ {DOMAIN} = "{REALM}" }}
 service_principal = "HTTP/localhost@{REALM}"
 keytab = "{kerberos_realm.keytab}"
 krb5_config = "{kerberos_realm.krb5_conf}"
-"""
+""",
+        env=lambda env: env | kerberos_realm.env(),
+        unset=["KRB5CCNAME"],
     )
-    data_dir = root / "sessiond-data"
-    env = server_env(data_dir, SESSIOND_CONFIG=str(config))
-    env.update(kerberos_realm.env())
-    env.pop("KRB5CCNAME", None)
-    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
-    proc.start()
     yield proc
     proc.stop()
 

@@ -20,22 +20,17 @@ import pytest
 from sessiond import exports
 from sessiond.token import SessionToken
 
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess, start_server
 
 SOCKET_TIMEOUT = 15.0  # generous: an answer must come long before it
-
-
-def _start(root: Path, **env: str) -> ServerProcess:
-    data_dir = root / "sessiond-data"
-    proc = ServerProcess(data_dir, free_port(), server_env(data_dir, **env), root / "server.log")
-    proc.start()
-    return proc
 
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that believes X-Forwarded-For from loopback."""
-    proc = _start(tmp_path_factory.mktemp("proxied"), SESSIOND_TRUSTED_PROXIES='["127.0.0.1/32"]')
+    proc = start_server(
+        tmp_path_factory.mktemp("proxied"), SESSIOND_TRUSTED_PROXIES='["127.0.0.1/32"]'
+    )
     yield proc
     proc.stop()
 
@@ -43,7 +38,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 @pytest.fixture(scope="module")
 def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Like ``proxied``, with sessions that expire one second after they open."""
-    proc = _start(
+    proc = start_server(
         tmp_path_factory.mktemp("short"),
         SESSIOND_TRUSTED_PROXIES='["127.0.0.1/32"]',
         SESSIOND_SESSION_EXPIRATION_TIME_SPAN="1s",
@@ -55,7 +50,7 @@ def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server that gives a request head one second to arrive."""
-    proc = _start(tmp_path_factory.mktemp("impatient"), SESSIOND_REQUEST_HEAD_TIMEOUT="1")
+    proc = start_server(tmp_path_factory.mktemp("impatient"), SESSIOND_REQUEST_HEAD_TIMEOUT="1")
     yield proc
     proc.stop()
 
@@ -63,7 +58,7 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
 @pytest.fixture(scope="module")
 def small_heads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server with the smallest limit on the request head there is: 1024 bytes."""
-    proc = _start(tmp_path_factory.mktemp("small"), SESSIOND_MAX_REQUEST_HEAD_BYTES="1024")
+    proc = start_server(tmp_path_factory.mktemp("small"), SESSIOND_MAX_REQUEST_HEAD_BYTES="1024")
     yield proc
     proc.stop()
 

@@ -24,7 +24,8 @@ from gssapi.raw.named_tuples import AcquireCredResult
 from ldap3.core.exceptions import LDAPSocketOpenError
 from spnego.exceptions import BadMechanismError, SpnegoError
 
-from tests.infra._net import free_port, stop_process, wait_for_ports
+from tests.infra._net import free_port
+from tests.infra._process import stop_process, wait_for_ports
 from tests.infra.kerberos import KerberosRealm, KinitError
 from tests.infra.ldap import LdapServer, write_tls_files
 from tests.infra.ntlm import NtlmUsers

@@ -42,7 +42,7 @@ from sessiond.store.notify import (
 from tests.infra._net import LOOPBACK
 from tests.infra.postgres import SUPERUSER, PostgresServer
 
-from .conftest import FAST_ARGON2, Clock, ServerProcess, free_port, server_env
+from .conftest import FAST_ARGON2, Clock, ServerProcess, start_nodes
 
 SYSTEM = Actor.system()
 CLIENT = ClientInfo()
@@ -476,22 +476,17 @@ def test_two_server_processes_hear_each_other(
     url = postgres_server.new_database()
     root = tmp_path_factory.mktemp("notify-nodes")
     KeyRing.generate().save(root / "keys.json")
-    servers = []
-    for name in ("node-a", "node-b"):
-        data_dir = root / name
-        env = server_env(
-            data_dir,
-            SESSIOND_DATABASE_URL=url,
-            SESSIOND_SIGNATURE_KEYS_FILE=str(root / "keys.json"),
-            SESSIOND_ADMIN_PASSWORD="Admin-pw-1",
-            SESSIOND_SERVER_CODE=name,
-            SESSIOND_CONFIGURATION_POLL_INTERVAL="60",
-            SESSIOND_DATABASE_CONNECTIONS="5",
-        )
-        servers.append(ServerProcess(data_dir, free_port(), env, root / f"{name}.log"))
+    servers = start_nodes(
+        root,
+        ["node-a", "node-b"],
+        coded=True,
+        SESSIOND_DATABASE_URL=url,
+        SESSIOND_SIGNATURE_KEYS_FILE=str(root / "keys.json"),
+        SESSIOND_ADMIN_PASSWORD="Admin-pw-1",
+        SESSIOND_CONFIGURATION_POLL_INTERVAL="60",
+        SESSIOND_DATABASE_CONNECTIONS="5",
+    )
     try:
-        for server in servers:
-            server.start()
         a, b = servers
         opened = httpx.post(
             f"{a.url}/api/v1/sessions/open",

@@ -28,7 +28,7 @@ from sessiond.store.sql import SqlStore
 from tests.infra.postgres import PostgresServer
 
 from . import licences
-from .conftest import FAST_ARGON2, Clock, ServerProcess, free_port, server_env
+from .conftest import FAST_ARGON2, Clock, ServerProcess, free_port, server_env, start_nodes
 
 SYSTEM = Actor.system()
 CLIENT = ClientInfo()
@@ -172,20 +172,15 @@ def test_two_server_processes_share_one_database(
     root = tmp_path_factory.mktemp("two-nodes")
     licence = licences.write_unsigned(root / "licence.json", ConcurrentClient=5, ConcurrentWeb=1)
     KeyRing.generate().save(root / "keys.json")
-    servers = []
-    for name in ("node-a", "node-b"):
-        data_dir = root / name
-        env = server_env(
-            data_dir,
-            SESSIOND_DATABASE_URL=url,
-            SESSIOND_SIGNATURE_KEYS_FILE=str(root / "keys.json"),
-            SESSIOND_LICENCE_FILE=str(licence),
-            SESSIOND_ADMIN_PASSWORD="Admin-pw-1",
-        )
-        servers.append(ServerProcess(data_dir, free_port(), env, root / f"{name}.log"))
+    servers = start_nodes(
+        root,
+        ["node-a", "node-b"],
+        SESSIOND_DATABASE_URL=url,
+        SESSIOND_SIGNATURE_KEYS_FILE=str(root / "keys.json"),
+        SESSIOND_LICENCE_FILE=str(licence),
+        SESSIOND_ADMIN_PASSWORD="Admin-pw-1",
+    )
     try:
-        for server in servers:
-            server.start()
         a, b = servers
         admin = httpx.post(
             f"{a.url}/api/v1/sessions/open",

@@ -19,7 +19,6 @@ import sys
 import uuid
 import warnings
 from contextlib import suppress
-from dataclasses import dataclass
 
 import gssapi
 import ldap3
@@ -31,7 +30,7 @@ from ldap3.core.exceptions import LDAPException
 
 from tests.infra._net import port_answers
 from tests.infra.kerberos import KinitError
-from tests.infra.samba import DomainUser, SambaDomain, ad_subcode
+from tests.infra.samba import AccountStates, DomainUser, SambaDomain, ad_subcode
 
 PASSWORD = "Pass-word-1"
 
@@ -40,29 +39,10 @@ def _unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-@dataclass(frozen=True)
-class States:
-    """One account per state Active Directory reports, all with password ``PASSWORD``."""
-
-    ok: DomainUser
-    disabled: DomainUser
-    must_change: DomainUser
-    password_expired: DomainUser
-    account_expired: DomainUser
-    locked: DomainUser
-
-
 @pytest.fixture(scope="module")
-def states(samba_domain: SambaDomain) -> States:
-    users = samba_domain.add_users_in_each_state("", PASSWORD)
-    return States(
-        ok=users["ok"],
-        disabled=users["disabled"],
-        must_change=users["must"],
-        password_expired=users["pwexp"],
-        account_expired=users["acctexp"],
-        locked=users["locked"],
-    )
+def states(samba_domain: SambaDomain) -> AccountStates:
+    """One account per state Active Directory reports, all with password ``PASSWORD``."""
+    return samba_domain.add_users_in_each_state("", PASSWORD)
 
 
 # ---------------------------------------------------------------------- the DC itself
@@ -155,7 +135,7 @@ def test_kinit_with_a_users_password(samba_domain: SambaDomain) -> None:
         dc.kinit(user.name, "Wrong-pass-1")
 
 
-def test_kinit_refusals_by_account_state(samba_domain: SambaDomain, states: States) -> None:
+def test_kinit_refusals_by_account_state(samba_domain: SambaDomain, states: AccountStates) -> None:
     """What MIT kinit says for each state, as the Samba KDC answers it."""
     dc = samba_domain
 
@@ -176,7 +156,9 @@ def test_kinit_refusals_by_account_state(samba_domain: SambaDomain, states: Stat
     dc.kinit(states.ok.name, PASSWORD)
 
 
-def test_gssapi_password_check_by_account_state(samba_domain: SambaDomain, states: States) -> None:
+def test_gssapi_password_check_by_account_state(
+    samba_domain: SambaDomain, states: AccountStates
+) -> None:
     """What in-process GSSAPI (acquire_cred_with_password, as sessiond's Kerberos check does)
     reports: always major "No credentials were supplied...", the KDC's error as the minor."""
     dc = samba_domain
@@ -317,7 +299,7 @@ def _start_tls_refusal(url: str, tls: ldap3.Tls) -> str:
     return message
 
 
-def test_ldap_bind_sub_codes(samba_domain: SambaDomain, states: States) -> None:
+def test_ldap_bind_sub_codes(samba_domain: SambaDomain, states: AccountStates) -> None:
     """The ``data NNN`` in a failed bind's message, over StartTLS and LDAPS alike.
 
     Samba 4.17 produces 52e, 530, 531, 532, 533, 701, 773 and 775. It never produces 525: an
@@ -442,7 +424,9 @@ def test_ntlm_auth_checks_a_password_with_the_dc(samba_domain: SambaDomain) -> N
     assert output.startswith("NT_STATUS_WRONG_PASSWORD")
 
 
-def test_ntlm_auth_statuses_by_account_state(samba_domain: SambaDomain, states: States) -> None:
+def test_ntlm_auth_statuses_by_account_state(
+    samba_domain: SambaDomain, states: AccountStates
+) -> None:
     dc = samba_domain
 
     def status(name: str) -> str:
@@ -467,7 +451,7 @@ def _squid_exchange(dc: SambaDomain, user: str, password: str) -> tuple[str, str
         return helper.ask("KK", client.step(base64.b64decode(challenge)))
 
 
-def test_squid_ntlmssp_helper(samba_domain: SambaDomain, states: States) -> None:
+def test_squid_ntlmssp_helper(samba_domain: SambaDomain, states: AccountStates) -> None:
     dc = samba_domain
     user = states.ok
     assert _squid_exchange(dc, user.down_level, PASSWORD) == ("AF", user.down_level)
@@ -488,7 +472,7 @@ def test_squid_ntlmssp_helper(samba_domain: SambaDomain, states: States) -> None
         assert _squid_exchange(dc, account.down_level, PASSWORD) == ("NA", status)
 
 
-def test_gss_spnego_helper_with_ntlm(samba_domain: SambaDomain, states: States) -> None:
+def test_gss_spnego_helper_with_ntlm(samba_domain: SambaDomain, states: AccountStates) -> None:
     dc = samba_domain
     user = states.ok
 

@@ -29,7 +29,7 @@ from sessiond.keys import KeyRing
 from sessiond.token import AuthToken
 from tests.infra.postgres import PostgresServer
 
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess, start_nodes
 
 LIMIT = 3  # max_failed_login_attempts_before_blocked in these deployments
 ADMIN_PASSWORD = "Admin-pw-1"
@@ -75,9 +75,11 @@ class Deployment:
         return [r for r in records if r["user_id"] == user_id]
 
 
-def _start(
-    kind: str, root: Path, postgres: PostgresServer | None, **env: str
-) -> list[ServerProcess]:
+def _deployment(
+    kind: str, root: Path, postgres: PostgresServer, **env: str
+) -> Iterator[Deployment]:
+    """The servers of a deployment of ``kind`` (one node on SQLite, or two on one PostgreSQL
+    database), stopped when the generator ends."""
     KeyRing.generate().save(root / "keys.json")
     common = {
         **ARGON2_ENV,
@@ -87,20 +89,14 @@ def _start(
     }
     names = ["node"]
     if kind == "postgres":
-        assert postgres is not None
         common["SESSIOND_DATABASE_URL"] = postgres.new_database()
         names = ["node-a", "node-b"]
-    servers = []
-    for name in names:
-        data_dir = root / name
-        servers.append(
-            ServerProcess(
-                data_dir, free_port(), server_env(data_dir, **common), root / f"{name}.log"
-            )
-        )
-    for server in servers:
-        server.start()
-    return servers
+    servers = start_nodes(root, names, **common)
+    try:
+        yield Deployment(kind, servers)
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -110,17 +106,12 @@ def deployment(
     postgres_server: PostgresServer,
 ) -> Iterator[Deployment]:
     kind = request.param
-    servers = _start(
+    yield from _deployment(
         kind,
         tmp_path_factory.mktemp(f"rules-{kind}"),
         postgres_server,
         SESSIOND_SECURITY__MAX_FAILED_LOGIN_ATTEMPTS_BEFORE_BLOCKED=str(LIMIT),
     )
-    try:
-        yield Deployment(kind, servers)
-    finally:
-        for server in servers:
-            server.stop()
 
 
 async def _post_all(requests: list[tuple[str, dict[str, Any]]]) -> list[httpx.Response]:
@@ -395,18 +386,13 @@ def idle_deployment(
     postgres_server: PostgresServer,
 ) -> Iterator[Deployment]:
     kind = request.param
-    servers = _start(
+    yield from _deployment(
         kind,
         tmp_path_factory.mktemp(f"idle-{kind}"),
         postgres_server,
         SESSIOND_SECURITY__SESSION_INACTIVITY_TIME="2",
         SESSIOND_SWEEP_INTERVAL="3600",
     )
-    try:
-        yield Deployment(kind, servers)
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_closing_an_idle_expired_session_says_it_was_not_open(

@@ -23,7 +23,7 @@ from tests.infra.kerberos import KerberosRealm
 from tests.infra.ldap import LdapServer, write_tls_files
 from tests.infra.ntlm import NtlmUsers
 
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess, start_server
 
 REALM = "SESSIOND.TEST"
 DOMAIN = "SESSIOND"
@@ -40,10 +40,9 @@ def windows_server(
     ldap_server: LdapServer,
     ntlm_users: NtlmUsers,
 ) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("windows")
     assert kerberos_realm.http_service is not None
-    config = root / "sessiond.toml"
-    config.write_text(
+    proc = start_server(
+        tmp_path_factory.mktemp("windows"),
         f"""
 [sessiond.windows]
 realm = "{REALM}"
@@ -59,17 +58,33 @@ start_tls = true
 ca_file = "{ldap_server.ca_file}"
 search_base = "ou=people,dc=sessiond,dc=test"
 search_filter = "(uid={{login}})"
-"""
+""",
+        env=lambda env: env | kerberos_realm.env(),
+        # The server must find its keys through its settings, not a client's credential cache.
+        unset=["KRB5CCNAME"],
     )
-    data_dir = root / "sessiond-data"
-    env = server_env(data_dir, SESSIOND_CONFIG=str(config))
-    env.update(kerberos_realm.env())
-    # The server must find its keys through its settings, not a client's credential cache.
-    env.pop("KRB5CCNAME", None)
-    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
-    proc.start()
     yield proc
     proc.stop()
+
+
+@contextlib.contextmanager
+def _ticket_client(
+    server: ServerProcess, realm: KerberosRealm, ccache: str
+) -> Iterator[SessionClient]:
+    """A client of ``server`` at ``localhost`` (the service principal's host) with the tickets
+    in ``ccache``, for integrated sign-in by Kerberos."""
+    with (
+        realm.activate(ccache=ccache),
+        SessionClient(server.url.replace("127.0.0.1", "localhost")) as client,
+    ):
+        yield client
+
+
+def _ntlm_client(server: ServerProcess, who: str, password: str) -> SessionClient:
+    """A client of ``server`` that signs in as ``who`` by an NTLM handshake."""
+    return SessionClient(
+        server.url, windows_username=who, windows_password=password, windows_protocol="ntlm"
+    )
 
 
 def _add_user(server: ServerProcess, login: str, *args: str) -> None:
@@ -90,8 +105,7 @@ def test_a_user_with_a_ticket_signs_in_without_a_password(
     kerberos_realm.add_user(name, "Alice-pw-1")
     _add_user(windows_server, name, "--login-type", "Windows", "--account", f"{name}@{REALM}")
     ccache = kerberos_realm.kinit(name, "Alice-pw-1")
-    with kerberos_realm.activate(ccache=ccache):
-        client = SessionClient(windows_server.url.replace("127.0.0.1", "localhost"))
+    with _ticket_client(windows_server, kerberos_realm, ccache) as client:
         token = client.open_session_windows_auth()
         assert client.current_session()["LoginType"] == "Windows"
         again = client.open_session()  # no login and password: the same integrated path
@@ -231,8 +245,7 @@ def test_an_account_mapped_to_no_user_answers_as_a_wrong_password_does(
     # Integrated sign-in proved who the caller is with a ticket: telling them is no oracle.
     ccache = kerberos_realm.kinit(name, "Frank-pw-1")
     with (
-        kerberos_realm.activate(ccache=ccache),
-        SessionClient(windows_server.url.replace("127.0.0.1", "localhost")) as client,
+        _ticket_client(windows_server, kerberos_realm, ccache) as client,
         pytest.raises(AccountNotMapped),
     ):
         client.open_session_windows_auth()
@@ -246,8 +259,7 @@ def test_a_platform_user_cannot_sign_in_by_windows_identity(
     _add_user(windows_server, name, "--password", "platform-pw", "--account", f"{DOMAIN}\\{name}")
     ccache = kerberos_realm.kinit(name, "Gina-pw-1")
     with (
-        kerberos_realm.activate(ccache=ccache),
-        SessionClient(windows_server.url.replace("127.0.0.1", "localhost")) as client,
+        _ticket_client(windows_server, kerberos_realm, ccache) as client,
         pytest.raises(LoginForbidden),
     ):
         client.open_session_windows_auth()
@@ -389,27 +401,14 @@ def test_an_ntlm_handshake_opens_a_session(
     name = _unique("ivan")
     who = ntlm_users.add_user(name, "Ivan-pw-1", domain=DOMAIN)
     _add_user(windows_server, name, "--login-type", "Windows", "--account", who)
-    with SessionClient(
-        windows_server.url,
-        windows_username=who,
-        windows_password="Ivan-pw-1",
-        windows_protocol="ntlm",
-    ) as client:
+    with _ntlm_client(windows_server, who, "Ivan-pw-1") as client:
         token = client.open_session_windows_auth()
     assert token.user_login == f"{DOMAIN}\\{name}"
     logins = [
         r for r in _audit(windows_server, "Login") if r["session_id"] == str(token.session_id)
     ]
     assert logins[0]["details"]["method"] == "ntlm"  # type: ignore[index]
-    with (
-        SessionClient(
-            windows_server.url,
-            windows_username=who,
-            windows_password="wrong",
-            windows_protocol="ntlm",
-        ) as client,
-        pytest.raises(InvalidCredentials),
-    ):
+    with _ntlm_client(windows_server, who, "wrong") as client, pytest.raises(InvalidCredentials):
         client.open_session_windows_auth()
 
 

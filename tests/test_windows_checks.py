@@ -24,6 +24,7 @@ from sessiond.settings import WindowsSettings
 from tests.infra.samba import SambaDomain, ServiceAccount
 
 from .conftest import ServerProcess, free_port, server_env
+from .conftest import start_server as start_configured_server
 from .test_windows_domain import _in_process, _kerberos_config, _service_account
 from .test_windows_ntlm import (
     _curl_ntlm,
@@ -86,12 +87,20 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
 # --- start-up ------------------------------------------------------------------------------
 
 
+def _refusal(
+    tmp_path: Path, dc: SambaDomain, svc: ServiceAccount, setting: str, value: Path | str
+) -> str:
+    """The one line ``sessiond serve`` refuses to start with, given the Kerberos settings with
+    the value ``setting`` (a file: krb5.conf, the keytab) replaced by ``value``."""
+    config = _kerberos_config(dc, svc).replace(setting, str(value))
+    return _one_line(_serve(tmp_path / "serve", dc, config))
+
+
 def test_serve_refuses_a_missing_krb5_conf_in_one_line(
     tmp_path: Path, samba_domain: SambaDomain, svc: ServiceAccount
 ) -> None:
     missing = tmp_path / "no-krb5.conf"
-    config = _kerberos_config(samba_domain, svc).replace(samba_domain.krb5_conf, str(missing))
-    line = _one_line(_serve(tmp_path / "serve", samba_domain, config))
+    line = _refusal(tmp_path, samba_domain, svc, samba_domain.krb5_conf, missing)
     assert f"{missing} (windows.krb5_config) does not exist" in line
     assert line.endswith("[krb5_config]")
 
@@ -101,8 +110,7 @@ def test_serve_refuses_a_malformed_krb5_conf_in_one_line(
 ) -> None:
     broken = tmp_path / "krb5.conf"
     broken.write_text("[libdefaults\n default_realm = SAMBA.TEST\n")
-    config = _kerberos_config(samba_domain, svc).replace(samba_domain.krb5_conf, str(broken))
-    line = _one_line(_serve(tmp_path / "serve", samba_domain, config))
+    line = _refusal(tmp_path, samba_domain, svc, samba_domain.krb5_conf, broken)
     assert "KRB5_CONFIG_BADFORMAT" in line and line.endswith("[krb5_config]")
 
 
@@ -112,8 +120,7 @@ def test_serve_refuses_a_krb5_conf_that_cannot_find_the_realm(
     other = tmp_path / "krb5.conf"
     other.write_text("[libdefaults]\n dns_lookup_kdc = false\n[realms]\n ELSEWHERE.TEST = {\n"
                      "  kdc = 127.0.0.1\n }\n")  # fmt: skip
-    config = _kerberos_config(samba_domain, svc).replace(samba_domain.krb5_conf, str(other))
-    line = _one_line(_serve(tmp_path / "serve", samba_domain, config))
+    line = _refusal(tmp_path, samba_domain, svc, samba_domain.krb5_conf, other)
     assert "does not name the realm SAMBA.TEST under [realms]" in line
     assert line.endswith("[realm_unknown]")
 
@@ -122,8 +129,7 @@ def test_serve_refuses_a_missing_keytab_in_one_line(
     tmp_path: Path, samba_domain: SambaDomain, svc: ServiceAccount
 ) -> None:
     missing = tmp_path / "missing.keytab"
-    config = _kerberos_config(samba_domain, svc).replace(svc.keytab, str(missing))
-    line = _one_line(_serve(tmp_path / "serve", samba_domain, config))
+    line = _refusal(tmp_path, samba_domain, svc, svc.keytab, missing)
     assert f"{missing} (windows.keytab) does not exist" in line
     assert line.endswith("[keytab_unusable]")
 
@@ -132,8 +138,7 @@ def test_serve_refuses_a_keytab_without_the_service_principal_in_one_line(
     tmp_path: Path, samba_domain: SambaDomain, svc: ServiceAccount
 ) -> None:
     other = _service_account(samba_domain, tmp_path / "other.keytab")
-    config = _kerberos_config(samba_domain, svc).replace(svc.keytab, other.keytab)
-    line = _one_line(_serve(tmp_path / "serve", samba_domain, config))
+    line = _refusal(tmp_path, samba_domain, svc, svc.keytab, other.keytab)
     assert f"holds no key for {svc.principal} (windows.service_principal)" in line
     assert other.principal in line and line.endswith("[keytab_wrong_principal]")
 
@@ -337,16 +342,7 @@ def test_the_console_sign_in_page_names_the_cause_but_no_file(
 
 
 def _domain_server(root: Path, dc: SambaDomain, config: str) -> ServerProcess:
-    root.mkdir(parents=True)
-    (root / "sessiond.toml").write_text(config)
-    data_dir = root / "sessiond-data"
-    env = dc.subprocess_env(
-        base=server_env(data_dir, SESSIOND_CONFIG=str(root / "sessiond.toml")), wrappers=True
-    )
-    env.pop("KRB5CCNAME", None)
-    server = ServerProcess(data_dir, free_port(), env, root / "server.log")
-    server.start()
-    return server
+    return start_configured_server(root, config, env=dc.server_environment)
 
 
 def _add_windows_user(server: ServerProcess, name: str) -> None:

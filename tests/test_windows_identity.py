@@ -21,7 +21,7 @@ from sessiond import SessionClient
 from sessiond.errors import InvalidCredentials
 from tests.infra.samba import SambaDomain, ServiceAccount
 
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess, start_server
 from .test_windows_ntlm import DOMAIN, PASSWORD, REALM, add_user, audit, domain_config
 from .test_windows_pipeline import _ntlm, _password, bad_passwords
 
@@ -79,15 +79,7 @@ class Grouped:
 def _start(root: Path, dc: SambaDomain, config: str) -> ServerProcess:
     """A ``sessiond serve`` that reaches the DC by its name (``dc1.samba.test``, the name in
     its certificate) through nss_wrapper."""
-    root.mkdir(parents=True, exist_ok=True)
-    settings = root / "sessiond.toml"
-    settings.write_text(config)
-    data_dir = root / "sessiond-data"
-    env = dc.subprocess_env(base=server_env(data_dir, SESSIOND_CONFIG=str(settings)), wrappers=True)
-    env.pop("KRB5CCNAME", None)  # the server works from its settings, never a credential cache
-    server = ServerProcess(data_dir, free_port(), env, root / "server.log")
-    server.start()
-    return server
+    return start_server(root, config, env=dc.server_environment)
 
 
 def _directory_section(dc: SambaDomain) -> str:

@@ -31,7 +31,8 @@ from sessiond import AsyncSessionClient, SessionClient
 from sessiond.errors import InvalidCredentials, ServiceUnavailable
 from tests.infra.samba import SambaDomain
 
-from .conftest import ServerProcess, free_port, server_env
+from .conftest import ServerProcess
+from .conftest import start_server as start_configured_server
 
 REALM = "SAMBA.TEST"
 DOMAIN = "SAMBA"
@@ -76,15 +77,9 @@ def domain_config(dc: SambaDomain, **extra: object) -> str:
 
 
 def start_server(root: Path, config: str) -> ServerProcess:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "sessiond.toml").write_text(config)
-    data_dir = root / "sessiond-data"
-    env = server_env(data_dir, SESSIOND_CONFIG=str(root / "sessiond.toml"))
-    for name in ("KRB5_CONFIG", "KRB5CCNAME", "KRB5_KTNAME", "NTLM_USER_FILE"):
-        env.pop(name, None)  # the server finds everything through its settings
-    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
-    proc.start()
-    return proc
+    # The server finds everything through its settings.
+    unset = ("KRB5_CONFIG", "KRB5CCNAME", "KRB5_KTNAME", "NTLM_USER_FILE")
+    return start_configured_server(root, config, unset=unset)
 
 
 def add_user(server: ServerProcess, login: str, *args: str) -> None:

@@ -47,12 +47,12 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from k5test import K5Realm  # type: ignore[import-untyped]
 
-from tests.infra._net import LOOPBACK, free_port, stop_process, wait_for_ports
+from tests.infra._net import LOOPBACK, free_port
+from tests.infra._process import Stoppable, stop_process, wait_for_ports
 
 DEFAULT_REALM = "SESSIOND.TEST"
 DEFAULT_HTTP_HOST = "localhost"
@@ -96,6 +96,29 @@ class KinitError(RuntimeError):
         self.output = output
 
 
+def run_kinit(
+    kinit: str,
+    principal: str,
+    password: str,
+    ccache_file: str,
+    env: Mapping[str, str],
+    timeout: float,
+) -> None:
+    """Run the ``kinit`` binary for ``principal`` with ``password`` on standard input, into
+    the credential cache file ``ccache_file``; raise :class:`KinitError` if it fails."""
+    result = subprocess.run(
+        [kinit, "-c", f"FILE:{ccache_file}", principal],
+        input=(password + "\n").encode(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise KinitError(principal, result.returncode, result.stdout.decode(errors="replace"))
+
+
 @dataclass(frozen=True)
 class ServicePrincipal:
     """A service principal whose keys were exported to ``keytab``."""
@@ -111,7 +134,7 @@ class ServicePrincipal:
         return f"{self.service}@{self.host}"
 
 
-class KerberosRealm:
+class KerberosRealm(Stoppable):
     """A real MIT Kerberos realm (``krb5kdc`` on 127.0.0.1) in a temporary folder.
 
     Example::
@@ -290,17 +313,7 @@ class KerberosRealm:
         """
         principal = self.principal(name)
         ccache_file = ccache or self.ccache_path(principal)
-        result = subprocess.run(
-            [self._k5._kinit, "-c", f"FILE:{ccache_file}", principal],
-            input=(password + "\n").encode(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self._base_env(),
-            timeout=timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise KinitError(principal, result.returncode, result.stdout.decode(errors="replace"))
+        run_kinit(self._k5._kinit, principal, password, ccache_file, self._base_env(), timeout)
         return ccache_file
 
     def klist(self, ccache: str | None = None, *, timeout: float = 15.0) -> str:
@@ -385,14 +398,3 @@ class KerberosRealm:
         stop_process(self._kdc_proc)
         self._kdc_proc = None
         shutil.rmtree(self._k5.tmpdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -34,8 +34,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import ldap3
 from cryptography import x509
@@ -44,7 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ldap3.utils.dn import escape_rdn
 
-from tests.infra._net import LOOPBACK, free_port, stop_process, wait_for_ports
+from tests.infra._net import LOOPBACK, free_port
+from tests.infra._process import Stoppable, stop_process, wait_for_ports
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -148,7 +148,7 @@ def _rdn_value(value: str) -> str:
     return str(escape_rdn(value))
 
 
-class LdapServer:
+class LdapServer(Stoppable):
     """A real OpenLDAP ``slapd`` on 127.0.0.1 with LDAP+StartTLS and LDAPS, in a temp folder.
 
     Attributes of interest: :attr:`uri` (``ldap://127.0.0.1:PORT``), :attr:`ldaps_uri`,
@@ -438,14 +438,3 @@ ou: groups
         stop_process(self._proc)
         self._proc = None
         shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -24,13 +24,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from types import TracebackType
-from typing import Self
+
+from tests.infra._process import Stoppable
 
 DEFAULT_NTLM_DOMAIN = "SESSIOND"
 
 
-class NtlmUsers:
+class NtlmUsers(Stoppable):
     """A temporary ``NTLM_USER_FILE`` with helpers to add users and export the env var."""
 
     def __init__(self, directory: str | None = None) -> None:
@@ -78,14 +78,3 @@ class NtlmUsers:
         else:
             with suppress(FileNotFoundError):
                 os.remove(self.path)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

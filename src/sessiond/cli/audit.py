@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..errors import StoreMissing
 from ..exports import csv_writer, write_csv_rows, write_jsonl
 from ..keys import AuditKeyRing
 from ..models import AuditAction
@@ -21,7 +20,8 @@ from .common import (
     ConfigOption,
     DataDirOption,
     JsonOption,
-    _print_json,
+    _no_key_ring,
+    _print_key_ids,
     _settings,
     _with_service,
     err,
@@ -130,12 +130,7 @@ def _audit_keys(config: Path | None) -> tuple[Path, AuditKeyRing]:
     path = _settings(config).effective_audit_keys_file
     ring = AuditKeyRing.open(path, create=False)
     if ring is None:
-        raise StoreMissing(
-            f"no audit key ring at {path.resolve()} (audit_keys_file); point this command at "
-            "the server's settings with --config FILE (SESSIOND_CONFIG), --data-dir DIR "
-            "(SESSIOND_DATA_DIR) or SESSIOND_AUDIT_KEYS_FILE, or create a store with "
-            "'sessiond init'"
-        )
+        raise _no_key_ring("audit key ring", path, "audit_keys_file", "SESSIOND_AUDIT_KEYS_FILE")
     return path, ring
 
 
@@ -145,11 +140,7 @@ def audit_keys(
 ) -> None:
     """List the audit key ids (the current one, which chains new records, marked)."""
     _, ring = _audit_keys(config)
-    if as_json:
-        _print_json({"Current": ring.current, "Keys": list(ring.keys)})
-        return
-    for key_id in ring.keys:
-        out.print(("* " if key_id == ring.current else "  ") + key_id, highlight=False)
+    _print_key_ids(ring.keys, ring.current, as_json)
 
 
 @audit_app.command("rotate-key")

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -257,6 +257,26 @@ def _print_json(value: Any) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         reader_gone()
+
+
+def _print_key_ids(keys: Iterable[str], current: str, as_json: bool) -> None:
+    """A key ring's key ids, one a line with the current one marked ``*``; or, ``as_json``,
+    ``{"Current": id, "Keys": [ids]}``."""
+    if as_json:
+        _print_json({"Current": current, "Keys": list(keys)})
+        return
+    for key_id in keys:
+        out.print(("* " if key_id == current else "  ") + key_id, highlight=False)
+
+
+def _no_key_ring(what: str, path: Path, setting: str, variable: str) -> StoreMissing:
+    """The refusal of a command that needs a key ring the settings name but that is missing
+    (``init`` and ``serve`` create key rings; the other commands never do)."""
+    return StoreMissing(
+        f"no {what} at {path.resolve()} ({setting}); point this command at the server's "
+        f"settings with --config FILE (SESSIOND_CONFIG), --data-dir DIR (SESSIOND_DATA_DIR) "
+        f"or {variable}, or create a store with 'sessiond init'"
+    )
 
 
 def _time(value: datetime | None) -> str:

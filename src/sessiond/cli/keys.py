@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..errors import StoreMissing
 from ..keys import KeyRing
 from ..models import AuditAction
 from ..service import Actor
@@ -14,7 +13,8 @@ from .common import (
     ConfigOption,
     DataDirOption,
     JsonOption,
-    _print_json,
+    _no_key_ring,
+    _print_key_ids,
     _settings,
     _with_service,
     out,
@@ -29,12 +29,7 @@ def _key_ring(config: Path | None) -> tuple[Path, KeyRing]:
     path = settings.effective_keys_file
     if not path.is_file():
         named = "signature_keys_file" if settings.signature_keys_file else "data_dir"
-        raise StoreMissing(
-            f"no signature key ring at {path.resolve()} ({named}); point this command at the "
-            "server's settings with --config FILE (SESSIOND_CONFIG), --data-dir DIR "
-            "(SESSIOND_DATA_DIR) or SESSIOND_SIGNATURE_KEYS_FILE, or create a store with "
-            "'sessiond init'"
-        )
+        raise _no_key_ring("signature key ring", path, named, "SESSIOND_SIGNATURE_KEYS_FILE")
     return path, KeyRing.load(path)
 
 
@@ -44,11 +39,7 @@ def keys_list(
 ) -> None:
     """List signature key ids (the current one marked)."""
     _, ring = _key_ring(config)
-    if as_json:
-        _print_json({"Current": ring.current, "Keys": list(ring.keys)})
-        return
-    for key_id in ring.keys:
-        out.print(("* " if key_id == ring.current else "  ") + key_id, highlight=False)
+    _print_key_ids(ring.keys, ring.current, as_json)
 
 
 @keys_app.command("rotate")

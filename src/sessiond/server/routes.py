@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
@@ -53,6 +54,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 422, 429, 501, 503)
 }
 _SECURED: dict[str, Any] = {"security": [{"TessaSession": []}]}
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def _secured(method: str, path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
+    """A route that needs a session (the Tessa-Session header): ``router.api_route`` with the
+    error answers and the security scheme every such route shows in the OpenAPI document."""
+    return router.api_route(
+        path, methods=[method], responses=_ERRORS, openapi_extra=_SECURED, **options
+    )
 
 
 def _service(request: Request) -> SessionService:
@@ -186,11 +196,10 @@ async def change_password(request: Request, body: ChangePasswordRequest) -> JSON
     return JSONResponse({"Changed": True, "Login": user.login})
 
 
-@router.post(
+@_secured(
+    "POST",
     "/sessions/close",
     response_model=ClosedResponse,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Close the current session (CloseSessionAsync)",
 )
 async def close_session(request: Request) -> JSONResponse:
@@ -200,11 +209,10 @@ async def close_session(request: Request) -> JSONResponse:
     return JSONResponse({"Closed": closed})
 
 
-@router.delete(
+@_secured(
+    "DELETE",
     "/sessions/{session_id}",
     response_model=ClosedResponse,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Close any session as administrator (CloseSessionAsAdminAsync)",
     description="Administrators close any session; a regular user closes only sessions of "
     "their own (another user's: 403 admin_required).",
@@ -215,11 +223,10 @@ async def close_session_as_admin(request: Request, session_id: UUID) -> JSONResp
     return JSONResponse({"Closed": closed})
 
 
-@router.get(
+@_secured(
+    "GET",
     "/sessions",
     response_model=list[SessionInfo],
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="List open sessions",
     description="Administrators see every open session (or one user's, by user_id); a "
     "regular user sees their own.",
@@ -255,11 +262,10 @@ async def list_sessions(
     return JSONResponse([session_info(r) for r in records], headers=headers)
 
 
-@router.get(
+@_secured(
+    "GET",
     "/configuration",
     response_model=ConfigurationInfoBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="The configuration version and build information",
 )
 async def configuration(request: Request) -> JSONResponse:
@@ -268,10 +274,9 @@ async def configuration(request: Request) -> JSONResponse:
     return JSONResponse(info.to_dict())
 
 
-@router.get(
+@_secured(
+    "GET",
     "/configuration/changes",
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Wait for the configuration version to pass a value (long poll)",
     description="Answers as soon as the version is greater than `after`, or after `wait` "
     'seconds (at most 60): `{"Version": n, "Changed": bool}`. Ask again with the '
@@ -283,11 +288,10 @@ async def configuration_changes(request: Request, after: int, wait: float = 30.0
     return JSONResponse({"Version": version, "Changed": version > after})
 
 
-@router.post(
+@_secured(
+    "POST",
     "/configuration/increment-version",
     response_model=ConfigurationInfoBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Increment the configuration version (IncrementConfigurationVersionAsync)",
 )
 async def increment_configuration_version(request: Request) -> JSONResponse:
@@ -308,11 +312,10 @@ def _enum(cls: type[WireEnum], value: str | int | None, field: str) -> Any:
         raise RequestError(f"{field}: {exc}") from None
 
 
-@router.get(
+@_secured(
+    "GET",
     "/users",
     response_model=list[UserBody],
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="List users (administrators)",
 )
 async def list_users(request: Request) -> JSONResponse:
@@ -320,12 +323,11 @@ async def list_users(request: Request) -> JSONResponse:
     return JSONResponse([user_info(u) for u in users])
 
 
-@router.post(
+@_secured(
+    "POST",
     "/users",
     response_model=UserBody,
     status_code=201,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Add a user (administrators)",
 )
 async def add_user(request: Request, body: AddUserRequest) -> JSONResponse:
@@ -342,11 +344,10 @@ async def add_user(request: Request, body: AddUserRequest) -> JSONResponse:
     return JSONResponse(user_info(user), status_code=201)
 
 
-@router.patch(
+@_secured(
+    "PATCH",
     "/users/{login}",
     response_model=UserBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Change a user's name, access level, login type or account (administrators)",
 )
 async def update_user(request: Request, login: str, body: UpdateUserRequest) -> JSONResponse:
@@ -368,11 +369,10 @@ async def update_user(request: Request, login: str, body: UpdateUserRequest) -> 
     return JSONResponse(user_info(user))
 
 
-@router.post(
+@_secured(
+    "POST",
     "/users/{login}/password",
     response_model=UserBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Set a platform user's password (administrators)",
 )
 async def set_password(request: Request, login: str, body: SetPasswordRequest) -> JSONResponse:
@@ -381,11 +381,10 @@ async def set_password(request: Request, login: str, body: SetPasswordRequest) -
     return JSONResponse(user_info(user))
 
 
-@router.post(
+@_secured(
+    "POST",
     "/users/{login}/block",
     response_model=UserBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Block a user from signing in (administrators)",
 )
 async def block_user(request: Request, login: str, body: BlockRequest) -> JSONResponse:
@@ -395,11 +394,10 @@ async def block_user(request: Request, login: str, body: BlockRequest) -> JSONRe
     return JSONResponse(user_info(user))
 
 
-@router.post(
+@_secured(
+    "POST",
     "/users/{login}/unblock",
     response_model=UserBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Lift a user's block (administrators)",
 )
 async def unblock_user(request: Request, login: str) -> JSONResponse:
@@ -408,10 +406,9 @@ async def unblock_user(request: Request, login: str) -> JSONResponse:
     return JSONResponse(user_info(user))
 
 
-@router.delete(
+@_secured(
+    "DELETE",
     "/users/{login}/sessions",
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Close every session of a user (administrators)",
 )
 async def close_user_sessions(request: Request, login: str) -> JSONResponse:
@@ -419,11 +416,10 @@ async def close_user_sessions(request: Request, login: str) -> JSONResponse:
     return JSONResponse({"ClosedSessions": closed})
 
 
-@router.delete(
+@_secured(
+    "DELETE",
     "/users/{login}",
     response_model=UserBody,
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Remove a user (administrators)",
     description="The user's sessions end and the user row goes; every audit record about the "
     "user stays (it carries the user's id and name), with a UserRemoved record.",
@@ -448,10 +444,9 @@ def audit_info(record: AuditRecord) -> dict[str, Any]:
     }
 
 
-@router.get(
+@_secured(
+    "GET",
     "/audit",
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Read the audit trail (administrators)",
     description="Filters: action (repeatable), user_id, user (the recorded name, ignoring "
     "case), since and until (ISO 8601). Oldest first, after the id `after`; or newest first "
@@ -485,10 +480,9 @@ async def audit_records(
     return JSONResponse({"Records": [audit_info(r) for r in records], "Next": next_id})
 
 
-@router.get(
+@_secured(
+    "GET",
     "/audit/head",
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="The audit trail's head (administrators)",
     description='Answers `{"LastID": id, "LastHash": hash, "Head": "ID:HASH"}`: keep Head '
     "somewhere the database's writers cannot reach, and check the trail against it later "
@@ -503,20 +497,18 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=value.tzinfo or UTC) if value else None
 
 
-@router.get(
+@_secured(
+    "GET",
     "/licences",
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="The installed licence and seats in use (administrators)",
 )
 async def licence_usage(request: Request) -> JSONResponse:
     return JSONResponse(await _service(request).licensing.usage(await _actor(request)))
 
 
-@router.post(
+@_secured(
+    "POST",
     "/licences/reload",
-    responses=_ERRORS,
-    openapi_extra=_SECURED,
     summary="Reinstall the configured licence file (administrators)",
 )
 async def reload_licence(request: Request) -> JSONResponse:
