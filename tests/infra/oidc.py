@@ -48,7 +48,8 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.infra._net import LOOPBACK, free_port, stop_process, wait_for_ports
+from tests.infra._net import LOOPBACK, free_port
+from tests.infra._process import stop_process, wait_for_ports
 
 PROVIDER_DIR = Path(__file__).resolve().parent / "oidc"
 INSTALL_SCRIPT = PROVIDER_DIR.parents[2] / "scripts" / "install-test-provider"

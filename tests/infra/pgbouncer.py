@@ -24,7 +24,8 @@ from typing import Self
 
 from sqlalchemy.engine import make_url
 
-from tests.infra._net import LOOPBACK, free_port, stop_process, wait_for_ports
+from tests.infra._net import LOOPBACK, free_port
+from tests.infra._process import stop_process, wait_for_ports
 from tests.infra.postgres import SUPERUSER, PostgresServer
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
