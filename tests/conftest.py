@@ -28,6 +28,7 @@ from tests.infra.conftest_fixtures import (
     ldap_server,
     ntlm_users,
     postgres_server,
+    postgres_standby,
     samba_domain,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "ldap_server",
     "ntlm_users",
     "postgres_server",
+    "postgres_standby",
     "samba_domain",
 ]  # fixtures for every test module
 

@@ -23,7 +23,14 @@ from tests.infra.ntlm import NtlmUsers
 from tests.infra.postgres import PostgresServer
 from tests.infra.samba import SambaDomain
 
-__all__ = ["kerberos_realm", "ldap_server", "ntlm_users", "postgres_server", "samba_domain"]
+__all__ = [
+    "kerberos_realm",
+    "ldap_server",
+    "ntlm_users",
+    "postgres_server",
+    "postgres_standby",
+    "samba_domain",
+]
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +75,17 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """A streaming standby of ``postgres_server`` (asynchronous: it may lag behind), read-only;
+    every database made on the primary appears here once replayed."""
+    standby = postgres_server.standby()
+    try:
+        yield standby
+    finally:
+        standby.stop()
 
 
 @pytest.fixture(scope="session")
