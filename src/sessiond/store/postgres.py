@@ -26,8 +26,7 @@ from uuid import UUID
 
 import asyncpg
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import ServiceUnavailable
 from ..settings import (
@@ -41,8 +40,9 @@ from ..token import fast_uuid
 from .base import BuildInfo, SessionRecord, SessionUser
 from .bounds import no_answer
 from .codec import ASYNCPG_SESSIONS, session_with_user_sql
-from .health import unavailable, unreachable
+from .health import read_only, unavailable, unreachable
 from .notify import Listener, Notice
+from .pgurl import DatabaseAddress, parse
 from .sql import SqlStore
 
 log = logging.getLogger("sessiond.store")
@@ -53,6 +53,7 @@ MAX_BATCH = 500
 _SELECT = session_with_user_sql("s.id = ANY($1::uuid[])")
 _SELECT_VERSION = "SELECT id, version, last_activity FROM sessions WHERE id = ANY($1::uuid[])"
 T = TypeVar("T")
+_NOT_PRIMARY = asyncpg.exceptions.TargetServerAttributeNotMatched
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -60,9 +61,12 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore(SqlStore):
-    def __init__(self, engine: Any, dsn: str, pools: DatabasePools | None = None) -> None:
+    def __init__(
+        self, engine: Any, address: DatabaseAddress, pools: DatabasePools | None = None
+    ) -> None:
         super().__init__(engine)
-        self._dsn = dsn
+        #: where every connection of this store goes (the engine's too): store/pgurl.py
+        self.address = address
         self.pools = pools or _default_pools()
         self.bounds = (self.pools.timeout, self.pools.connect_timeout, self.pools.statement_timeout)
         self._listener: Listener | None = None
@@ -80,7 +84,7 @@ class PostgresStore(SqlStore):
         await super().open(build, now)
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn,
+                **self.address.connect_arguments(),
                 min_size=1,
                 max_size=self.pools.read,
                 reset=_no_reset,
@@ -88,7 +92,9 @@ class PostgresStore(SqlStore):
                 timeout=self.pools.connect_timeout,
                 server_settings=_server_settings(self.pools),
             )
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (OSError, asyncpg.PostgresError, _NOT_PRIMARY, TimeoutError) as exc:
+            if read_only(exc):  # no host of the URL is the primary now: store_read_only
+                raise unavailable(exc) from None
             raise ServiceUnavailable(f"the session store is unavailable: {exc}") from None
 
     async def listen(self, on_notice: Callable[[Notice], None]) -> bool:
@@ -104,8 +110,7 @@ class PostgresStore(SqlStore):
         return self._listener is not None and self._listener.listening
 
     async def _listening_connection(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self._dsn,
+        return await self.address.connect(
             timeout=self.pools.connect_timeout,
             statement_cache_size=0,
             server_settings={"application_name": self.pools.application_name},
@@ -235,15 +240,16 @@ def _default_pools() -> DatabasePools:
 
 
 def create_postgres_store(url: str, pools: DatabasePools | None = None) -> PostgresStore:
-    """The store, opening at most ``pools.total`` connections (``database_connections``)."""
+    """The store, opening at most ``pools.total`` connections (``database_connections``), all
+    to the server ``url`` names (:func:`.pgurl.parse`: the primary among its hosts);
+    :class:`~sessiond.errors.SettingsError` for a URL sessiond cannot use."""
     pools = pools or _default_pools()
-    engine = create_async_engine(
-        url,
+    address = parse(url)
+    engine = address.engine(
+        {"timeout": pools.connect_timeout, "server_settings": _server_settings(pools)},
         pool_size=pools.write,
         max_overflow=0,
         pool_timeout=pools.timeout,
         pool_pre_ping=True,
-        connect_args={"timeout": pools.connect_timeout, "server_settings": _server_settings(pools)},
     )
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return PostgresStore(engine, dsn, pools)
+    return PostgresStore(engine, address, pools)
