@@ -243,6 +243,41 @@ def _serve(root: Path, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_writes_a_read_only_primary_refuses_are_503_store_read_only(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.new_database()
+    database = _database(url)
+    with _nodes(tmp_path, url) as [node]:
+        _add_users(node, "tess")
+        token = _sign_in(node, "tess")
+        # The primary made read-only under the node (as a fencing operator would): every new
+        # connection, and every one the node had, refuses writes (SQLSTATE 25006).
+        postgres_server.query(
+            f'ALTER DATABASE "{database}" SET default_transaction_read_only = on; '
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        )
+        try:
+            refused = httpx.post(
+                f"{node.url}/api/v1/sessions/open",
+                json={"Login": "tess", "Password": PASSWORD},
+                timeout=30,
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "store_read_only"
+            ready = httpx.get(f"{node.url}/api/v1/health/ready", timeout=10)
+            assert (ready.status_code, ready.json()["error"]["code"]) == (503, "store_read_only")
+            assert _current(node, token).status_code == 200  # reads of the primary are right
+        finally:
+            postgres_server.query(
+                f'ALTER DATABASE "{database}" RESET default_transaction_read_only; '
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{database}'"
+            )
+        _until(lambda: _ready(node), within=FOLLOW_WITHIN)
+        assert _sign_in(node, "tess")
+
+
 # --- a standby, a switchover, a promotion -----------------------------------------------------
 
 
