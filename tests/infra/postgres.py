@@ -130,6 +130,8 @@ class PostgresServer:
 
     def crash(self) -> None:
         """The machine gone at once: SIGKILL to the postmaster and every child."""
+        if not Path(self.data, "postmaster.pid").exists():
+            return  # not running
         for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGKILL)

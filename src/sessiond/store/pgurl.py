@@ -12,7 +12,8 @@ The host list may be written in any of the forms libpq and asyncpg document:
 
 a host being a name, an address (IPv6 in brackets when a port follows) or the folder of a Unix
 socket (``/run/postgresql``, percent-encoded in the part before the path). Hosts are tried in
-order, as libpq does.
+order, as libpq does, each within its share of the connect timeout
+(:meth:`DatabaseAddress.connect`).
 
 ``target_session_attrs`` says which of them to use. sessiond writes, and its validation reads
 and notifications must see every write at once, so it always needs the primary: ``primary``
@@ -37,6 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ..errors import SettingsError
 
 DEFAULT_PORT = 5432
+#: asyncpg's own default for ``timeout`` (seconds), when a caller gives none.
+DEFAULT_TIMEOUT = 60.0
+_NOT_PRIMARY = asyncpg.exceptions.TargetServerAttributeNotMatched
+#: What moves a connection attempt on to the next host (as libpq does): the host answered as
+#: a standby, or is starting up or shutting down.
+_NEXT_HOST = (_NOT_PRIMARY, asyncpg.exceptions.CannotConnectNowError)
 #: What sessiond accepts in ``target_session_attrs``, and what each means for it.
 USABLE = {"primary": "primary", "read-write": "read-write", "any": "primary"}
 STANDBY = ("standby", "read-only", "prefer-standby")
@@ -92,9 +99,33 @@ class DatabaseAddress:
             arguments["dsn"] = "postgresql://?" + urlencode(self.options)
         return arguments
 
-    async def connect(self, **extra: Any) -> asyncpg.Connection:
-        connection: asyncpg.Connection = await asyncpg.connect(**self.connect_arguments(), **extra)
-        return connection
+    async def connect(self, _dsn: None = None, **extra: Any) -> asyncpg.Connection:
+        """One connection to the first host, in order, that answers and is what
+        :attr:`target_session_attrs` asks for. ``timeout`` (``extra``) bounds the whole attempt
+        and is shared out between the hosts, so that a host that answers nothing (a frozen
+        or cut-off old primary) leaves time for the next one; asyncpg would spend all of it
+        on the first. (``_dsn``: what asyncpg's pool passes first; it has none.)"""
+        if len(self.hosts) < 2:
+            one: asyncpg.Connection = await asyncpg.connect(**self.connect_arguments(), **extra)
+            return one
+        each = extra.pop("timeout", DEFAULT_TIMEOUT) / len(self.hosts)
+        failures: list[BaseException] = []
+        for host, port in self.hosts:
+            arguments = {**self.connect_arguments(), "host": [host], "port": [port]}
+            try:
+                connection: asyncpg.Connection = await asyncpg.connect(
+                    **arguments, timeout=each, **extra
+                )
+                return connection
+            except (OSError, TimeoutError, *_NEXT_HOST) as exc:
+                failures.append(exc)
+        # A host that answered as a standby says more than one that did not answer.
+        raise next((f for f in failures if isinstance(f, _NOT_PRIMARY)), failures[-1])
+
+    def pool_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``asyncpg.create_pool`` that make its connections as
+        :meth:`connect` does."""
+        return {"connect": self.connect}
 
     def creator(self, **extra: Any) -> Callable[[], Awaitable[asyncpg.Connection]]:
         """A function that opens a connection here with ``extra``: SQLAlchemy's

@@ -84,7 +84,7 @@ class PostgresStore(SqlStore):
         await super().open(build, now)
         try:
             self._pool = await asyncpg.create_pool(
-                **self.address.connect_arguments(),
+                **self.address.pool_arguments(),
                 min_size=1,
                 max_size=self.pools.read,
                 reset=_no_reset,
