@@ -30,6 +30,7 @@ from tests.infra.conftest_fixtures import (
     oidc_provider,
     pgbouncer,
     postgres_server,
+    postgres_standby,
     samba_domain,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "oidc_provider",
     "pgbouncer",
     "postgres_server",
+    "postgres_standby",
     "samba_domain",
 ]  # fixtures for every test module
 

@@ -18,7 +18,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -28,7 +27,7 @@ from sessiond.errors import SettingsError
 from sessiond.keys import KeyRing
 from sessiond.settings import load_settings, share_connections
 from sessiond.store import BuildInfo, create_store
-from sessiond.store.postgres import asyncpg_dsn
+from sessiond.store.pgurl import parse
 from sessiond.store.sql import SqlStore
 from tests.infra.pgbouncer import PgBouncer
 from tests.infra.postgres import PostgresServer
@@ -304,7 +303,7 @@ async def test_behind_pgbouncer_the_statement_timeout_holds_in_each_transaction_
     finally:
         await store.close()
     # A client of its own, without a timeout, on one of the pool's 6 server connections.
-    other = await asyncpg.connect(asyncpg_dsn(url), statement_cache_size=0)
+    other = await parse(url).connect(statement_cache_size=0)
     try:
         for _ in range(12):
             assert await other.fetchval("SHOW statement_timeout") == "0"

@@ -32,7 +32,8 @@ integrators catch one tree on both sides::
     ├── LicenceInvalid              503 licence_invalid          no valid licence loaded
     ├── NotConfigured               501 not_configured           switched off in settings
     ├── ServiceUnavailable          503 service_unavailable      store or directory is down
-    │   └── ServerBusy              503 server_busy              at max_connections; retry later
+    │   ├── ServerBusy              503 server_busy              at max_connections; retry later
+    │   └── StoreReadOnly           503 store_read_only          the database is a standby now
     └── SettingsError               500 invalid_settings         server side: unusable settings
         └── StoreMissing            -   no_store                 command line: no store there
             └── StoreOutdated       -   store_outdated           command line: schema too old/new
@@ -273,6 +274,14 @@ class ServerBusy(ServiceUnavailable):
     with ``Retry-After``, and closed)."""
 
     code = "server_busy"
+
+
+class StoreReadOnly(ServiceUnavailable):
+    """The database this node reaches is a standby or read-only (a failover under way, or a
+    URL that names no primary): nothing is read from it or written to it; another node, or
+    this one once it reaches the primary, can serve the request."""
+
+    code = "store_read_only"
 
 
 class SettingsError(SessiondError):

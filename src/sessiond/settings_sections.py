@@ -87,11 +87,13 @@ def _parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, WrapValidator(_duration), AfterValidator(_not_negative)]
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)(.*)@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
 
 
 def hide_password(url: str) -> str:
-    """The URL with the password inside it (``scheme://user:password@host``) shown as ``***``."""
-    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
+    """The URL with its password (``scheme://user:password@host``, or ``password=`` in the
+    query) shown as ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url, count=1))
 
 
 class DatabaseUrl(SecretStr):

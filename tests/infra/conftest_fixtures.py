@@ -32,6 +32,7 @@ __all__ = [
     "oidc_provider",
     "pgbouncer",
     "postgres_server",
+    "postgres_standby",
     "samba_domain",
 ]
 
@@ -103,6 +104,17 @@ def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncer]:
         yield bouncer
     finally:
         bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """A streaming standby of ``postgres_server`` (asynchronous: it may lag behind), read-only;
+    every database made on the primary appears here once replayed."""
+    standby = postgres_server.standby()
+    try:
+        yield standby
+    finally:
+        standby.stop()
 
 
 @pytest.fixture(scope="session")

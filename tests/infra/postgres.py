@@ -2,6 +2,10 @@
 
 ``initdb`` refuses to run as root, so as root the cluster belongs to the ``postgres`` account
 (which Debian's postgresql package creates) and its commands run through ``runuser``.
+
+:meth:`PostgresServer.standby` makes a streaming standby of a running server
+(``pg_basebackup -R``), which :meth:`PostgresServer.promote` turns into a primary; with
+``synchronous=True`` the primary's commits wait until the standby has them.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,26 +42,102 @@ def _binary(name: str) -> str:
 
 
 class PostgresServer:
-    def __init__(self, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 60.0,
+        settings: dict[str, str] | None = None,
+        copy_of: PostgresServer | None = None,
+    ) -> None:
+        """A new cluster (``initdb``), or with ``copy_of`` a streaming standby of that running
+        server (``pg_basebackup -R``). ``settings``: server settings for this one's command
+        line (not copied to a standby made of it)."""
         self.tmpdir = tempfile.mkdtemp(prefix="sessiond-pg-")
         self.data = os.path.join(self.tmpdir, "data")
         self.log = os.path.join(self.tmpdir, "postgres.log")
         self.port = free_port()
+        self.settings = dict(settings or {})
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             account = pwd.getpwnam("postgres")
             os.chown(self.tmpdir, account.pw_uid, account.pw_gid)
         try:
-            self._run(
-                _binary("initdb"),
-                "-D", self.data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                "--no-instructions", "--no-sync",
-            )  # fmt: skip
+            if copy_of is None:
+                self._run(
+                    _binary("initdb"),
+                    "-D", self.data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+                    "--no-instructions", "--no-sync",
+                )  # fmt: skip
+            else:
+                self._run(
+                    _binary("pg_basebackup"),
+                    "-h", LOOPBACK, "-p", str(copy_of.port), "-U", SUPERUSER, "-D", self.data,
+                    "-R", "-X", "stream", "-c", "fast", "--no-sync",
+                )  # fmt: skip
             self._start_timeout = start_timeout
             self.start()
         except BaseException:
             self.stop()
             raise
+
+    def standby(self, *, synchronous: bool = False) -> PostgresServer:
+        """A streaming standby of this server, started (the caller stops it). ``synchronous``:
+        this server restarts with ``synchronous_standby_names = '*'`` and
+        ``synchronous_commit = on``, so that a commit is acknowledged only once the standby has
+        written it (what a promotion of the standby keeps)."""
+        standby = PostgresServer(start_timeout=self._start_timeout, copy_of=self)
+        if synchronous:
+            self.settings.update(synchronous_standby_names="*", synchronous_commit="on")
+            self.halt()
+            self.start()
+        standby.wait_until_streaming(self)
+        return standby
+
+    def wait_until_streaming(self, primary: PostgresServer, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while primary.query("SELECT count(*) FROM pg_stat_replication").strip() == "0":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby on port {self.port} does not stream")
+            time.sleep(0.1)
+
+    def wait_until_replayed(self, primary: PostgresServer, timeout: float = 60.0) -> None:
+        """Return once this standby has replayed everything ``primary`` has written so far
+        (a database just created there, say)."""
+        target = primary.query("SELECT pg_current_wal_lsn()").strip()
+        deadline = time.monotonic() + timeout
+        while self.query(f"SELECT pg_last_wal_replay_lsn() >= '{target}'").strip() != "t":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby on port {self.port} did not replay {target}")
+            time.sleep(0.05)
+
+    def in_recovery(self) -> bool:
+        return self.query("SELECT pg_is_in_recovery()").strip() == "t"
+
+    def promote(self) -> None:
+        """Make this standby a primary (``pg_ctl promote``, waiting until it accepts writes)."""
+        self._run(_binary("pg_ctl"), "-D", self.data, "-w", "promote")
+
+    def follow(self, primary: PostgresServer) -> None:
+        """Start this stopped server again as a standby of ``primary`` (an old primary rejoining
+        after a failover)."""
+        Path(self.data, "standby.signal").touch()
+        conninfo = f"host={LOOPBACK} port={primary.port} user={SUPERUSER}"
+        self.settings.update(primary_conninfo=conninfo, synchronous_standby_names="")
+        if self._as_postgres:
+            account = pwd.getpwnam("postgres")
+            os.chown(Path(self.data, "standby.signal"), account.pw_uid, account.pw_gid)
+        self.start()
+
+    def crash(self) -> None:
+        """The machine gone at once: SIGKILL to the postmaster and every child."""
+        if not Path(self.data, "postmaster.pid").exists():
+            return  # not running
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        Path(self.data, "postmaster.pid").unlink(missing_ok=True)
 
     def start(self) -> None:
         """Start the server (again, after :meth:`halt`), on the same port with the same data."""
@@ -65,6 +146,8 @@ class PostgresServer:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=300"
         )
+        for name, value in self.settings.items():  # pg_ctl runs the command through a shell
+            options += f" -c {name}={shlex.quote(value)}"
         self._run(
             _binary("pg_ctl"), "-D", self.data, "-l", self.log, "-o", options,
             "-w", "-t", str(int(self._start_timeout)), "start",

@@ -24,7 +24,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._version import __version__
-from ..errors import ServiceUnavailable, SessiondError, SettingsError, StoreMissing, StoreOutdated
+from ..errors import (
+    ServiceUnavailable,
+    SessiondError,
+    SettingsError,
+    StoreMissing,
+    StoreOutdated,
+    StoreReadOnly,
+)
 from ..service import SessionService
 from ..settings import Settings, load_settings, unknown_environment
 
@@ -153,6 +160,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     where = f"the database {_loaded.shown_database_url}" if _loaded else "the database"
     try:
         return asyncio.run(coro)
+    except StoreReadOnly:
+        raise _fail(
+            StoreReadOnly(
+                f"{where} (database_url) is read-only: no host it names is the primary now "
+                "(a standby, or a failover under way); point database_url at the primary, or "
+                "list every server of the cluster in it, or try again once the failover is over"
+            )
+        ) from None
     except ServiceUnavailable as exc:
         if "session store" not in exc.message:  # a directory or a KDC: its own words
             raise _fail(exc) from None

@@ -2,7 +2,8 @@
 
 - ``GET /api/v1/health/live``: the process answers; nothing else is asked (not the store).
 - ``GET /api/v1/health/ready``: the store answers and its schema is this sessiond's
-  (:func:`~sessiond.store.health.readiness`); ``503 service_unavailable`` otherwise.
+  (:func:`~sessiond.store.health.readiness`); ``503 service_unavailable`` otherwise, or
+  ``503 store_read_only`` when the database it reaches is a standby or read-only.
 - ``GET /api/v1/health``: the combined check, asked of the store at every call as readiness
   is, within :data:`HEALTH_TIMEOUT` (never a remembered answer), with the configuration
   version.
@@ -30,7 +31,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import metrics
-from ..errors import ServiceUnavailable
+from ..errors import ServiceUnavailable, StoreReadOnly
 from ..service import SessionService
 from ..settings import Settings
 from ..store.health import READY_TIMEOUT, Readiness, readiness
@@ -74,7 +75,8 @@ async def live() -> JSONResponse:
     summary="Readiness: the store answers and its schema is current",
     description="`200` when the store can be read and its schema is at the revision this "
     "sessiond needs; otherwise `503 service_unavailable` with `details.reason` "
-    "(`store_unreachable`, `schema_not_current`). Send traffic to a node only while it is ready.",
+    "(`store_unreachable`, `schema_not_current`), or `503 store_read_only` when the database "
+    "it reaches is a standby. Send traffic to a node only while it is ready.",
     responses={503: {"model": ErrorBody}},
 )
 async def ready(request: Request) -> JSONResponse:
@@ -90,8 +92,9 @@ async def ready(request: Request) -> JSONResponse:
     summary="Combined health: the process answers and its store answers now",
     description="The store is asked at every call, as by /health/ready, within "
     f"{HEALTH_TIMEOUT:g} s: `200` with the configuration version, or `503 "
-    "service_unavailable` with `details.reason` (`store_unreachable`, `schema_not_current`). "
-    "For probes, see /health/live (the process alone) and /health/ready.",
+    "service_unavailable` with `details.reason` (`store_unreachable`, `schema_not_current`), "
+    "or `503 store_read_only` (a standby). For probes, see /health/live (the process alone) "
+    "and /health/ready.",
     responses={503: {"model": ErrorBody}},
 )
 async def health(request: Request) -> JSONResponse:
@@ -116,7 +119,8 @@ async def _readiness(service: SessionService, within: float) -> Readiness | JSON
     if result.reason == "schema_not_current":
         details["SchemaRevision"] = ", ".join(result.revisions) or None
         details["ExpectedRevision"] = ", ".join(result.expected)
-    return error_response(ServiceUnavailable(result.message, details=details))
+    kind = StoreReadOnly if result.reason == "store_read_only" else ServiceUnavailable
+    return error_response(kind(result.message, details=details))
 
 
 def _allowed(host: str, allowed: list[Network]) -> bool:

@@ -109,16 +109,23 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 def _hidden_password(url: str) -> str:
     from sqlalchemy.engine import make_url
 
+    from ..settings_sections import hide_password
+
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unreadable URL)"
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a host list make_url cannot read: hidden all the same
+        shown = url
+    return hide_password(shown)  # password= in the query too
 
 
 def _url_password(url: str) -> str | None:
     from sqlalchemy.engine import make_url
 
+    from ..store.pgurl import parse
+
     try:
+        if url.startswith("postgres"):
+            return parse(url).password  # every form, password= in the query included
         password = make_url(url).password
     except Exception:
         return None

@@ -94,6 +94,11 @@ class Dialect:
         that a statement failed)."""
         return isinstance(exc, OSError)  # refused, reset, unknown host, connect timeout
 
+    def driver_read_only(self, exc: BaseException) -> bool:
+        """An error this database's driver raises meaning the server is a standby or
+        read-only now (never, for a database that has no standbys)."""
+        return False
+
 
 class SqliteDialect(Dialect):
     name = "sqlite"
@@ -174,6 +179,17 @@ class PostgresDialect(Dialect):
                 errors.CrashShutdownError,
                 errors.TooManyConnectionsError,
             ),
+        )
+
+    def driver_read_only(self, exc: BaseException) -> bool:
+        """No host of the URL is the primary (``target_session_attrs``, store/pgurl.py), or a
+        write was refused (SQLSTATE 25006: a standby, ``default_transaction_read_only``)."""
+        asyncpg: Any = sys.modules.get("asyncpg")
+        if asyncpg is None:
+            return False
+        errors = asyncpg.exceptions
+        return isinstance(
+            exc, errors.TargetServerAttributeNotMatched | errors.ReadOnlySQLTransactionError
         )
 
 

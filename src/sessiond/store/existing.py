@@ -16,10 +16,10 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from ..errors import ServiceUnavailable, SettingsError, StoreMissing
-from ..settings import hide_password
+from ..errors import ServiceUnavailable, SettingsError, StoreMissing, StoreReadOnly
+from . import pgurl
+from .health import READ_ONLY, read_only
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT = 10.0  # seconds; a closed port answers at once, a dropped packet does not
@@ -57,7 +57,7 @@ async def store_revision(url: str) -> str | None:
         ) from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_revision(parsed.database)
-    return await _server_revision(url, parsed.password)
+    return await _server_revision(pgurl.parse(url))
 
 
 def _sqlite_revision(database: str | None) -> str | None:
@@ -89,27 +89,28 @@ def _sqlite_revision(database: str | None) -> str | None:
         conn.close()
 
 
-async def _server_revision(url: str, password: str | None) -> str | None:
-    # No prepared statement kept by name: through PgBouncer in transaction pooling the next
-    # command's connection may find it taken on the server connection this one leaves.
-    engine = create_async_engine(
-        url,
-        connect_args={
-            "timeout": CONNECT_TIMEOUT,
-            "statement_cache_size": 0,
-            "prepared_statement_cache_size": 0,
-            "prepared_statement_name_func": lambda: "",
-        },
+async def _server_revision(address: pgurl.DatabaseAddress) -> str | None:
+    """Read on the server the store's own connections would use (the primary among the URL's
+    hosts), never a standby's copy. No prepared statement kept by name: through PgBouncer in
+    transaction pooling the next command's connection may find it taken on the server
+    connection this one leaves."""
+    engine = address.engine(
+        {"timeout": CONNECT_TIMEOUT, "statement_cache_size": 0},
+        adapter={"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unnamed},
     )
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(_current_revision)
-    except (TimeoutError, OSError, DBAPIError) as exc:
+    except Exception as exc:
+        if read_only(exc):
+            raise StoreReadOnly(f"{READ_ONLY} (database {address.shown})") from None
+        if not isinstance(exc, TimeoutError | OSError | DBAPIError):
+            raise
         reason = str(exc.orig if isinstance(exc, DBAPIError) else exc) or type(exc).__name__
-        if password:
-            reason = reason.replace(password, "***")
+        if address.password:
+            reason = reason.replace(address.password, "***")
         raise ServiceUnavailable(
-            f"cannot reach the database {hide_password(url)} (database_url): "
+            f"cannot reach the database {address.shown} (database_url): "
             f"{reason.splitlines()[0]}; start the database, or correct database_url"
         ) from None
     finally:
@@ -118,3 +119,7 @@ async def _server_revision(url: str, password: str | None) -> str | None:
 
 def _current_revision(conn: sa.Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
+
+
+def _unnamed() -> str:
+    return ""

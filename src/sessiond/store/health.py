@@ -27,7 +27,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..errors import ServiceUnavailable
+from ..errors import ServiceUnavailable, StoreReadOnly
 from ..models import LicenseType
 from . import schema
 from .dialect import DIALECTS, Dialect, dialect_of
@@ -43,38 +43,70 @@ LOG_EVERY = 10.0
 _last_logged = -LOG_EVERY
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: SQLAlchemy's ``orig``, the adapter's ``__cause__``."""
+    found = [exc]
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+    if orig is not None:
+        found.append(orig)
+        if orig.__cause__ is not None:
+            found.append(orig.__cause__)
+    return found
+
+
+def _dialects(dialect: Dialect | None) -> tuple[Dialect, ...]:
+    return DIALECTS if dialect is None else (dialect,)
+
+
+def read_only(exc: BaseException, dialect: Dialect | None = None) -> bool:
+    """True when ``exc`` means the database is a standby or read-only now (by ``dialect``'s
+    driver; None: by any)."""
+    return any(d.driver_read_only(c) for c in _causes(exc) for d in _dialects(dialect))
+
+
 def unreachable(exc: BaseException, dialect: Dialect | None = None) -> bool:
-    """True when ``exc`` means the database cannot be reached (or is refusing connections),
-    whether SQLAlchemy wrapped it or the driver raised it as it is (by ``dialect``'s driver;
-    None: by any)."""
-
-    def _driver_unreachable(error: BaseException) -> bool:
-        dialects = DIALECTS if dialect is None else (dialect,)
-        return any(d.driver_unreachable(error) for d in dialects)
-
+    """True when ``exc`` means the database cannot be reached (or is refusing connections, or
+    is a standby: :func:`read_only`), whether SQLAlchemy wrapped it or the driver raised it as
+    it is (by ``dialect``'s driver; None: by any)."""
     if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError):
         return True  # SQLite's "unable to open", "locked"; a pool with no connection to give
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        orig = exc.orig
-        return orig is not None and (
-            _driver_unreachable(orig)
-            or (orig.__cause__ is not None and _driver_unreachable(orig.__cause__))
-        )
-    return _driver_unreachable(exc)
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return any(
+        d.driver_unreachable(c) or d.driver_read_only(c)
+        for c in _causes(exc)[-2:]
+        for d in _dialects(dialect)
+    )
 
 
 def unavailable(exc: BaseException) -> ServiceUnavailable:
-    """The answer to a request the store could not serve because it cannot be reached. The
-    caller learns only that; the log gets the cause (at most once per :data:`LOG_EVERY`)."""
+    """The answer to a request the store could not serve because it cannot be reached (or is
+    a standby). The caller learns only that; the log gets the cause (at most once per
+    :data:`LOG_EVERY`)."""
     global _last_logged
     now = time.monotonic()
+    standby = read_only(exc)
     if now - _last_logged >= LOG_EVERY:
         _last_logged = now
         cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
-        log.warning("the store cannot be reached: %s: %s", type(cause).__name__, cause)
+        if standby:
+            log.warning(
+                "the store is read-only (no host of database_url is the primary now): %s: %s",
+                type(cause).__name__,
+                cause,
+            )
+        else:
+            log.warning("the store cannot be reached: %s: %s", type(cause).__name__, cause)
+    if standby:
+        return StoreReadOnly(READ_ONLY)
     return ServiceUnavailable("the session store is unavailable; try again shortly")
+
+
+#: What a caller is told when the database is a standby.
+READ_ONLY = (
+    "the database is read-only now (a standby; a failover may be under way): nothing was "
+    "read or written; try again shortly, or on another node"
+)
 
 
 _last_busy = -LOG_EVERY
@@ -109,7 +141,7 @@ def expected_revisions() -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class Readiness:
     ready: bool
-    #: ``ready``, ``store_unreachable``, ``schema_not_current``
+    #: ``ready``, ``store_unreachable``, ``store_read_only``, ``schema_not_current``
     reason: str
     message: str
     revisions: tuple[str, ...] = ()
@@ -147,12 +179,19 @@ async def readiness(engine: AsyncEngine, within: float = READY_TIMEOUT) -> Readi
         return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
 
     late = Readiness(False, "store_unreachable", f"the store did not answer within {within:g} s")
+    standby = Readiness(False, "store_read_only", READ_ONLY)
     try:
         async with _within(engine, within) as conn:
+            if engine.dialect.name == "postgresql" and await _read_only_now(conn):
+                return standby
             revisions = await conn.run_sync(current)
+    except StoreReadOnly:
+        return standby
     except (TimeoutError, ServiceUnavailable):
         return late
     except Exception as exc:
+        if read_only(exc):
+            return standby
         if not unreachable(exc):
             raise
         return Readiness(False, "store_unreachable", "the store cannot be reached")
@@ -169,6 +208,18 @@ async def readiness(engine: AsyncEngine, within: float = READY_TIMEOUT) -> Readi
     return Readiness(
         True, "ready", "the store answers and its schema is current", revisions, expected
     )
+
+
+async def _read_only_now(conn: AsyncConnection) -> bool:
+    """Whether the server of ``conn`` is in recovery (a standby) or refuses writes now. A
+    connection is checked when it opens (``target_session_attrs``), but one opened before a
+    server was made read-only stays open."""
+    row = (
+        await conn.execute(
+            sa.text("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+        )
+    ).one()
+    return bool(row[0]) or row[1] == "on"
 
 
 async def open_sessions(

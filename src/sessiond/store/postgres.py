@@ -28,8 +28,7 @@ from uuid import UUID
 
 import asyncpg
 from sqlalchemy import Connection, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import ServiceUnavailable, SettingsError
 from ..settings import (
@@ -44,8 +43,9 @@ from .base import BuildInfo, SessionRecord, SessionUser
 from .bounds import no_answer
 from .codec import ASYNCPG_SESSIONS, session_with_user_sql
 from .dialect import POSTGRES
-from .health import unavailable, unreachable
+from .health import read_only, unavailable, unreachable
 from .notify import Listener, Notice
+from .pgurl import DatabaseAddress, parse
 from .sql import SqlStore
 
 log = logging.getLogger("sessiond.store")
@@ -56,6 +56,7 @@ _POOLER_REFUSAL = "unsupported startup parameter"
 _SELECT = session_with_user_sql("s.id = ANY($1::uuid[])")
 _SELECT_VERSION = "SELECT id, version, last_activity FROM sessions WHERE id = ANY($1::uuid[])"
 T = TypeVar("T")
+_NOT_PRIMARY = asyncpg.exceptions.TargetServerAttributeNotMatched
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -66,16 +67,17 @@ class PostgresStore(SqlStore):
     def __init__(
         self,
         engine: Any,
-        dsn: str,
+        address: DatabaseAddress,
         pools: DatabasePools | None = None,
         *,
-        listen_dsn: str | None = None,
+        listen: DatabaseAddress | None = None,
     ) -> None:
         super().__init__(engine)
-        self._dsn = dsn
+        #: where every connection of this store goes (the engine's too): store/pgurl.py
+        self.address = address
         #: where the listening connection goes; None: nowhere (through a transaction pooler
         #: LISTEN cannot work, and no direct connection was given)
-        self._listen_dsn = listen_dsn
+        self._listen = listen
         self.pools = pools or _default_pools()
         self.bounds = (self.pools.timeout, self.pools.connect_timeout, self.pools.statement_timeout)
         self._listener: Listener | None = None
@@ -97,20 +99,22 @@ class PostgresStore(SqlStore):
             ) from None
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn,
+                **self.address.pool_arguments(),
                 min_size=1,
                 max_size=self.pools.read,
                 reset=_no_reset,
                 **connect_arguments(self.pools, "reads"),
             )
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (OSError, asyncpg.PostgresError, _NOT_PRIMARY, TimeoutError) as exc:
+            if read_only(exc):  # no host of the URL is the primary now: store_read_only
+                raise unavailable(exc) from None
             raise ServiceUnavailable(f"the session store is unavailable: {exc}") from None
 
     async def listen(self, on_notice: Callable[[Notice], None]) -> bool:
         """Hand every notification of another node's change to ``on_notice`` from now on, over
         a connection of its own (``pools.listen``), reconnecting when it drops. False, with a
         warning, behind PgBouncer without ``database_listen_url``: nothing is heard."""
-        if self._listen_dsn is None:
+        if self._listen is None:
             log.warning(
                 "notifications are not available: database_url leads to pgbouncer "
                 "(database_pooler), through which LISTEN cannot work, and "
@@ -129,8 +133,8 @@ class PostgresStore(SqlStore):
         return self._listener is not None and self._listener.listening
 
     async def _listening_connection(self) -> asyncpg.Connection:
-        assert self._listen_dsn is not None
-        return await asyncpg.connect(self._listen_dsn, **connect_arguments(self.pools, "listen"))
+        assert self._listen is not None
+        return await self._listen.connect(**connect_arguments(self.pools, "listen"))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -274,13 +278,6 @@ def connect_arguments(pools: DatabasePools, use: ConnectionUse) -> dict[str, Any
         return arguments | {"statement_cache_size": 0, "server_settings": name}
     if pools.pooler == "pgbouncer":
         arguments |= {"statement_cache_size": 0, "server_settings": name}
-        if use == "engine":
-            # SQLAlchemy's own cache off, and its statements unnamed ("" is PostgreSQL's
-            # unnamed statement, replaced by the next one on the same connection).
-            arguments |= {
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _unnamed,
-            }
         return arguments
     timeout = {"statement_timeout": _milliseconds(pools.statement_timeout)}
     if use == "reads":
@@ -288,9 +285,13 @@ def connect_arguments(pools: DatabasePools, use: ConnectionUse) -> dict[str, Any
     return arguments | {"server_settings": name | timeout}
 
 
-def asyncpg_dsn(url: str) -> str:
-    """A SQLAlchemy URL (``postgresql+asyncpg://...``) as asyncpg reads it."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+def engine_arguments(pools: DatabasePools) -> dict[str, Any]:
+    """What SQLAlchemy's asyncpg adapter is given for each engine connection. Through
+    PgBouncer: its own statement cache off and its statements unnamed ("" is PostgreSQL's
+    unnamed statement, replaced by the next one on the same connection)."""
+    if pools.pooler == "pgbouncer":
+        return {"prepared_statement_cache_size": 0, "prepared_statement_name_func": _unnamed}
+    return {}
 
 
 def _unnamed() -> str:
@@ -321,21 +322,24 @@ def _default_pools() -> DatabasePools:
 def create_postgres_store(
     url: str, pools: DatabasePools | None = None, *, listen_url: str | None = None
 ) -> PostgresStore:
-    """The store, opening at most ``pools.total`` connections (``database_connections``).
-    ``listen_url``: where the listening connection goes (default: ``url``, unless ``url``
-    leads to PgBouncer: then no connection listens)."""
+    """The store, opening at most ``pools.total`` connections (``database_connections``), all
+    to the server ``url`` names (:func:`.pgurl.parse`: the primary among its hosts);
+    :class:`~sessiond.errors.SettingsError` for a URL sessiond cannot use. ``listen_url``:
+    where the listening connection goes (default: ``url``, unless ``url`` leads to PgBouncer:
+    then no connection listens); read the same way."""
     pools = pools or _default_pools()
-    engine = create_async_engine(
-        url,
+    address = parse(url)
+    engine = address.engine(
+        connect_arguments(pools, "engine"),
+        adapter=engine_arguments(pools),
         pool_size=pools.write,
         max_overflow=0,
         pool_timeout=pools.timeout,
         pool_pre_ping=True,
-        connect_args=connect_arguments(pools, "engine"),
     )
     if pools.pooler == "pgbouncer":
         _timeout_per_transaction(engine, pools)
     if listen_url is None and pools.pooler == "none":
         listen_url = url
-    listen_dsn = asyncpg_dsn(listen_url) if listen_url is not None else None
-    return PostgresStore(engine, asyncpg_dsn(url), pools, listen_dsn=listen_dsn)
+    listen = parse(listen_url) if listen_url is not None else None
+    return PostgresStore(engine, address, pools, listen=listen)
