@@ -27,6 +27,7 @@ from tests.infra.conftest_fixtures import (
     kerberos_realm,
     ldap_server,
     ntlm_users,
+    oidc_provider,
     postgres_server,
     samba_domain,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "kerberos_realm",
     "ldap_server",
     "ntlm_users",
+    "oidc_provider",
     "postgres_server",
     "samba_domain",
 ]  # fixtures for every test module

@@ -20,10 +20,18 @@ import pytest
 from tests.infra.kerberos import KerberosRealm
 from tests.infra.ldap import LdapServer
 from tests.infra.ntlm import NtlmUsers
+from tests.infra.oidc import OidcProvider
 from tests.infra.postgres import PostgresServer
 from tests.infra.samba import SambaDomain
 
-__all__ = ["kerberos_realm", "ldap_server", "ntlm_users", "postgres_server", "samba_domain"]
+__all__ = [
+    "kerberos_realm",
+    "ldap_server",
+    "ntlm_users",
+    "oidc_provider",
+    "postgres_server",
+    "samba_domain",
+]
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +66,20 @@ def ntlm_users() -> Iterator[NtlmUsers]:
         yield users
     finally:
         users.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_provider() -> Iterator[OidcProvider]:
+    """A running OpenID Provider (oidc-provider on Node.js), issuer ``http://127.0.0.1:PORT``,
+    with the clients ``sessiond-console`` and ``sessiond-desktop`` and the users ``alice`` and
+    ``bob``; see :mod:`tests.infra.oidc` (browser pages: :mod:`tests.infra.oidc_pages`). Tests
+    share it: a test that changes a client or stops, freezes or rotates it puts back what other
+    tests rely on, or registers a client of its own."""
+    provider = OidcProvider()
+    try:
+        yield provider
+    finally:
+        provider.close()
 
 
 @pytest.fixture(scope="session")
