@@ -506,3 +506,59 @@ def test_a_provider_down_or_frozen_is_503_naming_it_while_passwords_still_sign_i
         )
     finally:
         proc.stop()
+
+
+# --- administering OpenId users ---------------------------------------------------------------
+
+
+def test_the_users_api_and_the_console_keep_an_openid_mapping(
+    server: ServerProcess, oidc_provider: OidcProvider, browser: Browser
+) -> None:
+    headers = admin_headers(server)
+    subject = f"Erin-{uuid.uuid4().hex[:6]}"  # the subject is kept exactly, case and all
+    added = httpx.post(
+        f"{server.url}/api/v1/users",
+        json={"Login": "erin", "LoginType": "OpenId",
+              "Account": f"{oidc_provider.issuer}#{subject}"},
+        headers=headers, timeout=10,
+    )  # fmt: skip
+    assert added.status_code in (200, 201), added.text
+    assert added.json()["Account"] == f"openid:{oidc_provider.issuer}#{subject}"
+    with db(server) as conn:
+        rows = conn.execute(
+            "SELECT issuer, subject FROM openid_identities i JOIN users u ON u.id = i.user_id"
+            " WHERE u.login = 'erin'"
+        ).fetchall()
+    assert rows == [(oidc_provider.issuer, subject)]
+    wrong = httpx.patch(
+        f"{server.url}/api/v1/users/erin", json={"Account": "just-a-name"},
+        headers=headers, timeout=10,
+    )  # fmt: skip
+    assert wrong.status_code == 400, wrong.text
+    assert "ISSUER#SUBJECT" in wrong.json()["error"]["message"]
+    moved = httpx.patch(
+        f"{server.url}/api/v1/users/erin",
+        json={"Account": f"openid:{oidc_provider.issuer}#other-{subject}"},
+        headers=headers, timeout=10,
+    )  # fmt: skip
+    assert moved.status_code == 200, moved.text
+    with db(server) as conn:
+        rows = conn.execute(
+            "SELECT subject FROM openid_identities i JOIN users u ON u.id = i.user_id"
+            " WHERE u.login = 'erin'"
+        ).fetchall()
+    assert rows == [(f"other-{subject}",)]
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/console/sign-in")
+        page.fill("input[name=login]", "admin")
+        page.fill("input[name=password]", server.admin_password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(re.compile(r"/console/sessions$"))
+        page.goto(f"{server.url}/console/user?login=erin")
+        assert page.inner_text("#openid-provider") == "Corp sign-in (corp)"
+        mapping = page.inner_text("#openid-mapping")
+        assert oidc_provider.issuer in mapping and f"other-{subject}" in mapping
+    finally:
+        context.close()
