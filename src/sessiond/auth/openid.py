@@ -114,6 +114,8 @@ class OpenIdBackend(ProofBackend):
     ) -> ExternalAccount:
         settings = provider.settings
         match = verified.text(settings.match_claim) if settings.match_claim else None
+        if settings.match_claim == "email" and verified.claims.get("email_verified") is not True:
+            match = None  # an address the provider has not verified names nobody
         level = None
         if settings.admin_groups:
             groups = _strings(verified.claims.get(settings.groups_claim))
