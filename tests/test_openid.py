@@ -613,7 +613,7 @@ def test_a_code_is_redeemed_once_and_its_id_token_verified(
 ) -> None:
     from sessiond.auth.openid_provider import ProviderClient
     from sessiond.errors import OpenIdTokenInvalid
-    from sessiond.settings import OpenIdProvider
+    from sessiond.settings_openid import OpenIdProvider
 
     code, redirect_uri, verifier, nonce = authorization_code(
         oidc_provider, browser, receiver, "bob"

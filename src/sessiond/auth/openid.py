@@ -20,7 +20,8 @@ from uuid import UUID
 
 from ..errors import OpenIdProviderUnknown
 from ..models import AccessLevel, LoginType, openid_account
-from ..settings import OpenIdSettings, Settings
+from ..settings import Settings
+from ..settings_openid import OpenIdSettings
 from ..store.base import Transaction, UserRecord
 from .base import Accounts, Claim, ExternalAccount, Identity, ProofBackend, ProofStep
 from .openid_provider import ProviderClient, TokenType, VerifiedToken
