@@ -32,6 +32,7 @@ from playwright.sync_api import Browser, sync_playwright
 from tests.conftest import ServerProcess, free_port, server_env
 from tests.infra.oidc import OidcProvider
 from tests.infra.oidc_pages import provider_login
+from tests.infra.postgres import PostgresServer
 from tests.test_oidc_provider import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -666,5 +667,47 @@ def test_an_unverified_email_matches_nobody(
         assert user_by_login(proc, gina.claims["email"])["Account"] == (
             f"openid:{other_provider.issuer}#{gina.sub}"
         )
+    finally:
+        proc.stop()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def test_the_exchange_on_postgresql_keeps_the_provider_session_with_the_session(
+    tmp_path: Path, postgres_server: PostgresServer, oidc_provider: OidcProvider, tokens: Tokens
+) -> None:
+    url = postgres_server.new_database()
+    database = url.rsplit("/", 1)[1]
+    root = tmp_path / "pg"
+    root.mkdir()
+    config = root / "sessiond.toml"
+    config.write_text(provider_table("corp", oidc_provider, provision=True), encoding="utf-8")
+    data_dir = root / "sessiond-data"
+    env = server_env(data_dir, SESSIOND_CONFIG=str(config), SESSIOND_DATABASE_URL=url)
+    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
+    proc.start()
+    try:
+        got = tokens(oidc_provider, "bob")
+        answer = exchange(proc, got["id_token"])
+        assert answer.status_code == 200, answer.text
+        sid = jwt_parts(got["id_token"])[1]["sid"]
+        bob = oidc_provider.user("bob")
+        rows = postgres_server.query(
+            "SELECT issuer, subject, sid FROM openid_sessions", database=database
+        ).split()
+        assert rows == [f"{oidc_provider.issuer}|{bob.sub}|{sid}"]
+        mapped = postgres_server.query(
+            "SELECT subject FROM openid_identities", database=database
+        ).split()
+        assert mapped == [bob.sub]
+        closed = httpx.post(
+            proc.url + "/api/v1/sessions/close",
+            headers={"Tessa-Session": answer.json()["AuthToken"]},
+            timeout=10,
+        )
+        assert closed.json() == {"Closed": True}
+        left = postgres_server.query("SELECT count(*) FROM openid_sessions", database=database)
+        assert left.strip() == "0"  # it goes with its session
     finally:
         proc.stop()
