@@ -711,3 +711,44 @@ def test_the_exchange_on_postgresql_keeps_the_provider_session_with_the_session(
         assert left.strip() == "0"  # it goes with its session
     finally:
         proc.stop()
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('issuer = "https://id.example"\nclient_id = "c"\nalgorithms = ["none"]', "not allowed"),
+        ('issuer = "https://id.example"\nclient_id = "c"\nalgorithms = ["HS256"]', "HS256"),
+        ('issuer = "http://id.example"\nclient_id = "c"', "https://"),
+        ('issuer = "https://id.example"', "needs client_id"),
+        ('issuer = "https://id.example"\nclient_id = "c"\ntimeout = "5m"', "60 seconds"),
+    ],
+)
+def test_settings_that_would_weaken_the_checks_stop_the_server(
+    tmp_path: Path, table: str, said: str
+) -> None:
+    from sessiond.errors import SettingsError
+    from sessiond.settings import load_settings
+
+    config = tmp_path / "sessiond.toml"
+    config.write_text(f"[openid.providers.corp]\n{table}\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(config)
+    assert said in refused.value.message
+    assert "openid.providers.corp" in refused.value.message
+
+
+def test_two_providers_may_not_share_an_issuer(tmp_path: Path) -> None:
+    from sessiond.errors import SettingsError
+    from sessiond.settings import load_settings
+
+    config = tmp_path / "sessiond.toml"
+    config.write_text(
+        '[openid.providers.a]\nissuer = "https://id.example"\nclient_id = "a"\n'
+        '[openid.providers.b]\nissuer = "https://id.example"\nclient_id = "b"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(SettingsError, match="same issuer"):
+        load_settings(config)
