@@ -5,7 +5,7 @@ credentials, the backend that takes them, the account they claim, reserve, check
 asks the backend everything that differs between login types through the hooks below. It names
 no login type itself; a new login type is a module under ``auth/`` implementing
 :class:`Authenticator` (passwords) or :class:`ProofBackend` (credentials that carry their own
-proof: HTTP Negotiate, later an identity provider's tokens), a line in :mod:`.registry` and a
+proof: HTTP Negotiate, an OpenID Provider's tokens), a line in :mod:`.registry` and a
 settings section.
 """
 

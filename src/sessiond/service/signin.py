@@ -188,6 +188,11 @@ class SignIn:
         """Integrated sign-in (HTTP Negotiate). Returns the session opened and the backend's last
         token (mutual authentication), or raises :class:`NegotiateRequired` with the
         challenge when the exchange needs another leg."""
+        if "negotiate" not in self.proofs:
+            raise NotConfigured(
+                "integrated sign-in is not configured on this server; sign in with a login "
+                "and password"
+            )
         return await self.open_session_proof(
             "negotiate", token, handshake_id, client, client_address
         )
@@ -205,8 +210,8 @@ class SignIn:
         proof = self.proofs.get(name)
         if proof is None:
             raise NotConfigured(
-                f"{_TITLES.get(name, name)} is not configured on this server; sign in with a "
-                "login and password"
+                f"sign-in by {name} is not configured on this server; sign in with a login "
+                "and password"
             )
         if not token:
             raise NegotiateRequired(f"{proof.title}: send a Negotiate token")
@@ -572,9 +577,6 @@ class SignIn:
         self, user: UserRecord | None, who: str, client_address: str | None, reason: str
     ) -> None:
         await self.records.add(login_failed(user, who, self.clock(), client_address, reason))
-
-
-_TITLES = {"negotiate": "integrated sign-in", "openid": "OpenID Connect sign-in"}
 
 
 def _said(exc: InvalidCredentials) -> str:
