@@ -752,3 +752,34 @@ def test_two_providers_may_not_share_an_issuer(tmp_path: Path) -> None:
     )
     with pytest.raises(SettingsError, match="same issuer"):
         load_settings(config)
+
+
+# --- the algorithms a provider signs with -----------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["ES256", "PS256", "HS256"])
+def test_real_id_tokens_of_each_algorithm(
+    server: ServerProcess, oidc_provider: OidcProvider, tokens: Tokens, alg: str
+) -> None:
+    """ES256 and PS256 (allowed by default) open sessions; an HS256 ID token, signed by the
+    provider itself with the client's secret, is refused: this server accepts no shared-secret
+    signature, whoever made it."""
+    console = oidc_provider.console_client.client_id
+    new_kid = None if alg == "HS256" else oidc_provider.rotate_keys(alg=alg)
+    oidc_provider.update_client(console, id_token_signed_response_alg=alg)
+    try:
+        time.sleep(1.1)  # keys_refetch_interval: the new key may be fetched
+        got = tokens(oidc_provider, "bob")["id_token"]
+        assert (jwt_parts(got)[0]["alg"], jwt_parts(got)[0].get("kid")) == (alg, new_kid)
+        answer = exchange(server, got)
+        if alg == "HS256":
+            assert answer.status_code == 401, answer.text
+            assert answer.json()["error"]["code"] == "openid_token_invalid"
+            reasons = json.dumps(audit_records(server, "LoginFailed")[:5])
+            assert "algorithm 'HS256' is not allowed" in reasons
+        else:
+            assert answer.status_code == 200, answer.text
+    finally:
+        oidc_provider.update_client(console, id_token_signed_response_alg=None)
+        if new_kid is not None:
+            oidc_provider.rotate_keys()  # RS256 first again for the tests after this one
