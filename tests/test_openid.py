@@ -402,6 +402,8 @@ def test_every_hostile_token_is_refused_with_its_code_and_nothing_written(
         assert answer.status_code == 401, (what, answer.text)
         assert answer.json()["error"]["code"] == "openid_token_invalid", what
     assert written(server) == before
+    assert sign_ins(server, "openid_token_invalid") >= len(hostile_tokens(oidc_provider))
+    assert sign_ins(server, "opened") >= 1  # the metrics count them as sign-ins via openid
 
 
 def test_a_token_of_one_provider_sent_as_another_is_refused(
@@ -430,6 +432,12 @@ def test_an_unknown_provider_is_refused(server: ServerProcess, oidc_provider: Oi
 
 
 # --- keys -------------------------------------------------------------------------------------
+
+
+def sign_ins(server: ServerProcess, outcome: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    found = re.search(rf'sessiond_sign_ins_total\{{outcome="{outcome}",via="openid"\}} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
 
 
 def fetches(server: ServerProcess, provider: str, document: str) -> float:
