@@ -791,3 +791,35 @@ def test_real_id_tokens_of_each_algorithm(
         oidc_provider.update_client(console, id_token_signed_response_alg=None)
         if new_kid is not None:
             oidc_provider.rotate_keys()  # RS256 first again for the tests after this one
+
+
+def test_a_key_fetch_from_a_frozen_provider_holds_up_no_token_of_a_known_key(
+    server: ServerProcess, oidc_provider: OidcProvider
+) -> None:
+    bob = oidc_provider.user("bob")
+    assert exchange(server, signed(oidc_provider, sub=bob.sub)).status_code == 200  # cached
+    time.sleep(1.1)  # keys_refetch_interval: a made-up kid will fetch the keys
+    made_up = jwt.encode(
+        {"alg": "RS256", "kid": f"made-up-{uuid.uuid4().hex}"},
+        {"iss": oidc_provider.issuer, "sub": bob.sub},
+        private_key(oidc_provider),
+    )
+    fetching: dict[str, Any] = {}
+
+    def fetch() -> None:
+        fetching["answer"] = exchange(server, made_up)
+
+    with oidc_provider.frozen():
+        thread = threading.Thread(target=fetch)
+        thread.start()
+        time.sleep(0.3)  # the fetch has begun and waits on the frozen provider
+        known = exchange(server, signed(oidc_provider, sub=bob.sub))
+        still_fetching = thread.is_alive()
+        thread.join(30)
+    assert known.status_code == 200, known.text
+    assert still_fetching  # answered while the fetch still waited: it held nothing up
+    error = fetching["answer"].json()["error"]
+    assert (error["code"], error["details"]) == (
+        "openid_provider_unavailable",
+        {"provider": "corp"},
+    )

@@ -170,6 +170,11 @@ class ProviderClient:
     async def keys(self, kid: str | None) -> KeySet:
         """The provider's signing keys: the cached set, fetched when there is none or it is
         old, and fetched again when it lacks ``kid`` (at most once per refetch interval)."""
+        keys, fresh = self._keys, time.monotonic() - self._keys_at < CACHE_SECONDS
+        if keys is not None and fresh and (kid is None or _has_kid(keys, kid)):
+            return keys  # without the lock: a fetch in progress holds no one up
+        if keys is not None and fresh and self._refetch_too_soon(time.monotonic()):
+            return keys  # an unknown kid, refetched lately: refused without waiting
         async with self._bounded("key set"):
             now = time.monotonic()
             keys = self._keys
@@ -177,8 +182,7 @@ class ProviderClient:
             if keys is not None and fresh and (kid is None or _has_kid(keys, kid)):
                 return keys
             if keys is not None and fresh:  # an unknown kid: refetch, rate-bounded
-                interval = self.settings.keys_refetch_interval.total_seconds()
-                if self._refetched_at is not None and now - self._refetched_at < interval:
+                if self._refetch_too_soon(now):
                     return keys
                 self._refetched_at = now
             discovery = await self._discovery_locked()
@@ -190,6 +194,10 @@ class ProviderClient:
                 raise self._unavailable(f"its key set is unusable: {exc}") from None
             self._keys, self._keys_at = keys, time.monotonic()
             return keys
+
+    def _refetch_too_soon(self, now: float) -> bool:
+        interval = self.settings.keys_refetch_interval.total_seconds()
+        return self._refetched_at is not None and now - self._refetched_at < interval
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -266,24 +274,28 @@ class ProviderClient:
         answer (``id_token``, ``access_token``...). A refusal (a replayed code, a redirect URI
         not registered) is :class:`OpenIdTokenInvalid` with the provider's error."""
         settings = self.settings
-        async with self._bounded("token endpoint"):
-            endpoint = (await self._discovery_locked()).token_endpoint
-            if endpoint is None:
-                raise self._unavailable("its discovery document names no token endpoint")
-            form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-            if code_verifier:
-                form["code_verifier"] = code_verifier
-            auth: httpx.Auth | None = None
-            if settings.client_id and settings.client_secret_value:
-                auth = httpx.BasicAuth(settings.client_id, settings.client_secret_value)
-            elif settings.client_id:
-                form["client_id"] = settings.client_id
-            try:
+        endpoint = (await self.discovery()).token_endpoint
+        if endpoint is None:
+            raise self._unavailable("its discovery document names no token endpoint")
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+        if code_verifier:
+            form["code_verifier"] = code_verifier
+        auth: httpx.Auth | None = None
+        if settings.client_id and settings.client_secret_value:
+            auth = httpx.BasicAuth(settings.client_id, settings.client_secret_value)
+        elif settings.client_id:
+            form["client_id"] = settings.client_id
+        try:  # not under the lock: redemptions go on side by side
+            async with asyncio.timeout(self.timeout):
                 answer = await self.http.post(
                     endpoint, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT
                 )
-            except httpx.HTTPError as exc:
-                raise self._unavailable(f"its token endpoint failed: {_said(exc)}") from None
+        except TimeoutError:
+            raise self._unavailable(
+                f"its token endpoint did not answer within {self.timeout:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._unavailable(f"its token endpoint failed: {_said(exc)}") from None
         body = _json_or_none(answer.content)
         if answer.status_code in (400, 401) and isinstance(body, dict):
             raise self._invalid(
