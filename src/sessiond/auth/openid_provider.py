@@ -147,6 +147,9 @@ class ProviderClient:
 
     async def discovery(self) -> Discovery:
         """The discovery document (cached), or :class:`OpenIdProviderUnavailable`."""
+        found = self._discovery
+        if found is not None and time.monotonic() - self._discovery_at < CACHE_SECONDS:
+            return found  # without the lock, as the keys
         async with self._bounded("discovery document"):
             return await self._discovery_locked()
 
