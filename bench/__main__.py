@@ -31,8 +31,10 @@ BENCHMARKS = (
     "scale",
     "argon2-presets",
     "pg-connections",
+    "oidc",
 )
-OPT_IN = ("refusals-domain",)  # run only when named with --only (a Samba AD DC, root)
+# Run only when named with --only: a Samba AD DC (root); the test OpenID Provider (Node.js)
+OPT_IN = ("refusals-domain", "oidc")
 MAX_SESSIONS = 50_000
 MAX_SCALE_ROWS = 5_000_000
 
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": lambda: scale.run_scale(config, _need(load)),
         "argon2-presets": lambda: sizing.run_argon2_presets(config),
         "pg-connections": lambda: sizing.run_pg_connections(config),
+        "oidc": lambda: _oidc(config),
     }
     print("sessiond benchmarks")
     for line in machine_lines(load.describe() if load else "not needed"):
@@ -227,6 +230,12 @@ def _refusals_domain(config: Config) -> None:
     from .domain_refusals import run_refusals_domain  # imports the tests' Samba fixture
 
     run_refusals_domain(config)
+
+
+def _oidc(config: Config) -> None:
+    from .oidc import run_oidc  # imports the tests' OpenID Provider fixture
+
+    run_oidc(config)
 
 
 def _need(load: LoadGenerator | None) -> LoadGenerator:
