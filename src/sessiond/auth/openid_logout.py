@@ -151,7 +151,7 @@ def _claim_problem(
     if "iss" in name:
         return f"the issuer {claims.get('iss')!r} is not this provider's {issuer!r}"
     if "aud" in name:
-        return f"the audience {claims.get('aud')!r} is none of this server's clients {clients}"
+        return f"the audience {claims.get('aud')!r} is none of this server's clients"
     return f"claim check failed: {exc}"
 
 
