@@ -16,6 +16,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -516,6 +517,16 @@ def test_two_postgresql_nodes_a_logout_on_one_is_seen_on_the_other_at_once(
             assert post_logout(b, replay).status_code == 200
             assert post_logout(a, replay).json()["code"] == "openid_logout_token_replayed"
             assert not is_open(a, kept)
+            # One token posted to both nodes at the same moment: one of them acts on it.
+            raced = signed(
+                oidc_provider,
+                logout_claims(oidc_provider, client, sub=bob.claims["sub"], jti="raced"),
+            )
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                answers = list(pool.map(lambda node: post_logout(node, raced), [a, b]))
+            assert sorted(r.status_code for r in answers) == [200, 400]
+            (refused,) = [r for r in answers if r.status_code == 400]
+            assert refused.json()["code"] == "openid_logout_token_replayed"
         finally:
             b.stop()
     finally:
