@@ -7,6 +7,8 @@ integrators catch one tree on both sides::
     SessiondError
     ├── RequestError                400 invalid_request          malformed body or parameter
     │   ├── OpenIdProviderUnknown   400 openid_provider_unknown  no such provider configured
+    │   ├── OpenIdLogoutTokenInvalid 400 openid_logout_token_invalid  back-channel logout token
+    │   │   └── OpenIdLogoutTokenReplayed 400 openid_logout_token_replayed  its jti came before
     │   ├── HeaderRepeated          400 header_repeated          a single-value header sent twice
     │   ├── DuplicateKey            400 duplicate_key            a JSON body repeats a key
     │   ├── RequestTimeout          408 request_timeout          request head or body not in time
@@ -125,6 +127,20 @@ class OpenIdProviderUnknown(RequestError):
     """An OpenID Connect sign-in names a provider this server has not configured."""
 
     code = "openid_provider_unknown"
+
+
+class OpenIdLogoutTokenInvalid(RequestError):
+    """A back-channel logout token was refused: its signature, issuer, audience, age, events,
+    subject or sid, or it carries a nonce (the log has which). Answered in the shape the
+    Back-Channel Logout specification asks for (``error``: ``invalid_request``)."""
+
+    code = "openid_logout_token_invalid"
+
+
+class OpenIdLogoutTokenReplayed(OpenIdLogoutTokenInvalid):
+    """A back-channel logout token whose ``jti`` this provider sent before: nothing is done."""
+
+    code = "openid_logout_token_replayed"
 
 
 class AuthenticationError(SessiondError):

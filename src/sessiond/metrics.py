@@ -156,6 +156,13 @@ OPENID_FETCHES = Counter(
     ["provider", "document"],
     registry=REGISTRY,
 )
+OPENID_LOGOUTS = Counter(
+    "sessiond_openid_logouts",
+    "Back-channel logout tokens received, by provider and outcome (closed: sessions were "
+    "closed; none_open: none of that provider session was open; refused; replayed).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
 NOTIFICATIONS = Counter(
     "sessiond_store_notifications",
     "Notifications of committed changes this server received (its own included), by kind: "
@@ -273,6 +280,10 @@ def notified(kind: str) -> None:
 
 def openid_fetch(provider: str, document: str) -> None:
     OPENID_FETCHES.labels(provider, document).inc()
+
+
+def openid_logout(provider: str, outcome: str) -> None:
+    OPENID_LOGOUTS.labels(provider, outcome).inc()
 
 
 async def refresh(service: SessionService) -> None:

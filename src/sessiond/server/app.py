@@ -34,7 +34,7 @@ from ..wire import (
     CONFIGURATION_VERSION_HEADER,
     SESSION_HEADER,
 )
-from . import console, openid, operations, routes
+from . import console, openid, openid_logout, operations, routes
 from .addresses import ClientAddress, networks
 from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
@@ -102,6 +102,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.include_router(routes.router)
     app.include_router(openid.router)
+    app.include_router(openid_logout.router)
     operations.install(app, settings)
     if settings.console.enabled:
         console.install(app, settings, svc)
@@ -133,6 +134,7 @@ async def _sweep_forever(service: SessionService) -> None:
             swept = await service.sessions.sweep()
             if swept:
                 log.info("removed %d expired sessions", swept)
+            await service.openid_logout.prune()  # logout tokens too old to be replayed
         except ServiceUnavailable as exc:
             metrics.swept(None)
             log.warning("sweeping expired sessions: %s", exc.message)

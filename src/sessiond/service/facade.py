@@ -29,6 +29,7 @@ from .configuration import Configuration
 from .external import ExternalAccounts
 from .licensing import Licensing
 from .openid import OpenIdSignIn
+from .openid_logout import OpenIdLogout
 from .sessions import Sessions
 from .signin import SignIn
 from .users import Users
@@ -86,6 +87,7 @@ class SessionService:
             self.licensing,
         )
         self.openid = OpenIdSignIn(self.signin)
+        self.openid_logout = OpenIdLogout(self.openid, store, self.sessions, clock)
         external = ExternalAccounts(store, clock, self.users)
         for backend in [*self.authenticators.values(), *proofs.values()]:
             backend.bind(external)

@@ -298,6 +298,22 @@ class Transaction(ABC):
     ) -> None:
         """The provider session a platform session was opened under (with the session)."""
 
+    @abstractmethod
+    async def remember_logout_token(self, issuer: str, jti: str, keep_until: datetime) -> bool:
+        """Keep a back-channel logout token's (issuer, jti) until ``keep_until``; False when
+        it is kept already (a replay: nothing else of the logout may be written)."""
+
+    @abstractmethod
+    async def openid_session_ids(
+        self, issuer: str, sid: str | None, subject: str | None
+    ) -> list[UUID]:
+        """The platform sessions of a provider session (``sid``), or of all of ``subject``'s
+        provider sessions when only the subject is given."""
+
+    @abstractmethod
+    async def prune_logout_tokens(self, now: datetime) -> int:
+        """Forget the logout tokens kept until ``now`` or before; returns how many."""
+
     # licence
     @abstractmethod
     async def lock_licence(self) -> Licence | None: ...

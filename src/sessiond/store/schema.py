@@ -35,7 +35,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 #: The newest migration (``migrations/versions``); a test holds it to Alembic's own head.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 metadata = sa.MetaData()
 
@@ -233,6 +233,17 @@ openid_sessions = sa.Table(
     sa.Column("sid", sa.String(256)),
     sa.Index("ix_openid_sessions_sid", "issuer", "sid"),
     sa.Index("ix_openid_sessions_subject", "issuer", "subject"),
+)
+
+# 0010: the back-channel logout tokens acted on (issuer, jti), kept until too old to be
+# accepted; a replayed one is refused
+openid_logout_tokens = sa.Table(
+    "openid_logout_tokens",
+    metadata,
+    sa.Column("issuer", sa.String(256), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("keep_until", UTCDateTime(), nullable=False),
+    sa.Index("ix_openid_logout_tokens_keep_until", "keep_until"),
 )
 
 configuration = sa.Table(

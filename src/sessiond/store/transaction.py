@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..errors import Conflict, LicenceLimitReached, NotFound
 from ..licence import Licence
 from ..models import AccessLevel, LicenseType
-from . import openid, schema
+from . import openid, openid_logout, schema
 from .base import (
     AuditRecord,
     SeatRequest,
@@ -248,6 +248,20 @@ class SqlTransaction(Transaction):
         self, session_id: UUID, issuer: str, subject: str, sid: str | None
     ) -> None:
         await openid.add_session(self.conn, session_id, issuer, subject, sid)
+
+    async def remember_logout_token(self, issuer: str, jti: str, keep_until: datetime) -> bool:
+        try:
+            return await openid_logout.remember_token(self.conn, issuer, jti, keep_until)
+        except IntegrityError:  # another node inserted it first, in this very moment
+            return False
+
+    async def openid_session_ids(
+        self, issuer: str, sid: str | None, subject: str | None
+    ) -> list[UUID]:
+        return await openid_logout.session_ids(self.conn, issuer, sid, subject)
+
+    async def prune_logout_tokens(self, now: datetime) -> int:
+        return await openid_logout.prune_tokens(self.conn, now)
 
     async def lock_licence(self) -> Licence | None:
         query = sa.select(schema.licence).where(schema.licence.c.id == 1).with_for_update()
