@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import queue
 import secrets
@@ -19,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.infra.oidc import OidcClient, OidcProvider
@@ -135,17 +137,39 @@ def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return json.loads(_b64decode(header)), json.loads(_b64decode(payload))
 
 
-def verified_claims(provider: OidcProvider, token: str) -> dict[str, Any]:
-    """The claims of an RS256 JWT whose signature checks with a key of the provider's JWKS."""
+def _int(value: str) -> int:
+    return int.from_bytes(_b64decode(value), "big")
+
+
+def verified_claims(
+    provider: OidcProvider, token: str, client_secret: str | None = None
+) -> dict[str, Any]:
+    """The claims of an RS256, PS256 or ES256 JWT whose signature checks with the key of its
+    ``kid`` in the provider's JWKS (or of an HS256 one, with the client's secret)."""
     header, claims = jwt_parts(token)
-    assert header["alg"] == "RS256"
+    signed, _, signature = token.rpartition(".")
+    raw = _b64decode(signature)
+    if header["alg"] == "HS256" and client_secret is not None:
+        mac = hmac.new(client_secret.encode(), signed.encode(), hashlib.sha256).digest()
+        assert hmac.compare_digest(mac, raw)
+        return claims
     keys = httpx.get(provider.jwks_uri, timeout=5).json()["keys"]
     (jwk,) = [k for k in keys if k["kid"] == header["kid"]]
-    public = rsa.RSAPublicNumbers(
-        int.from_bytes(_b64decode(jwk["e"]), "big"), int.from_bytes(_b64decode(jwk["n"]), "big")
-    ).public_key()
-    signed, _, signature = token.rpartition(".")
-    public.verify(_b64decode(signature), signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    assert jwk["alg"] == header["alg"]
+    if header["alg"] == "ES256":
+        ec_key = ec.EllipticCurvePublicNumbers(
+            _int(jwk["x"]), _int(jwk["y"]), ec.SECP256R1()
+        ).public_key()
+        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        ec_key.verify(der, signed.encode(), ec.ECDSA(hashes.SHA256()))
+        return claims
+    rsa_key = rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()
+    if header["alg"] == "PS256":
+        pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
+        rsa_key.verify(raw, signed.encode(), pss, hashes.SHA256())
+    else:
+        assert header["alg"] == "RS256"
+        rsa_key.verify(raw, signed.encode(), padding.PKCS1v15(), hashes.SHA256())
     return claims
 
 
@@ -177,8 +201,7 @@ def code_flow(
         "code_challenge": challenge,
         "code_challenge_method": "S256",
     }
-    authorize = provider.discovery()["authorization_endpoint"]
-    page.goto(f"{authorize}?{urllib.parse.urlencode(query)}")
+    page.goto(f"{provider.authorization_endpoint}?{urllib.parse.urlencode(query)}")
     user = provider.user(login)
     provider_login(page, user.login, user.password)
     callback = receiver.next(redirect_path)
@@ -197,7 +220,7 @@ def code_flow(
     )
     assert answer.status_code == 200, answer.text
     tokens: dict[str, Any] = answer.json()
-    claims = verified_claims(provider, tokens["id_token"])
+    claims = verified_claims(provider, tokens["id_token"], client.client_secret)
     assert claims["nonce"] == nonce
     return tokens
 
@@ -348,3 +371,42 @@ def test_stop_start_freeze_and_thaw(oidc_provider: OidcProvider) -> None:
     assert oidc_provider.discovery()["issuer"] == issuer
     keys = httpx.get(oidc_provider.jwks_uri, timeout=5).json()["keys"]
     assert [k["kid"] for k in keys] == kids
+
+
+def test_changes_keep_the_provider_session(
+    oidc_provider: OidcProvider, page: Page, receiver: Receiver
+) -> None:
+    client = oidc_provider.register_client(redirect_uris=[f"{receiver.url}/callback"])
+    code_flow(oidc_provider, page, receiver, client, "/callback", "alice")
+    oidc_provider.rotate_keys()
+    oidc_provider.update_client(client.client_id, client_name="renamed")
+    query = {
+        "client_id": client.client_id,
+        "response_type": "code",
+        "scope": SCOPES,
+        "redirect_uri": f"{receiver.url}/callback",
+        "state": "again",
+    }
+    page.goto(f"{oidc_provider.authorization_endpoint}?{urllib.parse.urlencode(query)}")
+    # Signed in and consented already: straight back to the client, no page of the provider.
+    assert receiver.next("/callback").query["state"] == "again"
+    assert page.url.startswith(f"{receiver.url}/callback?")
+
+
+@pytest.mark.parametrize("alg", ["ES256", "PS256", "HS256"])
+def test_id_tokens_signed_with_the_algorithm_a_client_asks_for(
+    oidc_provider: OidcProvider, page: Page, receiver: Receiver, alg: str
+) -> None:
+    new_kid = None if alg == "HS256" else oidc_provider.rotate_keys(alg=alg)
+    try:
+        client = oidc_provider.register_client(
+            redirect_uris=[f"{receiver.url}/callback"], id_token_signed_response_alg=alg
+        )
+        tokens = code_flow(oidc_provider, page, receiver, client, "/callback", "bob")
+        header, _ = jwt_parts(tokens["id_token"])
+        assert (header["alg"], header.get("kid")) == (alg, new_kid)  # HS256: the client's secret
+        access, _ = jwt_parts(tokens["access_token"])
+        assert access["alg"] == "RS256"  # access tokens stay RS256 while an RS256 key is there
+    finally:
+        if new_kid is not None:
+            oidc_provider.rotate_keys()  # RS256 first again for the tests after this one

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.infra._net import LOOPBACK, free_port, stop_process, wait_for_ports
 
@@ -62,21 +62,38 @@ API_SCOPES = ("sessiond",)
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
-def _b64(number: int) -> str:
-    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+def _b64(number: int, size: int = 0) -> str:
+    raw = number.to_bytes(max(size, (number.bit_length() + 7) // 8), "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def new_rsa_jwk(kid: str | None = None) -> dict[str, str]:
-    """A fresh RSA 2048 private key as a JWK (``use: sig``, ``alg: RS256``)."""
+def new_signing_jwk(alg: str = "RS256", kid: str | None = None) -> dict[str, str]:
+    """A fresh private signing key as a JWK (``use: sig``): RSA 2048 for ``RS256`` and
+    ``PS256``, P-256 for ``ES256``."""
+    kid = kid or f"k-{alg.lower()}-{uuid.uuid4().hex[:10]}"
+    if alg == "ES256":
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        ec_numbers = ec_key.private_numbers()
+        return {
+            "kty": "EC",
+            "crv": "P-256",
+            "kid": kid,
+            "use": "sig",
+            "alg": alg,
+            "x": _b64(ec_numbers.public_numbers.x, 32),
+            "y": _b64(ec_numbers.public_numbers.y, 32),
+            "d": _b64(ec_numbers.private_value, 32),
+        }
+    if alg not in ("RS256", "PS256"):
+        raise ValueError(f"unsupported signing algorithm {alg}")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     numbers = key.private_numbers()
     public = numbers.public_numbers
     return {
         "kty": "RSA",
-        "kid": kid or f"k-{uuid.uuid4().hex[:12]}",
+        "kid": kid,
         "use": "sig",
-        "alg": "RS256",
+        "alg": alg,
         "n": _b64(public.n),
         "e": _b64(public.e),
         "d": _b64(numbers.d),
@@ -152,7 +169,7 @@ class OidcProvider:
             "issuer": self.issuer,
             "port": self.port,
             "admin_token": secrets.token_urlsafe(24),
-            "keys": [new_rsa_jwk()],
+            "keys": [new_signing_jwk()],
             "cookie_keys": [secrets.token_urlsafe(32)],
             "users": [
                 _user("alice", groups=["sessiond-admins", "staff"]),
@@ -227,8 +244,20 @@ class OidcProvider:
         return f"{self.issuer}/jwks"
 
     @property
+    def authorization_endpoint(self) -> str:
+        return f"{self.issuer}/auth"
+
+    @property
     def token_endpoint(self) -> str:
         return f"{self.issuer}/token"
+
+    @property
+    def end_session_endpoint(self) -> str:
+        return f"{self.issuer}/session/end"
+
+    @property
+    def device_authorization_endpoint(self) -> str:
+        return f"{self.issuer}/device/auth"
 
     @property
     def users(self) -> dict[str, OidcUser]:
@@ -328,12 +357,18 @@ class OidcProvider:
         self._apply(config)
         return self.user(login)
 
-    def rotate_keys(self, *, keep_old: bool = True) -> str:
+    def rotate_keys(self, *, keep_old: bool = True, alg: str = "RS256") -> str:
         """Sign with a new key from now on (it comes first in the JWKS); the old keys stay in
         the JWKS (``keep_old``) or are dropped. Returns the new key's ``kid``. Sessions at the
-        provider survive."""
+        provider survive.
+
+        ``alg`` is the new key's algorithm (``RS256``, ``PS256``, ``ES256``). ID tokens are
+        signed with the first key of the algorithm a client asks for
+        (``id_token_signed_response_alg``, RS256 by default), JWT access tokens with the first
+        RS256 key (the first key when there is none): dropping the old keys for an ES256 key
+        leaves RS256 clients without a key."""
         config = copy.deepcopy(self._config)
-        fresh = new_rsa_jwk()
+        fresh = new_signing_jwk(alg)
         config["keys"] = [fresh, *(config["keys"] if keep_old else [])]
         self._apply(config)
         return fresh["kid"]

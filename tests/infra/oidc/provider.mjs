@@ -21,6 +21,10 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
+// The package's own in-memory adapter (pinned version; the package has no `exports` map).
+// Made through a factory, every provider object of this process shares its one module-level
+// storage, so a replaced configuration keeps sessions, grants, codes and interactions.
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const ADMIN_PREFIX = '/__test/';
 const INTERACTION = /^\/interaction\/([A-Za-z0-9_-]+)(\/(login|confirm|abort))?$/;
@@ -75,11 +79,20 @@ function buildProvider(config) {
     return metadata;
   });
   const resource = config.resource;
+  // JWT access tokens: RS256 while the key set has an RS256 key, else the first key's.
+  const accessTokenAlg = (config.keys.find((key) => key.alg === 'RS256') ?? config.keys[0]).alg;
 
   const provider = new Provider(config.issuer, {
+    adapter: (model) => new MemoryAdapter(model),
     clients,
     jwks: { keys: config.keys },
-    cookies: { keys: config.cookie_keys },
+    // Names of their own: every test server on 127.0.0.1 shares one cookie jar per browser.
+    cookies: {
+      keys: config.cookie_keys,
+      names: { session: 'op_session', interaction: 'op_interaction', resume: 'op_interaction_resume' },
+    },
+    // HS256 (signed with the client's secret) only so that tests can show it is refused.
+    enabledJWA: { idTokenSigningAlgValues: ['RS256', 'PS256', 'ES256', 'HS256'] },
     claims: {
       openid: ['sub'],
       profile: ['name', 'preferred_username', 'upn'],
@@ -136,7 +149,7 @@ function buildProvider(config) {
             audience: resource.audience,
             accessTokenFormat: 'jwt',
             accessTokenTTL: config.ttl.AccessToken,
-            jwt: { sign: { alg: 'RS256' } },
+            jwt: { sign: { alg: accessTokenAlg } },
           };
         },
       },
@@ -391,6 +404,11 @@ function main() {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // Never outlive the test run that started it (a killed pytest leaves no provider behind).
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) stop();
+  }, 1000).unref();
 }
 
 main();
