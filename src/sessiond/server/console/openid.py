@@ -9,8 +9,9 @@ callback opens that cookie (and drops it: a second use of the same answer finds 
 flow check and redeem the answer, and signs the browser in as the password sign-in does.
 
 Its answer is a page that moves on to the console by itself rather than a redirect: the
-console's session cookie is SameSite=Strict, and a browser withholds such cookies from every
-request of a redirect chain that began on another site (the provider's).
+console's session cookie is SameSite=Strict, and the cookie specification (RFC 6265bis) lets a
+browser withhold such cookies from a request reached by a redirect chain that began on another
+site (the provider's). Chromium sends them today; the page makes it so for every browser.
 
 The ID token, needed at sign-out as ``id_token_hint``, stays sealed in a second HttpOnly,
 SameSite=Strict cookie bound to the session's id. Sign-out closes the platform session first and
