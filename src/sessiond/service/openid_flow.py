@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from ..errors import (
@@ -31,7 +31,11 @@ from ..errors import (
 )
 from ..models import ClientInfo
 from .admission import Opened
+from .common import login_failed
 from .openid import OpenIdSignIn
+
+if TYPE_CHECKING:  # imported only where OpenID Connect is configured (joserfc stays unloaded)
+    from ..auth.openid_provider import ProviderClient
 
 #: How long a started sign-in may take at the provider, in seconds.
 PENDING_SECONDS = 600
@@ -139,8 +143,38 @@ class CodeFlow:
         client_address: str | None = None,
     ) -> CodeSignIn:
         """Check the provider's ``answer`` (the callback's query) against ``pending`` (None:
-        the browser brought none), redeem its code and open the session."""
+        the browser brought none), redeem its code and open the session. A refusal before the
+        sign-in pipeline (which audits its own) is audited as a ``LoginFailed`` record naming
+        the provider and the reason."""
         provider = self.openid.provider(name)
+        try:
+            id_token, nonce = await self._redeemed(provider, pending, answer)
+        except (
+            OpenIdStateInvalid,
+            OpenIdIssuerMismatch,
+            OpenIdAuthorizationRefused,
+            OpenIdTokenInvalid,  # the code refused (used already, another redirect URI)
+        ) as exc:
+            await self._audit(name, client_address, exc.reason or exc.code)
+            raise
+        opened = await self.openid.exchange(
+            name, id_token, "id_token", nonce, client, client_address
+        )
+        return CodeSignIn(opened, id_token)
+
+    async def _audit(self, name: str, client_address: str | None, reason: str) -> None:
+        signin = self.openid.signin
+        text = reason if reason.startswith(f"provider {name}:") else f"provider {name}: {reason}"
+        record = login_failed(
+            None, "(OpenID Connect sign-in)", signin.clock(), client_address, text
+        )
+        await signin.records.add(record)
+
+    async def _redeemed(
+        self, provider: ProviderClient, pending: PendingSignIn | None, answer: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """The ID token the answer's code redeems for, and the nonce it must carry."""
+        name = provider.name
         shown = provider.display_name
         state = answer.get("state") or ""
         if (
@@ -164,6 +198,7 @@ class CodeFlow:
                 f"{provider.settings.issuer!r} (a provider mix-up); nothing was signed in. "
                 "Start the sign-in again.",
                 details={"provider": name},
+                reason=f"the answer names issuer {issuer[:200]!r} (mix-up)",
             )
         error = answer.get("error")
         if error is not None:
@@ -177,6 +212,7 @@ class CodeFlow:
                 f"{shown} did not sign you in: {said}. Start the sign-in again, or sign in "
                 "another way.",
                 details={"provider": name, "error": code},
+                reason=f"the provider answered error {code!r}",
             )
         given = answer.get("code")
         if not given:
@@ -184,6 +220,7 @@ class CodeFlow:
                 f"the answer from {shown} has no authorization code; nothing was signed in. "
                 "Start the sign-in again.",
                 details={"provider": name},
+                reason="the answer has no code",
             )
         tokens = await provider.redeem_code(given, pending.redirect_uri, pending.verifier)
         id_token = tokens.get("id_token")
@@ -192,11 +229,9 @@ class CodeFlow:
                 f"{shown} redeemed the code without an ID token (is the scope openid asked "
                 "for?); sign in another way",
                 details={"provider": name},
+                reason="the token endpoint gave no ID token",
             )
-        opened = await self.openid.exchange(
-            name, id_token, "id_token", pending.nonce, client, client_address
-        )
-        return CodeSignIn(opened, id_token)
+        return id_token, pending.nonce
 
     async def end_session_url(
         self, name: str, id_token: str | None, post_logout_redirect_uri: str
