@@ -392,3 +392,27 @@ def test_sign_out_ends_the_session_and_the_providers(
 def _claims(jwt: str) -> dict[str, Any]:
     payload = jwt.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_sign_out_when_the_provider_cannot_be_asked_still_ends_the_session(
+    page: Page, context: BrowserContext, oidc_provider: OidcProvider, tmp_path: Path
+) -> None:
+    """A server that has not read the provider's discovery document since it started, with the
+    provider down: the session closes, and the page says the provider's did not."""
+    proc = _server(tmp_path, oidc_provider)
+    try:
+        _sign_in(page, proc, oidc_provider, "alice")
+        auth_text = _session_token(context)
+        proc.stop()
+        proc.log_path = tmp_path / "server-again.log"
+        with oidc_provider.stopped():
+            proc.start()
+            with page.expect_navigation():
+                page.get_by_role("button", name="Sign out").click()
+            expect(page).to_have_url(re.compile(r"/console/sign-in\?done=signed-out-here$"))
+            expect(page.locator(".notice")).to_contain_text("sign out there too")
+            assert not _open(proc, auth_text)
+            left = {c["name"] for c in context.cookies()}
+            assert not left & {"sessiond-console", "sessiond-console-openid-logout"}, left
+    finally:
+        proc.stop()
