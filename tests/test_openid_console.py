@@ -71,7 +71,11 @@ admin_groups = ["sessiond-admins"]
 def openid_console(
     oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    proc = _server(tmp_path_factory.mktemp("openid-console"), oidc_provider)
+    # A second provider with only a public client: the console cannot sign in through it.
+    more = (
+        '[openid.providers.desktop-only]\nissuer = "https://idp.example"\npublic_client_id = "x"\n'
+    )
+    proc = _server(tmp_path_factory.mktemp("openid-console"), oidc_provider, more)
     yield proc
     proc.stop()
     log = proc.log_path.read_text()
@@ -238,6 +242,21 @@ def _b64_all(value: str) -> str:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("latin-1")
 
 
+def test_only_providers_with_a_confidential_client_are_offered(
+    page: Page, openid_console: ServerProcess
+) -> None:
+    page.goto(f"{openid_console.url}/console/sign-in")
+    expect(page.locator("#openid-providers a")).to_have_count(1)
+    expect(page.locator("#openid-corp")).to_be_visible()
+    with httpx.Client(base_url=openid_console.url, timeout=10) as http:
+        public_only = http.get("/console/openid/desktop-only/start")
+        unknown = http.get("/console/openid/nobody/start")
+    _assert_refused(public_only, 501, "not_configured")
+    assert "client_id and client_secret" in public_only.text
+    _assert_refused(unknown, 400, "openid_provider_unknown")
+    assert "no OpenID Provider" in unknown.text
+
+
 def test_a_regular_user_gets_the_consoles_usual_refusal(
     page: Page, openid_console: ServerProcess, oidc_provider: OidcProvider
 ) -> None:
@@ -294,6 +313,16 @@ def test_an_answer_naming_another_issuer_is_refused(
     _assert_refused(answer, 401, "openid_issuer_mismatch")
     assert "https://evil.example" in answer.text and oidc_provider.issuer in answer.text
     _audited(openid_console, "provider corp", "https://evil.example", "mix-up")
+
+    # The provider names itself in every answer (RFC 9207): one that names no issuer is refused.
+    assert oidc_provider.discovery()["authorization_response_iss_parameter_supported"] is True
+    with httpx.Client(base_url=openid_console.url, timeout=10) as http:
+        query = _started(http)
+        unnamed = http.get(
+            "/console/openid/corp/callback", params={"code": "any", "state": query["state"]}
+        )
+    _assert_refused(unnamed, 401, "openid_issuer_mismatch")
+    _audited(openid_console, "provider corp", "names no issuer")
 
 
 def test_a_replayed_code_is_refused(

@@ -96,6 +96,18 @@ class CodeFlow:
     def __init__(self, openid: OpenIdSignIn) -> None:
         self.openid = openid
 
+    def console_providers(self) -> list[tuple[str, str]]:
+        """(name, display name) of each provider with a confidential client: those a browser
+        can sign in through."""
+        backend = self.openid.backend
+        if backend is None:
+            return []
+        return [
+            (name, provider.display_name)
+            for name, provider in backend.providers.items()
+            if provider.settings.client_id and provider.settings.client_secret_value
+        ]
+
     async def begin(self, name: str, redirect_uri: str) -> tuple[str, PendingSignIn]:
         """The provider's authorization URL to send the browser to, and what to remember."""
         provider = self.openid.provider(name)
@@ -192,6 +204,14 @@ class CodeFlow:
                 reason="state missing, wrong, used or expired",
             )
         issuer = answer.get("iss")
+        if issuer is None and (await provider.discovery()).iss_parameter_supported:
+            raise OpenIdIssuerMismatch(
+                f"this answer names no issuer, though {shown} names itself in every answer "
+                "(RFC 9207): it may come from another provider; nothing was signed in. Start "
+                "the sign-in again.",
+                details={"provider": name},
+                reason="the answer names no issuer (iss), which the provider always sends",
+            )
         if issuer is not None and issuer != provider.settings.issuer:
             raise OpenIdIssuerMismatch(
                 f"this answer names the issuer {issuer[:200]!r}, not {shown}'s "

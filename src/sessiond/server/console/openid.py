@@ -43,6 +43,11 @@ def _flow(request: Request) -> CodeFlow:
     return CodeFlow(auth.service_of(request).openid)
 
 
+def offered(request: Request) -> list[tuple[str, str]]:
+    """(name, display name) of each provider the sign-in page offers."""
+    return _flow(request).console_providers()
+
+
 def _name(spec: auth.CookieSpec, cookie: str) -> str:
     return auth.HOST_PREFIX + cookie if spec.secure else cookie
 

@@ -59,7 +59,7 @@ async def _page(
         {
             "csrf": csrf,
             "negotiate": negotiate_offered(request),
-            "providers": auth.service_of(request).openid.providers(),
+            "providers": openid.offered(request),
             **context,
         },
         status=status,
