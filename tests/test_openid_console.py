@@ -292,6 +292,10 @@ def test_a_missing_or_wrong_state_is_refused(openid_console: ServerProcess) -> N
         query = _started(http)
         missing = http.get(callback, params={"code": "any"})
         _assert_refused(missing, 401, "openid_state_invalid")
+        query = _started(http)
+        twice = http.get(f"{callback}?code=a&state={query['state']}&state={query['state']}&code=b")
+        _assert_refused(twice, 400, "invalid_request")
+        assert "repeats code, state" in twice.text
     with httpx.Client(base_url=openid_console.url, timeout=10) as other_browser:
         # The right state, from a browser that did not start the sign-in (no cookie).
         stolen = other_browser.get(callback, params={"code": "any", "state": query["state"]})

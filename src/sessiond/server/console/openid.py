@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ...errors import SessiondError
+from ...errors import RequestError, SessiondError
 from ...service.openid_flow import PENDING_SECONDS, CodeFlow, PendingSignIn
 from ...token import SessionToken
 from . import auth, sealed
@@ -104,18 +104,28 @@ def _pending(request: Request, spec: auth.CookieSpec) -> PendingSignIn | None:
     return PendingSignIn.from_dict(found) if found is not None else None
 
 
+def _answer(request: Request) -> dict[str, str]:
+    """The provider's answer: its query, each parameter once (RFC 6749 section 3.1)."""
+    query = request.query_params
+    repeated = sorted({key for key in query if len(query.getlist(key)) > 1})
+    if repeated:
+        raise RequestError(
+            f"the provider's answer repeats {', '.join(repeated)[:200]}; nothing was signed "
+            "in. Start the sign-in again.",
+        )
+    return dict(query.items())
+
+
 async def callback(request: Request) -> Response:
     from .signin import console_client, signed_in
 
     name = str(request.path_params["provider"])
     spec = auth.cookies(request)
-    # One value each; a repeated parameter counts as its first.
-    answer = {key: request.query_params[key] for key in request.query_params}
     try:
         done = await _flow(request).finish(
             name,
             _pending(request, spec),
-            answer,
+            _answer(request),
             console_client(request),
             auth.client_address(request),
         )
