@@ -53,6 +53,8 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("session_expiration_time_span = '9999999d'", "at most 36500 days"),
         ("[sessiond.security]\nblocked_series_due_date_time = 0", "must be positive"),
         ("trusted_proxies = ['10.0.0.1/8']", "not an address or network"),
+        ("[sessiond.console]\npublic_url = 'https://x.example/console'", "no path, query"),
+        ("[sessiond.console]\npublic_url = 'sessiond.example'", "http:// or https:// URL"),
         (
             "[sessiond.windows]\nrealm = 'CORP.EXAMPLE'\nverify_kdc = false\nnegotiate = false\n"
             "require_membership_of = 'CORP\\\\staff'",

@@ -23,8 +23,11 @@ integrators catch one tree on both sides::
     │   ├── SessionExpired          401 session_expired          lifetime or inactivity passed
     │   ├── PasswordExpired         401 password_expired         change the password first
     │   ├── OpenIdTokenInvalid      401 openid_token_invalid     issuer, audience, signature...
+    │   ├── OpenIdStateInvalid      401 openid_state_invalid     console: state missing or wrong
+    │   ├── OpenIdIssuerMismatch    401 openid_issuer_mismatch   console: iss of another provider
     │   └── NegotiateRequired       401 negotiate_required       continue Windows sign-in
     ├── PermissionDenied            403 admin_required           needs an administrator
+    ├── OpenIdAuthorizationRefused  403 openid_authorization_refused  the provider said no
     ├── LoginForbidden              403 login_forbidden          the user's login type is None
     ├── AccountNotMapped            403 account_not_mapped       domain account has no user
     ├── UserBlocked                 403 user_blocked             details say until when
@@ -186,6 +189,20 @@ class OpenIdTokenInvalid(InvalidCredentials):
     code = "openid_token_invalid"
 
 
+class OpenIdStateInvalid(AuthenticationError):
+    """The console's OpenID Connect callback came without the ``state`` its sign-in started
+    with in this browser (none, another one, expired, or used already): nothing is redeemed."""
+
+    code = "openid_state_invalid"
+
+
+class OpenIdIssuerMismatch(AuthenticationError):
+    """The console's OpenID Connect callback names (``iss``, RFC 9207) another issuer than the
+    provider its sign-in started with (a provider mix-up): nothing is redeemed."""
+
+    code = "openid_issuer_mismatch"
+
+
 class PasswordExpired(AuthenticationError):
     code = "password_expired"
 
@@ -214,6 +231,14 @@ class NegotiateRequired(AuthenticationError):
 
 class PermissionDenied(SessiondError):
     code = "admin_required"
+    status = 403
+
+
+class OpenIdAuthorizationRefused(SessiondError):
+    """The OpenID Provider answered the console's sign-in with an error (``details.error``:
+    ``access_denied`` when the person or the provider said no)."""
+
+    code = "openid_authorization_refused"
     status = 403
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -289,6 +290,24 @@ class ConsoleSettings(BaseModel):
         timedelta(seconds=15),
         description="how often the sessions page refreshes its seat counts; 0: on load only",
     )
+    public_url: str | None = Field(
+        None,
+        description="the server's address as browsers reach it (https://HOST[:PORT], no path): "
+        "the OpenID Connect redirect and post-logout URIs are built from it; unset: from the "
+        "request's own address",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must have no path, query or fragment (https://HOST[:PORT])")
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 DEFAULT_DATABASE_CONNECTIONS = 10

@@ -71,6 +71,8 @@ class Discovery:
     token_endpoint: str | None
     end_session_endpoint: str | None
     device_authorization_endpoint: str | None
+    #: RFC 9207: the provider puts ``iss`` in every authorization response.
+    iss_parameter_supported: bool = False
 
     @classmethod
     def parse(cls, document: Mapping[str, Any]) -> Discovery:
@@ -88,6 +90,7 @@ class Discovery:
             text("token_endpoint"),
             text("end_session_endpoint"),
             text("device_authorization_endpoint"),
+            document.get("authorization_response_iss_parameter_supported") is True,
         )
 
 

@@ -1,5 +1,6 @@
-"""Signing in and out: login and password, a password that must be changed first, and
-integrated Windows sign-in (HTTP Negotiate) where it is configured."""
+"""Signing in and out: login and password, a password that must be changed first,
+integrated Windows sign-in (HTTP Negotiate) where it is configured, and the OpenID Providers
+configured (:mod:`.openid`)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,15 @@ from ...errors import (
     RequestError,
     SessiondError,
 )
-from ...models import ClientInfo, DeviceType, ServiceType
+from ...models import ClientInfo, DeviceType, LoginType, ServiceType
 from ...token import SessionToken
 from ..headers import AUTHORIZATION_HEADER, single_header
 from ..routes import _handshake_id, _negotiate_token
-from . import auth, forms
+from . import auth, forms, openid
 from .web import redirect, render
 
 
-def _client(request: Request) -> ClientInfo:
+def console_client(request: Request) -> ClientInfo:
     """The console's sessions are web sessions: they take a web seat."""
     agent = request.headers.get("user-agent")
     return ClientInfo(
@@ -55,7 +56,12 @@ async def _page(
     response = render(
         request,
         template,
-        {"csrf": csrf, "negotiate": negotiate_offered(request), **context},
+        {
+            "csrf": csrf,
+            "negotiate": negotiate_offered(request),
+            "providers": openid.offered(request),
+            **context,
+        },
         status=status,
         error=error,
     )
@@ -65,14 +71,17 @@ async def _page(
     return response
 
 
-async def _signed_in(request: Request, token: SessionToken) -> Response:
-    """Hand the browser its new session; an older console session of this browser ends."""
+async def signed_in(
+    request: Request, token: SessionToken, response: Response | None = None
+) -> Response:
+    """Hand the browser its new session (with ``response``, else a redirect to the sessions
+    page); an older console session of this browser ends."""
     service = auth.service_of(request)
     old = auth.auth_text_of(request)
     if old:
         with contextlib.suppress(SessiondError):
             await service.sessions.close_session(old, auth.client_address(request))
-    response = redirect("/sessions")
+    response = response or redirect("/sessions")
     spec = auth.cookies(request)
     spec.set(response, spec.session, auth.encode_auth(token.to_auth_xml()))
     return response
@@ -97,7 +106,7 @@ async def sign_in(request: Request) -> Response:
     try:
         opened = await service.signin.open_session(
             PasswordCredentials(login, password, None),
-            _client(request),
+            console_client(request),
             auth.client_address(request),
         )
     except PasswordExpired as exc:
@@ -107,7 +116,7 @@ async def sign_in(request: Request) -> Response:
             request, "signin.html", title="Sign in", login=login, status=exc.status,
             error=exc.public_message,
         )  # fmt: skip
-    return await _signed_in(request, opened.token)
+    return await signed_in(request, opened.token)
 
 
 async def _change_page(
@@ -156,7 +165,7 @@ async def change_password(request: Request) -> Response:
         return await _change_page(request, login, status=exc.status, error=exc.public_message)
     try:
         opened = await service.signin.open_session(
-            PasswordCredentials(login, new, None), _client(request), address
+            PasswordCredentials(login, new, None), console_client(request), address
         )
     except SessiondError as exc:
         # The change is committed: asking for the old password again would be wrong.
@@ -165,7 +174,7 @@ async def change_password(request: Request) -> Response:
             error=f"Your password was changed, but signing in failed ({exc.public_message}): "
             "sign in with the new password.",
         )  # fmt: skip
-    return await _signed_in(request, opened.token)
+    return await signed_in(request, opened.token)
 
 
 async def windows_sign_in(request: Request) -> Response:
@@ -178,7 +187,7 @@ async def windows_sign_in(request: Request) -> Response:
         opened, mutual = await service.signin.open_session_negotiate(
             _negotiate_token(single_header(request.scope["headers"], AUTHORIZATION_HEADER)),
             _handshake_id(request),
-            _client(request),
+            console_client(request),
             auth.client_address(request),
         )
     except NegotiateRequired as exc:
@@ -198,10 +207,10 @@ async def windows_sign_in(request: Request) -> Response:
             status=status,
             error=exc.public_message,
         )
-    signed_in = await _signed_in(request, opened.token)
+    answer = await signed_in(request, opened.token)
     if mutual:
-        signed_in.headers["WWW-Authenticate"] = "Negotiate " + base64.b64encode(mutual).decode()
-    return signed_in
+        answer.headers["WWW-Authenticate"] = "Negotiate " + base64.b64encode(mutual).decode()
+    return answer
 
 
 async def sign_out(request: Request) -> Response:
@@ -210,10 +219,20 @@ async def sign_out(request: Request) -> Response:
     except auth.SignedOut:
         return redirect("/sign-in")
     await auth.checked_form(request, who)
+    token = who.record.token
+    logout = None
+    if token.login_type == LoginType.OPEN_ID:
+        logout = await openid.sign_out(request, token)
     await auth.service_of(request).sessions.close_session(
         who.auth_text, auth.client_address(request)
     )
-    response = redirect("/sign-in", "signed-out")
+    if logout is not None:  # RP-initiated logout at the provider it was opened through
+        return await openid.signed_out(request, logout)
+    return signed_out_redirect(request, "signed-out")
+
+
+def signed_out_redirect(request: Request, done: str) -> Response:
+    response = redirect("/sign-in", done)
     spec = auth.cookies(request)
     spec.drop(response, spec.session)
     return response
@@ -226,4 +245,5 @@ routes = [
     Route("/change-password", change_password, methods=["POST"]),
     Route("/sign-in/windows", windows_sign_in, methods=["GET"]),
     Route("/sign-out", sign_out, methods=["POST"]),
+    *openid.routes,
 ]

@@ -39,6 +39,10 @@ NO_STORE = (b"cache-control", b"no-store")
 NOTICES = {
     "ended": "Your console session has ended. Sign in again.",
     "signed-out": "You are signed out.",
+    "signed-out-here": (
+        "You are signed out of the console; the identity provider could not be asked to end "
+        "its own session: sign out there too."
+    ),
     "closed": "The session was closed.",
     "not-open": "That session was no longer open.",
     "closed-user": "The user's sessions were closed: {n}.",
