@@ -6,6 +6,7 @@ integrators catch one tree on both sides::
 
     SessiondError
     ├── RequestError                400 invalid_request          malformed body or parameter
+    │   ├── OpenIdProviderUnknown   400 openid_provider_unknown  no such provider configured
     │   ├── HeaderRepeated          400 header_repeated          a single-value header sent twice
     │   ├── DuplicateKey            400 duplicate_key            a JSON body repeats a key
     │   ├── RequestTimeout          408 request_timeout          request head or body not in time
@@ -19,6 +20,7 @@ integrators catch one tree on both sides::
     │   ├── SessionNotFound         401 session_not_found        the session was closed
     │   ├── SessionExpired          401 session_expired          lifetime or inactivity passed
     │   ├── PasswordExpired         401 password_expired         change the password first
+    │   ├── OpenIdTokenInvalid      401 openid_token_invalid     issuer, audience, signature...
     │   └── NegotiateRequired       401 negotiate_required       continue Windows sign-in
     ├── PermissionDenied            403 admin_required           needs an administrator
     ├── LoginForbidden              403 login_forbidden          the user's login type is None
@@ -32,7 +34,8 @@ integrators catch one tree on both sides::
     ├── LicenceInvalid              503 licence_invalid          no valid licence loaded
     ├── NotConfigured               501 not_configured           switched off in settings
     ├── ServiceUnavailable          503 service_unavailable      store or directory is down
-    │   └── ServerBusy              503 server_busy              at max_connections; retry later
+    │   ├── ServerBusy              503 server_busy              at max_connections; retry later
+    │   └── OpenIdProviderUnavailable 503 openid_provider_unavailable  down or slow (details)
     └── SettingsError               500 invalid_settings         server side: unusable settings
         └── StoreMissing            -   no_store                 command line: no store there
             └── StoreOutdated       -   store_outdated           command line: schema too old/new
@@ -163,6 +166,13 @@ class SessionNotFound(AuthenticationError):
 
 class SessionExpired(AuthenticationError):
     code = "session_expired"
+
+
+class OpenIdTokenInvalid(InvalidCredentials):
+    """An OpenID Connect token was refused: its signature, issuer, audience, times, algorithm
+    or nonce (the audit trail has which)."""
+
+    code = "openid_token_invalid"
 
 
 class PasswordExpired(AuthenticationError):

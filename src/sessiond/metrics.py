@@ -51,7 +51,7 @@ PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 #: How a sign-in's credentials came: a login and password, or an HTTP Negotiate token.
-VIA = ("password", "negotiate")
+VIA = ("password", "negotiate", "openid")
 #: The ``route`` of a request that matched no route (never its raw path).
 UNMATCHED = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -61,7 +61,8 @@ BUILD.info({"version": __version__})
 
 SIGN_INS = Counter(
     "sessiond_sign_ins",
-    "Sign-ins that ended, by how the credentials came (via: password, negotiate) and outcome: "
+    "Sign-ins that ended, by how the credentials came (via: password, negotiate, openid) and "
+    "outcome: "
     "opened, or the error code answered (invalid_credentials for every refusal before the "
     "right password; user_blocked, password_expired, ... only after it).",
     ["via", "outcome"],
@@ -146,6 +147,13 @@ STORE_LISTENING = Gauge(
     "1 while this server listens for changes committed on other nodes (PostgreSQL "
     "notifications); 0 while that connection is down (changes then show by polling, within "
     "configuration_poll_interval), and on SQLite, which has no other nodes.",
+    registry=REGISTRY,
+)
+OPENID_FETCHES = Counter(
+    "sessiond_openid_fetches",
+    "Documents fetched from an OpenID Provider, by provider (its settings name) and document: "
+    "discovery, keys (a token signed by an unknown key fetches the keys again, rate-bounded).",
+    ["provider", "document"],
     registry=REGISTRY,
 )
 NOTIFICATIONS = Counter(
@@ -261,6 +269,10 @@ def request_done(method: str, route: str | None, seconds: float) -> None:
 
 def notified(kind: str) -> None:
     NOTIFICATIONS.labels(kind).inc()
+
+
+def openid_fetch(provider: str, document: str) -> None:
+    OPENID_FETCHES.labels(provider, document).inc()
 
 
 async def refresh(service: SessionService) -> None:

@@ -66,6 +66,7 @@ class LoginType(WireEnum):
     PLATFORM = 1
     WINDOWS = 2
     LDAP = 3
+    OPEN_ID = 4  # an OpenID Connect provider's account (wire name "OpenId")
 
     @property
     def signs_in(self) -> bool:
@@ -123,10 +124,35 @@ class AuditAction(WireEnum):
 
 
 # Names that are not the plain PascalCase of the member name.
+#: The account of a user of login type OpenId: ``openid:<issuer>#<subject>`` (an issuer is a
+#: URL without a fragment, so the first ``#`` ends it; the subject is kept exactly).
+OPENID_ACCOUNT_PREFIX = "openid:"
+
+
+def openid_account(issuer: str, subject: str) -> str:
+    """The account an OpenID Provider's (issuer, subject) pair is kept under."""
+    return f"{OPENID_ACCOUNT_PREFIX}{issuer}#{subject}"
+
+
+def openid_identity(account: str | None) -> tuple[str, str] | None:
+    """(issuer, subject) of an OpenId account, or None when it is not one. Also takes
+    ``<issuer>#<subject>`` without the prefix (as an administrator may type it)."""
+    if not account:
+        return None
+    text = account.strip()
+    text = text[len(OPENID_ACCOUNT_PREFIX) :] if text.startswith(OPENID_ACCOUNT_PREFIX) else text
+    issuer, mark, subject = text.partition("#")
+    if not mark or not subject or "://" not in issuer:
+        return None
+    return issuer, subject
+
+
 _WIRE_NAMES: dict[tuple[str, str], str] = {}
 # Accepted on input only: the platform calls its own users "Tessa" users.
 _ALIASES: dict[tuple[str, str], str] = {
     ("LoginType", "tessa"): "PLATFORM",
+    ("LoginType", "openidconnect"): "OPEN_ID",
+    ("LoginType", "oidc"): "OPEN_ID",
 }
 
 

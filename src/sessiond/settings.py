@@ -31,6 +31,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from .errors import SettingsError
 from .settings_file import CONFIG_ENV, file_problems, read_file
+from .settings_openid import OpenIdProvider, OpenIdSettings
 from .settings_sections import (
     ARGON2_PRESETS,
     DEFAULT_DATABASE_CONNECT_TIMEOUT,
@@ -67,6 +68,8 @@ __all__ = [
     "DirectorySettings",
     "Duration",
     "LdapSettings",
+    "OpenIdProvider",
+    "OpenIdSettings",
     "SecuritySettings",
     "Settings",
     "WindowsSettings",
@@ -364,6 +367,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     windows: WindowsSettings | None = None
     ldap: LdapSettings | None = None
+    openid: OpenIdSettings | None = None
     console: ConsoleSettings = ConsoleSettings()
 
     @field_validator(

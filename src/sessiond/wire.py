@@ -6,7 +6,9 @@ XML in ``token.py``.)"""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 #: The auth form of the session token, on every request that needs a session.
 SESSION_HEADER: Final = "Tessa-Session"
@@ -33,3 +35,38 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
     return value
+
+
+#: The longest token ``POST /api/v1/openid/exchange`` reads.
+OPENID_TOKEN_MAX_CHARS: Final = 16 * 1024
+
+
+class OpenIdProviderInfo(BaseModel):
+    """One entry of ``GET /api/v1/openid/providers``: what a client needs to sign in with the
+    provider as its public client (``clientId``) before exchanging the token here."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(description="the provider's name on this server (the exchange's provider)")
+    displayName: str = Field(description="what sign-in pages call it")
+    issuer: str = Field(description="its issuer: discovery at issuer/.well-known/...")
+    clientId: str | None = Field(description="the public client (PKCE, loopback, device grant)")
+    scopes: list[str] = Field(description="the scopes to ask for")
+
+
+class OpenIdExchange(BaseModel):
+    """The OpenID Connect part of ``POST /api/v1/openid/exchange`` (the client parameters of a
+    sign-in come beside it, as in ``/api/v1/sessions/open``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(max_length=63, description="a name from /api/v1/openid/providers")
+    token: str = Field(
+        min_length=1, max_length=OPENID_TOKEN_MAX_CHARS, description="the provider's token"
+    )
+    tokenType: Literal["id_token", "access_token"] = Field(
+        "id_token", description="an ID token, or a JWT access token for this server"
+    )
+    nonce: str | None = Field(
+        None, max_length=512, description="the nonce the flow sent: the ID token must carry it"
+    )

@@ -12,16 +12,19 @@ settings section.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from uuid import UUID
 
-from ..models import LoginType
+from ..models import AccessLevel, LoginType
 from ..store.base import UserRecord
 
 if TYPE_CHECKING:
     from ..errors import SessiondError
     from ..settings import SecuritySettings, Settings
+    from ..store.base import Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,31 @@ class Identity:
     display_name: str | None = None
     new_password_hash: str | None = None
     method: str | None = None
+    #: What the backend keeps with the session it opens (:meth:`Backend.admitted`).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAccount:
+    """An account an outside provider proved, as its backend asks the users to hold it before
+    the pipeline looks it up: already mapped; else the user of this login type whose login is
+    ``match_login`` and who has no account yet takes it; else, with ``provision``, a new user
+    (``login``, ``name``); and, when ``access_level`` is set, the user gets that level."""
+
+    login_type: LoginType
+    account: str
+    login: str
+    name: str
+    via: str  # who proved it, for the audit ("OpenID Provider corp")
+    match_login: str | None = None
+    provision: bool = False
+    access_level: AccessLevel | None = None
+
+
+class Accounts(Protocol):
+    """What a backend may ask of the users (given by the service: :meth:`Backend.bind`)."""
+
+    async def hold_external(self, account: ExternalAccount) -> None: ...
 
 
 class Backend(ABC):
@@ -98,6 +126,15 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027  (an optional hook, not abstract)
         """Release connections and processes; most backends hold none."""
+
+    def bind(self, accounts: Accounts) -> None:  # noqa: B027  (an optional hook)
+        """Given once the service is built: what the backend may ask of the users."""
+
+    async def admitted(  # noqa: B027  (an optional hook)
+        self, tx: Transaction, session_id: UUID, identity: Identity
+    ) -> None:
+        """Write what belongs with a session this backend's sign-in opened, in the
+        transaction that writes the session."""
 
 
 class Authenticator(Backend):

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..models import LoginType
 from ..settings import Settings
-from .base import Authenticator
+from .base import Authenticator, ProofBackend
 
 #: Login type -> (the settings section that switches it on, or None: always; the class).
 BACKENDS: Mapping[LoginType, tuple[str | None, str]] = {
@@ -20,7 +20,11 @@ BACKENDS: Mapping[LoginType, tuple[str | None, str]] = {
     LoginType.WINDOWS: ("windows", "sessiond.auth.windows:WindowsAuthenticator"),
     LoginType.LDAP: ("ldap", "sessiond.auth.ldap:LdapAuthenticator"),
 }
-NEGOTIATE = "sessiond.auth.integrated:IntegratedWindows"
+#: Proof backends by name (the sign-ins that carry their own proof): (section, class).
+PROOFS: Mapping[str, tuple[str, str]] = {
+    "negotiate": ("windows", "sessiond.auth.integrated:IntegratedWindows"),
+    "openid": ("openid", "sessiond.auth.openid:OpenIdBackend"),
+}
 
 
 def _load(path: str) -> Any:
@@ -45,8 +49,16 @@ def load_authenticators(
     return found
 
 
-def load_negotiate(settings: Settings) -> Any:
-    """The integrated sign-in backend (HTTP Negotiate), or None when it is off."""
-    if settings.windows is None or not settings.windows.negotiate:
-        return None
-    return _load(NEGOTIATE).from_settings(settings)
+def load_proofs(
+    settings: Settings, proofs: Mapping[str, tuple[str, str]] = PROOFS
+) -> dict[str, ProofBackend]:
+    """The configured proof backends by name (HTTP Negotiate, OpenID Connect): each builds
+    itself from its section (``from_settings``), or declines with None."""
+    found: dict[str, ProofBackend] = {}
+    for name, (section, path) in proofs.items():
+        if getattr(settings, section, None) is None:
+            continue
+        backend = _load(path).from_settings(settings)
+        if backend is not None:
+            found[name] = backend
+    return found

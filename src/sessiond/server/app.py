@@ -34,7 +34,7 @@ from ..wire import (
     CONFIGURATION_VERSION_HEADER,
     SESSION_HEADER,
 )
-from . import console, operations, routes
+from . import console, openid, operations, routes
 from .addresses import ClientAddress, networks
 from .fast import PATH as CURRENT_SESSION_PATH
 from .fast import FastValidation
@@ -97,6 +97,7 @@ def create_app(settings: Settings, service: SessionService | None = None) -> Fas
     app.state.service = svc
     app.state.trusted_proxies = networks(settings.trusted_proxies)
     app.include_router(routes.router)
+    app.include_router(openid.router)
     operations.install(app, settings)
     if settings.console.enabled:
         console.install(app, settings, svc)

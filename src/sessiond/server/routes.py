@@ -105,10 +105,10 @@ async def open_session(request: Request, body: OpenSessionRequest) -> JSONRespon
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )
-    return JSONResponse(_opened(opened))
+    return JSONResponse(opened_body(opened))
 
 
-def _opened(opened: Opened) -> dict[str, Any]:
+def opened_body(opened: Opened) -> dict[str, Any]:
     """The answer to a sign-in: all of it decided where the session was written, so nothing
     is read after the commit (a failure here would hide a session that was opened)."""
     token, inactivity, expires = opened.token, opened.inactivity, opened.password_expires
@@ -143,7 +143,7 @@ async def open_session_windows(request: Request) -> JSONResponse:
         client_address(request),
     )
     headers = negotiate_headers(mutual, challenge=False)
-    return JSONResponse(_opened(opened), headers=headers or None)
+    return JSONResponse(opened_body(opened), headers=headers or None)
 
 
 def _negotiate_token(authorization: str | None) -> AuthorizationToken | None:

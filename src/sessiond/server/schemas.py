@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..models import CLIENT_INFO_JSON, ClientInfo, DeviceType, ServiceType
 from ..token import CONTROL_CHARACTERS
+from ..wire import OPENID_TOKEN_MAX_CHARS, OpenIdExchange
 
 
 class _Body(BaseModel):
@@ -25,16 +26,10 @@ class _Body(BaseModel):
         return self
 
 
-class OpenSessionRequest(_Body):
-    """POST /api/v1/sessions/open. Empty Login and Password mean integrated Windows sign-in."""
+class ClientFields(_Body):
+    """The client parameters every sign-in carries (the session's service type, device...)."""
 
     ApplicationID: UUID | None = None
-    Login: str | None = Field(None, max_length=512)
-    Password: str | None = Field(None, max_length=1024)
-    Domain: str | None = Field(None, max_length=256)
-    LoginAndPasswordAreBase64: bool = Field(
-        False, description="Login and Password are base64 of their UTF-8 bytes"
-    )
     ServiceType: str | int = Field("DesktopClient", description="Unknown, DesktopClient, WebClient")
     DeviceType: str | int = Field("Desktop", description="Desktop, Phone, Tablet, Other")
     Culture: str | None = Field(None, max_length=32, description="e.g. ru-RU")
@@ -59,6 +54,24 @@ class OpenSessionRequest(_Body):
         DeviceType.from_wire(value)
         return value
 
+    def client_info(self, user_agent_header: str | None) -> ClientInfo:
+        info = ClientInfo.from_json(self.model_dump(include=set(CLIENT_INFO_JSON.values())))
+        if info.user_agent is None and info.service_type == ServiceType.WEB_CLIENT:
+            # The platform keeps UserAgent for browsers: only web clients get the header's.
+            info = replace(info, user_agent=user_agent_header)
+        return info
+
+
+class OpenSessionRequest(ClientFields):
+    """POST /api/v1/sessions/open. Empty Login and Password mean integrated Windows sign-in."""
+
+    Login: str | None = Field(None, max_length=512)
+    Password: str | None = Field(None, max_length=1024)
+    Domain: str | None = Field(None, max_length=256)
+    LoginAndPasswordAreBase64: bool = Field(
+        False, description="Login and Password are base64 of their UTF-8 bytes"
+    )
+
     def decoded(self) -> tuple[str, str]:
         login, password = self.Login or "", self.Password or ""
         if self.LoginAndPasswordAreBase64:
@@ -73,12 +86,13 @@ class OpenSessionRequest(_Body):
                     raise ValueError(f"{name} must not contain control characters")
         return login, password
 
-    def client_info(self, user_agent_header: str | None) -> ClientInfo:
-        info = ClientInfo.from_json(self.model_dump(include=set(CLIENT_INFO_JSON.values())))
-        if info.user_agent is None and info.service_type == ServiceType.WEB_CLIENT:
-            # The platform keeps UserAgent for browsers: only web clients get the header's.
-            info = replace(info, user_agent=user_agent_header)
-        return info
+
+class OpenIdExchangeRequest(ClientFields, OpenIdExchange):
+    """POST /api/v1/openid/exchange: a provider's token, and the client parameters."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, str_max_length=OPENID_TOKEN_MAX_CHARS
+    )
 
 
 class OpenSessionResponse(BaseModel):

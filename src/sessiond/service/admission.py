@@ -179,6 +179,7 @@ class Admission:
         ).signed(self.keys.current, self.keys.current_key)
         seat = self.licensing.seat_request(license_type, now, client_address)
         await tx.add_session(SessionRecord(token, now, client_address), seat)
+        await self.backends[user.login_type].admitted(tx, token.session_id, checked.identity)
         method = checked.identity.method
         await tx.add_audit(
             AuditRecord(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from .. import metrics
 from ..auth import Authenticator, PlatformAuthenticator
-from ..auth.registry import load_authenticators, load_negotiate
+from ..auth.registry import load_authenticators, load_proofs
 from ..errors import LicenceInvalid
 from ..keys import AuditKeyRing, KeyRing
 from ..models import LoginType
@@ -26,7 +26,9 @@ from ..store.notify import Notice
 from .audit import Audit
 from .common import Actor, Clock, require_admin, utc_now
 from .configuration import Configuration
+from .external import ExternalAccounts
 from .licensing import Licensing
+from .openid import OpenIdSignIn
 from .sessions import Sessions
 from .signin import SignIn
 from .users import Users
@@ -66,10 +68,8 @@ class SessionService:
         self.licensing = Licensing(settings, store, clock)
         self.configuration = Configuration(settings, store, clock, self.licensing.refresh)
         self.sessions = Sessions(settings, store, keys, clock)
-        negotiate = load_negotiate(settings)
-        sign_in_types = set(self.authenticators)
-        if negotiate is not None:
-            sign_in_types.add(negotiate.login_type)
+        proofs = load_proofs(settings)
+        sign_in_types = set(self.authenticators) | {p.login_type for p in proofs.values()}
         self.users = Users(
             settings, store, clock, self.platform, self.sessions, sign_in_types - {LoginType.NONE}
         )
@@ -79,12 +79,16 @@ class SessionService:
             keys,
             clock,
             self.authenticators,
-            negotiate,
+            proofs,
             self.platform,
             self.users,
             self.sessions,
             self.licensing,
         )
+        self.openid = OpenIdSignIn(self.signin)
+        external = ExternalAccounts(store, clock, self.users)
+        for backend in [*self.authenticators.values(), *proofs.values()]:
+            backend.bind(external)
 
     @property
     def platform(self) -> PlatformAuthenticator:
@@ -129,8 +133,8 @@ class SessionService:
             log.warning("shutting down with last-activity touches not written")
         for authenticator in self.authenticators.values():
             await authenticator.close()
-        if self.signin.proof is not None:  # ntlm_auth helpers
-            await self.signin.proof.close()
+        for proof in self.signin.proofs.values():  # ntlm_auth helpers, providers' pools
+            await proof.close()
         await self.store.close()
 
     # --- other nodes' changes ------------------------------------------------------------

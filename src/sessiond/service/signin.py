@@ -97,7 +97,7 @@ class SignIn:
         keys: KeyRing,
         clock: Clock,
         authenticators: Mapping[LoginType, Authenticator],
-        proof: ProofBackend | None,
+        proofs: Mapping[str, ProofBackend],
         hasher: PlatformAuthenticator,
         users: Users,
         sessions: Sessions,
@@ -107,15 +107,17 @@ class SignIn:
         self.store = store
         self.clock = clock
         self.authenticators = authenticators
-        self.proof = proof
+        #: The proof backends by name (``negotiate``, ``openid``): how their sign-ins are
+        #: asked for and counted.
+        self.proofs = proofs
         self.hasher = hasher
         self.users = users
         self.sessions = sessions
         self.attempts = Attempts(settings, store, clock)
         self.unmapped = UnmappedLimits(settings, store, clock)
-        self.admission = Admission(
-            settings, store, keys, clock, authenticators, self.attempts, licensing
-        )
+        backends: dict[LoginType, Backend] = {p.login_type: p for p in proofs.values()}
+        backends.update(authenticators)
+        self.admission = Admission(settings, store, keys, clock, backends, self.attempts, licensing)
         self.pace = RefusalPace()
         self.turns = Turns()
         self.records = Records(store)
@@ -186,16 +188,30 @@ class SignIn:
         """Integrated sign-in (HTTP Negotiate). Returns the session opened and the backend's last
         token (mutual authentication), or raises :class:`NegotiateRequired` with the
         challenge when the exchange needs another leg."""
-        proof = self.proof
+        return await self.open_session_proof(
+            "negotiate", token, handshake_id, client, client_address
+        )
+
+    async def open_session_proof(
+        self,
+        name: str,
+        token: bytes | None,
+        handshake_id: str | None,
+        client: ClientInfo,
+        client_address: str | None = None,
+    ) -> tuple[Opened, bytes | None]:
+        """A sign-in by the proof backend ``name`` (:attr:`proofs`), as
+        :meth:`open_session_negotiate` describes."""
+        proof = self.proofs.get(name)
         if proof is None:
             raise NotConfigured(
-                "integrated sign-in is not configured on this server; sign in with a login "
-                "and password"
+                f"{_TITLES.get(name, name)} is not configured on this server; sign in with a "
+                "login and password"
             )
         if not token:
             raise NegotiateRequired(f"{proof.title}: send a Negotiate token")
         self.pace.begin(self._wait)
-        with metrics.sign_in("negotiate"):  # a challenge is not an outcome
+        with metrics.sign_in(name):  # a challenge is not an outcome
             try:
                 claim = await proof.claim(token, handshake_id)
             except InvalidCredentials as exc:
@@ -556,6 +572,9 @@ class SignIn:
         self, user: UserRecord | None, who: str, client_address: str | None, reason: str
     ) -> None:
         await self.records.add(login_failed(user, who, self.clock(), client_address, reason))
+
+
+_TITLES = {"negotiate": "integrated sign-in", "openid": "OpenID Connect sign-in"}
 
 
 def _said(exc: InvalidCredentials) -> str:

@@ -20,7 +20,14 @@ from .. import passwords
 from ..auth import PasswordCredentials, PlatformAuthenticator
 from ..auth.accounts import WindowsNames
 from ..errors import Conflict, InvalidCredentials, LicenceLimitReached, NotFound, RequestError
-from ..models import AccessLevel, AuditAction, LicenseType, LoginType
+from ..models import (
+    AccessLevel,
+    AuditAction,
+    LicenseType,
+    LoginType,
+    openid_account,
+    openid_identity,
+)
 from ..settings import Settings
 from ..store import Store, Transaction, UserRecord
 from ..store.codec import SEAT_NAMES
@@ -97,6 +104,14 @@ class Users:
         """How an administrator's spelling of an account is stored (Windows: DOMAIN\\name)."""
         if account is None or not account.strip():
             return None
+        if login_type == LoginType.OPEN_ID:
+            pair = openid_identity(account)
+            if pair is None:
+                raise RequestError(
+                    f"{account!r} is not an OpenId account: give the provider's issuer and the "
+                    "account's subject as ISSUER#SUBJECT (openid:ISSUER#SUBJECT)"
+                )
+            return openid_account(*pair)
         if login_type == LoginType.WINDOWS and self.windows_names:
             try:
                 return self.windows_names.parse(account).down_level

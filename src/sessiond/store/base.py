@@ -41,7 +41,9 @@ class UserRecord:
     created: datetime
     access_level: AccessLevel = AccessLevel.REGULAR
     login_type: LoginType = LoginType.PLATFORM
-    account: str | None = None  # DOMAIN\name, UPN or LDAP uid for Windows and Ldap users
+    # DOMAIN\name, UPN or LDAP uid for Windows and Ldap users; openid:<issuer>#<subject>
+    # for OpenId users (with its row in openid_identities, kept by the store)
+    account: str | None = None
     password_hash: str | None = None
     password_changed: datetime | None = None  # None with a hash: a one-time password
     blocked: bool = False
@@ -288,6 +290,13 @@ class Transaction(ABC):
         the same moment), each with its record written. ``lifetime_ended_by``: the removal of
         a session whose lifetime had ended by then is not counted in the store's epoch
         (:meth:`Store.session_epoch`): no cached validation can be served for it anyway."""
+
+    # OpenID Connect
+    @abstractmethod
+    async def add_openid_session(
+        self, session_id: UUID, issuer: str, subject: str, sid: str | None
+    ) -> None:
+        """The provider session a platform session was opened under (with the session)."""
 
     # licence
     @abstractmethod

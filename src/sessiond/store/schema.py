@@ -35,7 +35,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 #: The newest migration (``migrations/versions``); a test holds it to Alembic's own head.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 metadata = sa.MetaData()
 
@@ -200,6 +200,39 @@ audit_head = sa.Table(
     sa.Column("last_hash", sa.String(64), nullable=False),
     # 0008: the first record chained with an audit key
     sa.Column("keyed_from", sa.Integer(), nullable=False),
+)
+
+# 0009: OpenID Connect: the user each provider account (issuer, subject) is mapped to (kept
+# with the user's account, ``openid:<issuer>#<subject>``), and the provider session each
+# platform session was opened under (back-channel logout closes exactly those)
+openid_identities = sa.Table(
+    "openid_identities",
+    metadata,
+    sa.Column("issuer", sa.String(256), primary_key=True),
+    sa.Column("subject", sa.String(256), primary_key=True),
+    sa.Column(
+        "user_id",
+        sa.Uuid(),
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+)
+
+openid_sessions = sa.Table(
+    "openid_sessions",
+    metadata,
+    sa.Column(
+        "session_id",
+        sa.Uuid(),
+        sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("issuer", sa.String(256), nullable=False),
+    sa.Column("subject", sa.String(256), nullable=False),
+    sa.Column("sid", sa.String(256)),
+    sa.Index("ix_openid_sessions_sid", "issuer", "sid"),
+    sa.Index("ix_openid_sessions_subject", "issuer", "subject"),
 )
 
 configuration = sa.Table(

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..errors import Conflict, LicenceLimitReached, NotFound
 from ..licence import Licence
 from ..models import AccessLevel, LicenseType
-from . import schema
+from . import openid, schema
 from .base import (
     AuditRecord,
     SeatRequest,
@@ -62,6 +62,7 @@ class SqlTransaction(Transaction):
         try:
             async with self.conn.begin_nested():
                 await self.conn.execute(u.insert().values(**user_values(user)))
+                await openid.keep_identity(self.conn, user)
         except IntegrityError:
             raise Conflict(
                 f"a user with login {user.login!r}"
@@ -96,6 +97,8 @@ class SqlTransaction(Transaction):
                         u.update().where(u.c.id == user_id).values(**values).returning(*u.c)
                     )
                 ).first()
+                if row is not None and {"account", "login_type"} & changes.keys():
+                    await openid.keep_identity(self.conn, user_from_row(row), replace=True)
         except IntegrityError:
             raise Conflict("that login or account belongs to another user") from None
         if row is None:
@@ -255,6 +258,11 @@ class SqlTransaction(Transaction):
         return deleted
 
     # --- licence -------------------------------------------------------------------------
+
+    async def add_openid_session(
+        self, session_id: UUID, issuer: str, subject: str, sid: str | None
+    ) -> None:
+        await openid.add_session(self.conn, session_id, issuer, subject, sid)
 
     async def lock_licence(self) -> Licence | None:
         query = sa.select(schema.licence).where(schema.licence.c.id == 1).with_for_update()
