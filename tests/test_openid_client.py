@@ -6,10 +6,12 @@ grant (RFC 8628) with its user-code pages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,17 +19,25 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from sessiond import SessionClient
+from sessiond import (
+    AsyncSessionClient,
+    LoginType,
+    SessionClient,
+    SessionManager,
+)
 from sessiond.errors import (
     OpenIdAccessDenied,
     OpenIdProviderUnavailable,
+    OpenIdProviderUnknown,
     OpenIdSignInExpired,
     OpenIdStateMismatch,
 )
 from sessiond.openid_client import OpenIdSignIn, ProviderEntry, ProviderTokens, provider_tokens_flow
+from sessiond.token import SessionToken
 from tests.infra.oidc import OidcProvider
 from tests.infra.oidc_pages import complete_device_flow, provider_login
 
+from .conftest import ServerProcess, free_port, server_env
 from .test_console import CHROMIUM, CHROMIUM_ARGS
 
 SCOPES = ("openid", "profile", "email", "groups")
@@ -72,6 +82,44 @@ def entry(oidc_provider: OidcProvider) -> ProviderEntry:
     )
 
 
+@pytest.fixture(scope="module")
+def openid_server(
+    oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """sessiond with the test provider as ``corp``; the first sign-in of an account creates its
+    user."""
+    root = tmp_path_factory.mktemp("openid-client")
+    console = oidc_provider.console_client
+    config = root / "sessiond.toml"
+    config.write_text(
+        f"""
+[openid.providers.corp]
+issuer = "{oidc_provider.issuer}"
+display_name = "Corp sign-in"
+client_id = "{console.client_id}"
+client_secret = "{console.client_secret}"
+public_client_id = "{oidc_provider.desktop_client.client_id}"
+scopes = {json.dumps(list(SCOPES))}
+provision = true
+""",
+        encoding="utf-8",
+    )
+    data_dir = root / "sessiond-data"
+    env = server_env(data_dir, SESSIOND_CONFIG=str(config))
+    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
+    proc.start()
+    yield proc
+    proc.stop()
+    log = proc.log_path.read_text()
+    assert "Traceback" not in log and "unexpected error" not in log, log
+
+
+def _sign_in(server: ServerProcess, **options: Any) -> SessionToken:
+    """``open_session_openid("corp", **options)`` of a new client of ``server``."""
+    with SessionClient(server.url) as client:
+        return client.open_session_openid("corp", **options)
+
+
 def _provider_tokens(entry: ProviderEntry, options: OpenIdSignIn, **client: Any) -> ProviderTokens:
     """Run the flow with the provider alone (no sessiond: the exchange is not asked for)."""
     with SessionClient("http://127.0.0.1:9", **client) as driver:
@@ -104,7 +152,7 @@ def test_loopback_flow_redeems_the_code_with_pkce_for_an_id_token_with_the_nonce
 
 
 def test_a_redirect_with_a_wrong_or_no_state_is_refused_at_the_loopback_receiver(
-    entry: ProviderEntry,
+    openid_server: ServerProcess,
 ) -> None:
     for state in ("forged-state", None):
         answers: list[httpx.Response] = []
@@ -117,14 +165,14 @@ def test_a_redirect_with_a_wrong_or_no_state_is_refused_at_the_loopback_receiver
             answers.append(httpx.get(redirect, params=params, timeout=10))
 
         with pytest.raises(OpenIdStateMismatch) as refused:
-            _provider_tokens(entry, OpenIdSignIn("corp", open_browser=open_browser, timeout=30))
+            _sign_in(openid_server, open_browser=open_browser, timeout=30)
         assert refused.value.code == "openid_state_mismatch"
         assert refused.value.details["provider"] == "corp"
         assert answers[0].status_code == 400 and "does not belong" in answers[0].text
 
 
 def test_the_loopback_receiver_answers_other_paths_404_and_keeps_waiting(
-    entry: ProviderEntry,
+    openid_server: ServerProcess,
 ) -> None:
     seen: list[int] = []
 
@@ -134,13 +182,13 @@ def test_the_loopback_receiver_answers_other_paths_404_and_keeps_waiting(
 
     started = time.monotonic()
     with pytest.raises(OpenIdSignInExpired) as expired:
-        _provider_tokens(entry, OpenIdSignIn("corp", open_browser=open_browser, timeout=2))
+        _sign_in(openid_server, open_browser=open_browser, timeout=2)
     assert seen == [404] and expired.value.code == "openid_sign_in_expired"
     assert time.monotonic() - started < 30  # bounded by the timeout: did not stall
 
 
 def test_declining_consent_at_the_provider_ends_the_loopback_flow_as_access_denied(
-    oidc_provider: OidcProvider, entry: ProviderEntry, page: Page
+    oidc_provider: OidcProvider, openid_server: ServerProcess, page: Page
 ) -> None:
     bob = oidc_provider.user("bob")
 
@@ -149,7 +197,7 @@ def test_declining_consent_at_the_provider_ends_the_loopback_flow_as_access_deni
         provider_login(page, bob.login, bob.password, consent=False)
 
     with pytest.raises(OpenIdAccessDenied) as denied:
-        _provider_tokens(entry, OpenIdSignIn("corp", open_browser=open_browser, timeout=60))
+        _sign_in(openid_server, open_browser=open_browser, timeout=60)
     assert denied.value.details["error"] == "access_denied"
 
 
@@ -182,7 +230,7 @@ def test_device_flow_polls_until_the_person_approves(
 
 
 def test_device_flow_denied_by_the_person_ends_as_access_denied(
-    oidc_provider: OidcProvider, entry: ProviderEntry, page: Page
+    oidc_provider: OidcProvider, openid_server: ServerProcess, page: Page
 ) -> None:
     def on_user_code(uri: str, code: str, complete: str | None) -> None:
         page.goto(uri)
@@ -193,19 +241,15 @@ def test_device_flow_denied_by_the_person_ends_as_access_denied(
             page.click("#oidc-device-abort")
 
     with pytest.raises(OpenIdAccessDenied) as denied:
-        _provider_tokens(
-            entry, OpenIdSignIn("corp", flow="device", on_user_code=on_user_code, timeout=60)
-        )
+        _sign_in(openid_server, flow="device", on_user_code=on_user_code, timeout=60)
     assert denied.value.code == "openid_access_denied"
     assert "corp" in denied.value.message and denied.value.details["error"] == "access_denied"
 
 
-def test_device_flow_not_completed_in_time_ends_as_expired(entry: ProviderEntry) -> None:
+def test_device_flow_not_completed_in_time_ends_as_expired(openid_server: ServerProcess) -> None:
     started = time.monotonic()
     with pytest.raises(OpenIdSignInExpired) as expired:
-        _provider_tokens(
-            entry, OpenIdSignIn("corp", flow="device", on_user_code=lambda *_: None, timeout=3)
-        )
+        _sign_in(openid_server, flow="device", on_user_code=lambda *_: None, timeout=3)
     assert "not completed within 3 s" in expired.value.message
     assert time.monotonic() - started < 30  # did not stall
 
@@ -214,14 +258,151 @@ def test_device_flow_not_completed_in_time_ends_as_expired(entry: ProviderEntry)
 
 
 def test_a_provider_that_is_down_or_frozen_is_named_within_the_timeout(
-    oidc_provider: OidcProvider, entry: ProviderEntry
+    oidc_provider: OidcProvider, openid_server: ServerProcess
 ) -> None:
-    options = OpenIdSignIn("corp", flow="device", on_user_code=lambda *_: None, timeout=3)
+    options: dict[str, Any] = {"flow": "device", "on_user_code": lambda *_: None, "timeout": 3}
     with oidc_provider.stopped(), pytest.raises(OpenIdProviderUnavailable) as down:
-        _provider_tokens(entry, options)
+        _sign_in(openid_server, **options)
     assert down.value.details["provider"] == "corp" and "cannot be reached" in down.value.message
     started = time.monotonic()
     with oidc_provider.frozen(), pytest.raises(OpenIdProviderUnavailable) as frozen:
-        _provider_tokens(entry, options)
+        _sign_in(openid_server, **options)
     assert time.monotonic() - started < 30  # bounded by the timeout: did not stall
     assert frozen.value.code == "openid_provider_unavailable"
+
+
+# --- through sessiond: the exchange, the session, the manager --------------------------------
+
+
+def _signs_in(page: Page, login: str, password: str, opened: list[str]) -> Any:
+    """An ``open_browser`` that signs ``login`` in at the provider's pages in ``page``."""
+
+    def open_browser(url: str) -> None:
+        opened.append(url)
+        page.goto(url)
+        provider_login(page, login, password)
+
+    return open_browser
+
+
+def test_the_browser_flow_ends_in_a_platform_session_token_that_validates(
+    openid_server: ServerProcess, oidc_provider: OidcProvider, page: Page
+) -> None:
+    alice = oidc_provider.user("alice")
+    opened: list[str] = []
+    with SessionClient(openid_server.url) as client:
+        token = client.open_session_openid(
+            "corp", open_browser=_signs_in(page, alice.login, alice.password, opened), timeout=60
+        )
+        assert client.session_token == token and token.login_type == LoginType.OPEN_ID
+        assert client.current_session()["SessionID"] == str(token.session_id)
+        assert client.openid_sign_in is not None and client.openid_sign_in.provider == "corp"
+        assert client.close_session() is True
+    asked = parse_qs(urlsplit(opened[0]).query)
+    assert asked["client_id"] == [oidc_provider.desktop_client.client_id]
+    assert asked["code_challenge_method"] == ["S256"] and asked["nonce"][0]
+    assert "Signed in" in page.content()
+
+
+def _in_a_thread_of_its_own(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` on an event loop of a thread of its own: Playwright's sync API holds
+    this module's main thread."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # handed to the test's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the async client's sign-in stalled"
+    if failed:
+        raise failed[0]
+
+
+def test_the_async_client_device_flow_ends_in_a_platform_session_token(
+    openid_server: ServerProcess, oidc_provider: OidcProvider
+) -> None:
+    _in_a_thread_of_its_own(lambda: _async_device_flow(openid_server, oidc_provider))
+
+
+async def _async_device_flow(openid_server: ServerProcess, oidc_provider: OidcProvider) -> None:
+    bob = oidc_provider.user("bob")
+    polls: list[str] = []
+    told = asyncio.Event()
+
+    async def on_answer(response: httpx.Response) -> None:
+        if response.request.url.path.endswith("/token"):
+            await response.aread()
+            polls.append(response.json().get("error", "granted"))
+            told.set()
+
+    def approve(uri: str, code: str) -> None:  # a person at another machine's browser
+        with sync_playwright() as driver:
+            chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                complete_device_flow(chromium.new_page(), uri, code, bob.login, bob.password)
+            finally:
+                chromium.close()
+
+    approving: list[asyncio.Task[None]] = []
+
+    async def on_user_code(uri: str, code: str, complete: str | None) -> None:
+        async def later() -> None:
+            await told.wait()  # the client has been told to wait once
+            await asyncio.to_thread(approve, uri, code)
+
+        approving.append(asyncio.create_task(later()))
+
+    async with (
+        httpx.AsyncClient(timeout=30, event_hooks={"response": [on_answer]}) as http,
+        AsyncSessionClient(openid_server.url, http=http) as client,
+    ):
+        token = await client.open_session_openid(
+            "corp", flow="device", on_user_code=on_user_code, timeout=90
+        )
+        assert (await client.current_session())["SessionID"] == str(token.session_id)
+        assert token.login_type == LoginType.OPEN_ID
+    await approving[0]
+    assert polls[0] == "authorization_pending" and polls[-1] == "granted"
+
+
+def test_an_unknown_provider_is_refused_before_any_browser_opens(
+    openid_server: ServerProcess,
+) -> None:
+    opened: list[str] = []
+    with SessionClient(openid_server.url) as client, pytest.raises(OpenIdProviderUnknown) as no:
+        client.open_session_openid("elsewhere", open_browser=opened.append, timeout=10)
+    assert opened == [] and "corp" in no.value.message and no.value.status == 400
+
+
+def test_the_manager_reopens_through_the_openid_flow(
+    openid_server: ServerProcess, oidc_provider: OidcProvider, page: Page
+) -> None:
+    alice = oidc_provider.user("alice")
+    opened: list[str] = []
+    open_browser = _signs_in(page, alice.login, alice.password, opened)
+    events: list[str] = []
+    with (
+        SessionClient(openid_server.url) as client,
+        SessionManager(
+            client, openid=OpenIdSignIn("corp", open_browser=open_browser, timeout=60)
+        ) as manager,
+    ):
+        manager.on("opened", lambda token: events.append("opened"))
+        manager.on("expired", lambda token, error: events.append(f"expired {error.code}"))
+        first = client.session_token
+        assert first is not None and first.login_type == LoginType.OPEN_ID
+        with SessionClient(openid_server.url) as admin:
+            admin.open_session("admin", openid_server.admin_password)
+            assert admin.close_session_as_admin(first.session_id) is True
+        info = manager.call(lambda c: c.current_session())
+        assert info["SessionID"] != str(first.session_id) and manager.reopened == 1
+        assert client.session_token is not None
+        assert client.session_token.login_type == LoginType.OPEN_ID
+        assert client.session_token.user_id == first.user_id
+    assert len(opened) == 2  # the second sign-in ran the flow again
+    assert events == ["expired session_not_found", "opened"]

@@ -163,9 +163,7 @@ class _ClientCore:
         listed = yield self._request("GET", "api/v1/openid/providers", auth=False)
         entry = ProviderEntry.pick(self._json(listed), options.provider)
         tokens = yield from provider_tokens_flow(entry, options)
-        body.update(provider=entry.name, token=tokens.id_token, tokenType="id_token")
-        if tokens.nonce is not None:
-            body["nonce"] = tokens.nonce
+        body.update(entry.exchange_body(tokens))
         response = yield self._request("POST", "api/v1/openid/exchange", json=body, auth=False)
         token = self._accept_token(self._json(response))
         self.openid_sign_in = options

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 
 from .errors import (
     NotConfigured,
@@ -39,8 +40,10 @@ from .errors import (
     OpenIdSignInExpired,
     OpenIdSignInFailed,
     OpenIdStateMismatch,
+    ProtocolError,
     SessiondError,
 )
+from .wire import OpenIdExchange, OpenIdProviderInfo
 
 __all__ = [
     "DEFAULT_OPENID_TIMEOUT",
@@ -68,6 +71,7 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TRANSPORT_ERROR_EXTENSION = "sessiond.transport_error"
 
 Flow = Generator[Any, Any, T]
+_PROVIDER_LIST = TypeAdapter(list[OpenIdProviderInfo])
 UserCodeCallback = Callable[[str, str, str | None], Any]
 
 
@@ -154,29 +158,34 @@ class ProviderEntry:
 
     @classmethod
     def pick(cls, listed: Any, name: str) -> ProviderEntry:
-        """The provider called ``name`` in sessiond's list."""
-        entries = listed if isinstance(listed, list) else []
-        for entry in entries:
-            if isinstance(entry, dict) and entry.get("name") == name:
-                break
-        else:
-            known = sorted(str(e.get("name")) for e in entries if isinstance(e, dict))
+        """The provider called ``name`` in sessiond's list (``GET /api/v1/openid/providers``)."""
+        try:
+            entries = _PROVIDER_LIST.validate_python(listed)
+        except ValidationError:
+            raise ProtocolError("sessiond's list of OpenID providers is not one") from None
+        found = next((e for e in entries if e.name == name), None)
+        if found is None:
+            known = sorted(e.name for e in entries)
             raise OpenIdProviderUnknown(
                 f"sessiond has no OpenID provider {name!r}; it offers: "
                 f"{', '.join(known) or 'none'}",
                 details={"provider": name, "known": known},
             )
-        issuer, client_id = entry.get("issuer"), entry.get("clientId")
-        if not isinstance(issuer, str) or not isinstance(client_id, str) or not client_id:
+        if not found.clientId:
             raise NotConfigured(
                 f"sessiond lists the OpenID provider {name!r} without a public client id: the "
                 "administrator sets public_client_id in its settings",
                 details={"provider": name},
             )
-        scopes = entry.get("scopes") or ["openid"]
-        if "openid" not in scopes:
-            scopes = ["openid", *scopes]
-        return cls(name, issuer, client_id, tuple(scopes), str(entry.get("displayName") or ""))
+        scopes = found.scopes if "openid" in found.scopes else ["openid", *found.scopes]
+        return cls(name, found.issuer, found.clientId, tuple(scopes), found.displayName)
+
+    def exchange_body(self, tokens: ProviderTokens) -> dict[str, Any]:
+        """The OpenID Connect fields of ``POST /api/v1/openid/exchange``."""
+        exchange = OpenIdExchange(
+            provider=self.name, token=tokens.id_token, tokenType="id_token", nonce=tokens.nonce
+        )
+        return exchange.model_dump(exclude_none=True)
 
 
 @dataclass(frozen=True)
