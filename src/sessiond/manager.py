@@ -109,6 +109,8 @@ class _ManagerCore(Generic[C]):
         open_params: dict[str, Any],
         openid: OpenIdSignIn | str | None = None,
     ) -> None:
+        if openid is not None and (login or password):
+            raise ValueError("give either login and password or openid, not both")
         self.client: C = client
         #: Sign in (and again) through this OpenID provider instead of login and password.
         self.openid = OpenIdSignIn(openid) if isinstance(openid, str) else openid

@@ -288,9 +288,10 @@ def _browser_flow(
     if answer is None:
         raise _expired(entry, options.timeout)
     _check_redirect(entry, answer, state)
+    # The person was in time; the redemption has a call's bound of its own.
     response = yield _provider_request(
         entry,
-        clock,
+        _Clock(PROVIDER_CALL_TIMEOUT),
         "POST",
         endpoints.token,
         data={
