@@ -190,7 +190,14 @@ def test_the_example_settings_file_has_every_key_and_operator_md_shows_it() -> N
     groups["console"] = ConsoleSettings
     for table, model in groups.items():
         for name, field in model.model_fields.items():
-            if table == "" and name in {"security", "argon2", "console", "windows", "ldap"}:
+            if table == "" and name in {
+                "security",
+                "argon2",
+                "console",
+                "windows",
+                "ldap",
+                "openid",
+            }:
                 continue
             assert re.search(rf"^#? ?{name} = ", sections[table], re.M), (table, name, field)
     load_settings(example)

@@ -21,7 +21,7 @@ from uuid import UUID
 from ..errors import OpenIdProviderUnknown
 from ..models import AccessLevel, LoginType, openid_account
 from ..settings import OpenIdSettings, Settings
-from ..store.base import Transaction
+from ..store.base import Transaction, UserRecord
 from .base import Accounts, Claim, ExternalAccount, Identity, ProofBackend, ProofStep
 from .openid_provider import ProviderClient, TokenType, VerifiedToken
 
@@ -62,6 +62,10 @@ class OpenIdBackend(ProofBackend):
             name: ProviderClient(name, provider) for name, provider in settings.providers.items()
         }
         self.accounts: Accounts | None = None
+
+    def token_login(self, user: UserRecord) -> str:
+        """The user's login: the account (issuer and subject) is no name a person reads."""
+        return user.login
 
     def bind(self, accounts: Accounts) -> None:
         self.accounts = accounts

@@ -1,4 +1,4 @@
-"""sessiond users: platform, Windows and LDAP users."""
+"""sessiond users: platform, Windows, LDAP and OpenID Connect users."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from .common import (
     out,
 )
 
-users_app = typer.Typer(no_args_is_help=True, help="Platform, Windows and LDAP users.")
+users_app = typer.Typer(
+    no_args_is_help=True, help="Platform, Windows, LDAP and OpenID Connect users."
+)
 
 
 @users_app.command("add")
@@ -34,9 +36,14 @@ def users_add(
     name: Annotated[str | None, typer.Option(help="display name")] = None,
     password: Annotated[str | None, typer.Option(help="password (prompted if omitted)")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="make an administrator")] = False,
-    login_type: Annotated[str, typer.Option(help="Platform, Windows, Ldap or None")] = "Platform",
+    login_type: Annotated[
+        str, typer.Option(help="Platform, Windows, Ldap, OpenId or None")
+    ] = "Platform",
     account: Annotated[
-        str | None, typer.Option(help="Windows (DOMAIN\\name or UPN) or LDAP account")
+        str | None,
+        typer.Option(
+            help="Windows (DOMAIN\\name or UPN), LDAP, or OpenId (ISSUER#SUBJECT) account"
+        ),
     ] = None,
 ) -> None:
     """Add a user."""
@@ -68,9 +75,14 @@ def users_update(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     name: Annotated[str | None, typer.Option(help="display name")] = None,
-    login_type: Annotated[str | None, typer.Option(help="Platform, Windows, Ldap or None")] = None,
+    login_type: Annotated[
+        str | None, typer.Option(help="Platform, Windows, Ldap, OpenId or None")
+    ] = None,
     account: Annotated[
-        str | None, typer.Option(help="Windows (DOMAIN\\name or UPN) or LDAP account")
+        str | None,
+        typer.Option(
+            help="Windows (DOMAIN\\name or UPN), LDAP, or OpenId (ISSUER#SUBJECT) account"
+        ),
     ] = None,
     admin: Annotated[
         bool | None, typer.Option("--admin/--regular", help="access level", show_default=False)

@@ -170,9 +170,11 @@ class AddUserRequest(_Body):
     Name: str | None = Field(None, max_length=256)
     Password: str | None = Field(None, max_length=1024, description="platform users only")
     AccessLevel: str | int = Field("Regular", description="Regular or Administrator")
-    LoginType: str | int = Field("Platform", description="Platform, Windows, Ldap or None")
+    LoginType: str | int = Field("Platform", description="Platform, Windows, Ldap, OpenId or None")
     Account: str | None = Field(
-        None, max_length=512, description="Windows DOMAIN\\name or UPN, or the LDAP uid"
+        None,
+        max_length=512,
+        description="Windows DOMAIN\\name or UPN, the LDAP uid, or OpenId ISSUER#SUBJECT",
     )
 
 

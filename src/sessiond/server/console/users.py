@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...errors import RequestError, SessiondError
-from ...models import AccessLevel, LicenseType, LoginType
+from ...models import AccessLevel, LicenseType, LoginType, openid_identity
 from ...store import UserRecord
 from . import auth, forms
 from .auth import Viewer
@@ -116,7 +116,20 @@ async def user_page(
         user = await service.users.get_user_by_login(login)
     except SessiondError as exc:
         return await users_page(request, who, status=exc.status, error=exc.message)
-    return render(request, "user.html", _user_context(who, user), status=status, error=error)
+    context = _user_context(who, user)
+    context["openid"] = _openid_mapping(service, user)
+    return render(request, "user.html", context, status=status, error=error)
+
+
+def _openid_mapping(service: Any, user: UserRecord) -> dict[str, str] | None:
+    """An OpenId user's mapping: the provider (by its issuer), the issuer and the subject."""
+    pair = openid_identity(user.account) if user.login_type == LoginType.OPEN_ID else None
+    if pair is None:
+        return None
+    issuer, subject = pair
+    named = [p for p in service.openid.providers() if p.issuer == issuer]
+    provider = f"{named[0].displayName} ({named[0].name})" if named else "none configured here"
+    return {"provider": provider, "issuer": issuer, "subject": subject}
 
 
 def _user_context(who: Viewer, user: UserRecord) -> dict[str, Any]:
@@ -124,6 +137,7 @@ def _user_context(who: Viewer, user: UserRecord) -> dict[str, Any]:
         "title": f"User {user.login}",
         "viewer": who,
         "user": user,
+        "openid": None,
         "login_types": LOGIN_TYPES,
         "access_levels": ACCESS_LEVELS,
         "blocked_until": forms.time_field(user.blocked_due_date),
