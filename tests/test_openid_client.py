@@ -1,7 +1,9 @@
 """The Python client's OpenID Connect flows against the real test provider (oidc-provider on
 Node.js, tests/infra/oidc.py): the system browser with a loopback redirect (RFC 8252, PKCE)
 driven in Debian's Chromium through the provider's own pages, and the device authorization
-grant (RFC 8628) with its user-code pages.
+grant (RFC 8628) with its user-code pages. Every sign-in goes through ``open_session_openid``
+of a client of a real ``sessiond serve`` that has the provider configured, which exchanges the
+ID token for a platform session.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sessiond.errors import (
     OpenIdSignInExpired,
     OpenIdStateMismatch,
 )
-from sessiond.openid_client import OpenIdSignIn, ProviderEntry, ProviderTokens, provider_tokens_flow
+from sessiond.openid_client import OpenIdSignIn
 from sessiond.token import SessionToken
 from tests.infra.oidc import OidcProvider
 from tests.infra.oidc_pages import complete_device_flow, provider_login
@@ -74,20 +76,12 @@ def page(context: BrowserContext) -> Page:
     return context.new_page()
 
 
-@pytest.fixture
-def entry(oidc_provider: OidcProvider) -> ProviderEntry:
-    """The provider as sessiond lists it: the public client is the desktop one."""
-    return ProviderEntry(
-        "corp", oidc_provider.issuer, oidc_provider.desktop_client.client_id, SCOPES
-    )
-
-
 @pytest.fixture(scope="module")
 def openid_server(
     oidc_provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """sessiond with the test provider as ``corp``; the first sign-in of an account creates its
-    user."""
+    """sessiond with the test provider as ``corp`` (the first sign-in of an account creates its
+    user), and as ``mixed`` under an issuer its discovery document does not name."""
     root = tmp_path_factory.mktemp("openid-client")
     console = oidc_provider.console_client
     config = root / "sessiond.toml"
@@ -101,6 +95,10 @@ client_secret = "{console.client_secret}"
 public_client_id = "{oidc_provider.desktop_client.client_id}"
 scopes = {json.dumps(list(SCOPES))}
 provision = true
+
+[openid.providers.mixed]
+issuer = "{oidc_provider.issuer}/"
+public_client_id = "{oidc_provider.desktop_client.client_id}"
 """,
         encoding="utf-8",
     )
@@ -120,35 +118,7 @@ def _sign_in(server: ServerProcess, **options: Any) -> SessionToken:
         return client.open_session_openid("corp", **options)
 
 
-def _provider_tokens(entry: ProviderEntry, options: OpenIdSignIn, **client: Any) -> ProviderTokens:
-    """Run the flow with the provider alone (no sessiond: the exchange is not asked for)."""
-    with SessionClient("http://127.0.0.1:9", **client) as driver:
-        return driver._run(provider_tokens_flow(entry, options))
-
-
 # --- the loopback flow -----------------------------------------------------------------------
-
-
-def test_loopback_flow_redeems_the_code_with_pkce_for_an_id_token_with_the_nonce(
-    oidc_provider: OidcProvider, entry: ProviderEntry, page: Page
-) -> None:
-    alice = oidc_provider.user("alice")
-    opened: list[str] = []
-
-    def open_browser(url: str) -> None:
-        opened.append(url)
-        page.goto(url)
-        provider_login(page, alice.login, alice.password)
-
-    tokens = _provider_tokens(entry, OpenIdSignIn("corp", open_browser=open_browser, timeout=60))
-    asked = parse_qs(urlsplit(opened[0]).query)
-    assert asked["code_challenge_method"] == ["S256"] and asked["response_type"] == ["code"]
-    redirect = urlsplit(asked["redirect_uri"][0])
-    assert redirect.hostname == "127.0.0.1" and redirect.port and redirect.path == "/callback"
-    claims = _claims(tokens.id_token)
-    assert claims["iss"] == oidc_provider.issuer and claims["sub"] == alice.sub
-    assert claims["aud"] == entry.client_id and claims["nonce"] == tokens.nonce
-    assert asked["nonce"] == [tokens.nonce] and "Signed in" in page.content()
 
 
 def test_a_redirect_with_a_wrong_or_no_state_is_refused_at_the_loopback_receiver(
@@ -204,8 +174,8 @@ def test_declining_consent_at_the_provider_ends_the_loopback_flow_as_access_deni
 # --- the device flow -------------------------------------------------------------------------
 
 
-def test_device_flow_polls_until_the_person_approves(
-    oidc_provider: OidcProvider, entry: ProviderEntry, page: Page
+def test_the_device_flow_polls_until_the_person_approves(
+    oidc_provider: OidcProvider, openid_server: ServerProcess, page: Page
 ) -> None:
     alice = oidc_provider.user("alice")
     shown: list[tuple[str, str, str | None]] = []
@@ -214,19 +184,28 @@ def test_device_flow_polls_until_the_person_approves(
     def on_user_code(uri: str, code: str, complete: str | None) -> None:
         shown.append((uri, code, complete))
 
+    exchanged: list[dict[str, Any]] = []
+
     def on_answer(response: httpx.Response) -> None:
         if response.request.url.path.endswith("/token"):
             response.read()
             polls.append(response.json().get("error", "granted"))
             if polls == ["authorization_pending"]:  # the person approves only now
                 complete_device_flow(page, shown[0][0], shown[0][1], alice.login, alice.password)
+        if response.request.url.path == "/api/v1/openid/exchange":
+            exchanged.append(json.loads(response.request.content))
 
-    options = OpenIdSignIn("corp", flow="device", on_user_code=on_user_code, timeout=60)
-    with httpx.Client(timeout=30, event_hooks={"response": [on_answer]}) as http:
-        tokens = _provider_tokens(entry, options, http=http)
-    assert polls == ["authorization_pending", "granted"]
-    assert _claims(tokens.id_token)["sub"] == alice.sub and tokens.nonce is None
-    assert shown[0][2] and shown[0][1] in shown[0][2]
+    with (
+        httpx.Client(timeout=30, event_hooks={"response": [on_answer]}) as http,
+        SessionClient(openid_server.url, http=http) as client,
+    ):
+        token = client.open_session_openid(
+            "corp", flow="device", on_user_code=on_user_code, timeout=60
+        )
+        assert client.current_session()["SessionID"] == str(token.session_id)
+    assert polls == ["authorization_pending", "granted"] and token.login_type == LoginType.OPEN_ID
+    assert shown[0][2] and shown[0][1] in shown[0][2]  # verification_uri_complete
+    assert _claims(exchanged[0]["token"])["sub"] == alice.sub and "nonce" not in exchanged[0]
 
 
 def test_device_flow_denied_by_the_person_ends_as_access_denied(
@@ -271,7 +250,7 @@ def test_a_provider_that_is_down_or_frozen_is_named_within_the_timeout(
     assert frozen.value.code == "openid_provider_unavailable"
 
 
-# --- through sessiond: the exchange, the session, the manager --------------------------------
+# --- sessions: both clients, the manager --------------------------------------------------
 
 
 def _signs_in(page: Page, login: str, password: str, opened: list[str]) -> Any:
@@ -290,7 +269,11 @@ def test_the_browser_flow_ends_in_a_platform_session_token_that_validates(
 ) -> None:
     alice = oidc_provider.user("alice")
     opened: list[str] = []
-    with SessionClient(openid_server.url) as client:
+    sent: list[httpx.Request] = []
+    with (
+        httpx.Client(timeout=30, event_hooks={"request": [sent.append]}) as http,
+        SessionClient(openid_server.url, http=http) as client,
+    ):
         token = client.open_session_openid(
             "corp", open_browser=_signs_in(page, alice.login, alice.password, opened), timeout=60
         )
@@ -300,8 +283,16 @@ def test_the_browser_flow_ends_in_a_platform_session_token_that_validates(
         assert client.close_session() is True
     asked = parse_qs(urlsplit(opened[0]).query)
     assert asked["client_id"] == [oidc_provider.desktop_client.client_id]
-    assert asked["code_challenge_method"] == ["S256"] and asked["nonce"][0]
-    assert "Signed in" in page.content()
+    assert asked["code_challenge_method"] == ["S256"] and asked["response_type"] == ["code"]
+    redirect = urlsplit(asked["redirect_uri"][0])
+    assert redirect.hostname == "127.0.0.1" and redirect.port and redirect.path == "/callback"
+    assert "Signed in" in page.content()  # the receiver's page
+    redeemed = parse_qs(next(r for r in sent if r.url.path == "/token").content.decode())
+    assert "client_secret" not in redeemed and redeemed["code_verifier"][0]
+    exchange = json.loads(next(r for r in sent if r.url.path.endswith("/exchange")).content)
+    claims = _claims(exchange["token"])
+    assert claims["iss"] == oidc_provider.issuer and claims["sub"] == alice.sub
+    assert claims["nonce"] == exchange["nonce"] == asked["nonce"][0]
 
 
 def _in_a_thread_of_its_own(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -368,6 +359,16 @@ async def _async_device_flow(openid_server: ServerProcess, oidc_provider: OidcPr
         assert token.login_type == LoginType.OPEN_ID
     await approving[0]
     assert polls[0] == "authorization_pending" and polls[-1] == "granted"
+
+
+def test_a_discovery_document_that_names_another_issuer_is_refused(
+    openid_server: ServerProcess,
+) -> None:
+    opened: list[str] = []
+    with SessionClient(openid_server.url) as client, pytest.raises(OpenIdProviderUnavailable) as no:
+        client.open_session_openid("mixed", open_browser=opened.append, timeout=10)
+    assert opened == [] and no.value.details["provider"] == "mixed"
+    assert "names the issuer" in no.value.message
 
 
 def test_an_unknown_provider_is_refused_before_any_browser_opens(
