@@ -32,6 +32,7 @@ from sessiond.errors import (
     OpenIdProviderUnavailable,
     OpenIdProviderUnknown,
     OpenIdSignInExpired,
+    OpenIdSignInFailed,
     OpenIdStateMismatch,
 )
 from sessiond.openid_client import OpenIdSignIn
@@ -169,6 +170,23 @@ def test_declining_consent_at_the_provider_ends_the_loopback_flow_as_access_deni
     with pytest.raises(OpenIdAccessDenied) as denied:
         _sign_in(openid_server, open_browser=open_browser, timeout=60)
     assert denied.value.details["error"] == "access_denied"
+    assert "refused the sign-in (access_denied)" in page.content()  # the receiver's page
+
+
+def test_the_receiver_page_shows_what_the_redirect_carries_as_text(
+    openid_server: ServerProcess,
+) -> None:
+    answers: list[httpx.Response] = []
+
+    def open_browser(url: str) -> None:
+        asked = parse_qs(urlsplit(url).query)
+        params = {"state": asked["state"][0], "error": "<script>alert(1)</script>"}
+        answers.append(httpx.get(asked["redirect_uri"][0], params=params, timeout=10))
+
+    with pytest.raises(OpenIdSignInFailed) as refused:
+        _sign_in(openid_server, open_browser=open_browser, timeout=30)
+    assert refused.value.details["error"] == "<script>alert(1)</script>"
+    assert "<script>" not in answers[0].text and "&lt;script&gt;" in answers[0].text
 
 
 # --- the device flow -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import http.server
 import inspect
 import secrets
@@ -460,7 +461,7 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
     def _answer(self, status: int, text: str) -> None:
         page = (
             "<!doctype html><html><head><meta charset=utf-8><title>sessiond sign-in</title>"
-            f"</head><body><p>{text}</p></body></html>"
+            f"</head><body><p>{html.escape(text)}</p></body></html>"
         ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
