@@ -379,6 +379,26 @@ async def _async_device_flow(openid_server: ServerProcess, oidc_provider: OidcPr
     assert polls[0] == "authorization_pending" and polls[-1] == "granted"
 
 
+def test_the_async_client_refuses_a_wrong_state_at_its_receiver(
+    openid_server: ServerProcess,
+) -> None:
+    answers: list[httpx.Response] = []
+
+    async def open_browser(url: str) -> None:
+        redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+        async with httpx.AsyncClient(timeout=10) as http:
+            answers.append(await http.get(redirect, params={"code": "c", "state": "forged"}))
+
+    async def main() -> None:
+        async with AsyncSessionClient(openid_server.url) as client:
+            with pytest.raises(OpenIdStateMismatch):
+                await client.open_session_openid("corp", open_browser=open_browser, timeout=30)
+            assert client.session_token is None
+
+    _in_a_thread_of_its_own(main)
+    assert answers[0].status_code == 400
+
+
 def test_a_discovery_document_that_names_another_issuer_is_refused(
     openid_server: ServerProcess,
 ) -> None:
