@@ -6,11 +6,14 @@ hostile token refused with its code and nothing written; a provider down or froz
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -18,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -27,7 +31,16 @@ from playwright.sync_api import Browser, sync_playwright
 
 from tests.conftest import ServerProcess, free_port, server_env
 from tests.infra.oidc import OidcProvider
-from tests.test_oidc_provider import CHROMIUM, CHROMIUM_ARGS, Receiver, code_flow, jwt_parts
+from tests.infra.oidc_pages import provider_login
+from tests.infra.postgres import PostgresServer
+from tests.test_oidc_provider import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Receiver,
+    code_flow,
+    jwt_parts,
+    pkce_pair,
+)
 
 EXCHANGE = "/api/v1/openid/exchange"
 PROVIDERS = "/api/v1/openid/providers"
@@ -562,3 +575,180 @@ def test_the_users_api_and_the_console_keep_an_openid_mapping(
         assert oidc_provider.issuer in mapping and f"other-{subject}" in mapping
     finally:
         context.close()
+
+
+# --- the provider client's code redemption (for the console's code flow) --------------------
+
+
+def authorization_code(
+    provider: OidcProvider, browser: Browser, receiver: Receiver, login: str
+) -> tuple[str, str, str, str]:
+    """The code flow up to the redirect: (code, redirect URI, PKCE verifier, nonce)."""
+    verifier, challenge = pkce_pair()
+    nonce = secrets.token_urlsafe(16)
+    redirect_uri = f"{receiver.url}/console/openid/corp/callback"
+    query = {
+        "client_id": provider.console_client.client_id,
+        "response_type": "code",
+        "scope": "openid profile email groups",
+        "redirect_uri": redirect_uri,
+        "state": secrets.token_urlsafe(16),
+        "nonce": nonce,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{provider.discovery()['authorization_endpoint']}?{urlencode(query)}")
+        user = provider.user(login)
+        provider_login(page, user.login, user.password)
+        code = receiver.next("/console/openid/corp/callback").query["code"]
+    finally:
+        context.close()
+    return code, redirect_uri, verifier, nonce
+
+
+def test_a_code_is_redeemed_once_and_its_id_token_verified(
+    oidc_provider: OidcProvider, browser: Browser, receiver: Receiver
+) -> None:
+    from sessiond.auth.openid_provider import ProviderClient
+    from sessiond.errors import OpenIdTokenInvalid
+    from sessiond.settings_openid import OpenIdProvider
+
+    code, redirect_uri, verifier, nonce = authorization_code(
+        oidc_provider, browser, receiver, "bob"
+    )
+    settings = OpenIdProvider(
+        issuer=oidc_provider.issuer,
+        client_id=oidc_provider.console_client.client_id,
+        client_secret=oidc_provider.console_client.client_secret,
+        timeout=5,
+    )
+
+    async def redeem() -> tuple[dict[str, Any], str, str]:
+        client = ProviderClient("corp", settings)
+        try:
+            answer = dict(await client.redeem_code(code, redirect_uri, verifier))
+            verified = await client.verify(answer["id_token"], nonce=nonce)
+            with pytest.raises(OpenIdTokenInvalid) as replayed:
+                await client.redeem_code(code, redirect_uri, verifier)
+            with pytest.raises(OpenIdTokenInvalid) as wrong_nonce:
+                await client.verify(answer["id_token"], nonce="another")
+            return dict(verified.claims), str(replayed.value.reason), str(wrong_nonce.value.reason)
+        finally:
+            await client.close()
+
+    # in a thread of its own: Playwright's sync API keeps an event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        claims, replayed, wrong_nonce = pool.submit(asyncio.run, redeem()).result(60)
+    assert (claims["sub"], claims["nonce"]) == (oidc_provider.user("bob").sub, nonce)
+    assert "invalid_grant" in replayed
+    assert "nonce" in wrong_nonce
+
+
+def test_an_unverified_email_matches_nobody(
+    tmp_path: Path, other_provider: OidcProvider, tokens: Tokens
+) -> None:
+    proc = start_server(tmp_path, provider_table("other", other_provider, match_claim="email"))
+    try:
+        frank = other_provider.add_user("frank", email_verified=False)
+        gina = other_provider.add_user("gina")
+        for user in (frank, gina):
+            email = user.claims["email"]
+            added = proc.cli("users", "add", email, "--login-type", "OpenId")
+            assert added.returncode == 0, added.stderr
+        refused = exchange(proc, tokens(other_provider, "frank")["id_token"], provider="other")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "account_not_mapped"
+        assert user_by_login(proc, frank.claims["email"])["Account"] is None
+        matched = exchange(proc, tokens(other_provider, "gina")["id_token"], provider="other")
+        assert matched.status_code == 200, matched.text
+        assert user_by_login(proc, gina.claims["email"])["Account"] == (
+            f"openid:{other_provider.issuer}#{gina.sub}"
+        )
+    finally:
+        proc.stop()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def test_the_exchange_on_postgresql_keeps_the_provider_session_with_the_session(
+    tmp_path: Path, postgres_server: PostgresServer, oidc_provider: OidcProvider, tokens: Tokens
+) -> None:
+    url = postgres_server.new_database()
+    database = url.rsplit("/", 1)[1]
+    root = tmp_path / "pg"
+    root.mkdir()
+    config = root / "sessiond.toml"
+    config.write_text(provider_table("corp", oidc_provider, provision=True), encoding="utf-8")
+    data_dir = root / "sessiond-data"
+    env = server_env(data_dir, SESSIOND_CONFIG=str(config), SESSIOND_DATABASE_URL=url)
+    proc = ServerProcess(data_dir, free_port(), env, root / "server.log")
+    proc.start()
+    try:
+        got = tokens(oidc_provider, "bob")
+        answer = exchange(proc, got["id_token"])
+        assert answer.status_code == 200, answer.text
+        sid = jwt_parts(got["id_token"])[1]["sid"]
+        bob = oidc_provider.user("bob")
+        rows = postgres_server.query(
+            "SELECT issuer, subject, sid FROM openid_sessions", database=database
+        ).split()
+        assert rows == [f"{oidc_provider.issuer}|{bob.sub}|{sid}"]
+        mapped = postgres_server.query(
+            "SELECT subject FROM openid_identities", database=database
+        ).split()
+        assert mapped == [bob.sub]
+        closed = httpx.post(
+            proc.url + "/api/v1/sessions/close",
+            headers={"Tessa-Session": answer.json()["AuthToken"]},
+            timeout=10,
+        )
+        assert closed.json() == {"Closed": True}
+        left = postgres_server.query("SELECT count(*) FROM openid_sessions", database=database)
+        assert left.strip() == "0"  # it goes with its session
+    finally:
+        proc.stop()
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('issuer = "https://id.example"\nclient_id = "c"\nalgorithms = ["none"]', "not allowed"),
+        ('issuer = "https://id.example"\nclient_id = "c"\nalgorithms = ["HS256"]', "HS256"),
+        ('issuer = "http://id.example"\nclient_id = "c"', "https://"),
+        ('issuer = "https://id.example"', "needs client_id"),
+        ('issuer = "https://id.example"\nclient_id = "c"\ntimeout = "5m"', "60 seconds"),
+    ],
+)
+def test_settings_that_would_weaken_the_checks_stop_the_server(
+    tmp_path: Path, table: str, said: str
+) -> None:
+    from sessiond.errors import SettingsError
+    from sessiond.settings import load_settings
+
+    config = tmp_path / "sessiond.toml"
+    config.write_text(f"[openid.providers.corp]\n{table}\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(config)
+    assert said in refused.value.message
+    assert "openid.providers.corp" in refused.value.message
+
+
+def test_two_providers_may_not_share_an_issuer(tmp_path: Path) -> None:
+    from sessiond.errors import SettingsError
+    from sessiond.settings import load_settings
+
+    config = tmp_path / "sessiond.toml"
+    config.write_text(
+        '[openid.providers.a]\nissuer = "https://id.example"\nclient_id = "a"\n'
+        '[openid.providers.b]\nissuer = "https://id.example"\nclient_id = "b"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(SettingsError, match="same issuer"):
+        load_settings(config)

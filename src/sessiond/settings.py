@@ -31,7 +31,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from .errors import SettingsError
 from .settings_file import CONFIG_ENV, file_problems, read_file
-from .settings_openid import OpenIdProvider, OpenIdSettings
+from .settings_openid import OpenIdSettings
 from .settings_sections import (
     ARGON2_PRESETS,
     DEFAULT_DATABASE_CONNECT_TIMEOUT,
@@ -68,8 +68,6 @@ __all__ = [
     "DirectorySettings",
     "Duration",
     "LdapSettings",
-    "OpenIdProvider",
-    "OpenIdSettings",
     "SecuritySettings",
     "Settings",
     "WindowsSettings",

@@ -20,7 +20,8 @@ from uuid import UUID
 
 from ..errors import OpenIdProviderUnknown
 from ..models import AccessLevel, LoginType, openid_account
-from ..settings import OpenIdSettings, Settings
+from ..settings import Settings
+from ..settings_openid import OpenIdSettings
 from ..store.base import Transaction, UserRecord
 from .base import Accounts, Claim, ExternalAccount, Identity, ProofBackend, ProofStep
 from .openid_provider import ProviderClient, TokenType, VerifiedToken
@@ -114,6 +115,8 @@ class OpenIdBackend(ProofBackend):
     ) -> ExternalAccount:
         settings = provider.settings
         match = verified.text(settings.match_claim) if settings.match_claim else None
+        if settings.match_claim == "email" and verified.claims.get("email_verified") is not True:
+            match = None  # an address the provider has not verified names nobody
         level = None
         if settings.admin_groups:
             groups = _strings(verified.claims.get(settings.groups_claim))

@@ -46,7 +46,7 @@ from joserfc.jwt import ClaimsOption
 
 from .. import metrics
 from ..errors import OpenIdProviderUnavailable, OpenIdTokenInvalid
-from ..settings import OpenIdProvider
+from ..settings_openid import OpenIdProvider
 
 log = logging.getLogger("sessiond.openid")
 
