@@ -5,7 +5,9 @@ HTTP requests it needs and receives their responses (a multi-leg Negotiate sign-
 longer conversation); the sync client drives it with ``httpx.Client``, the async one with
 ``httpx.AsyncClient``, so the two can never drift apart.
 
-The client shares only the token, the models and the errors with the server.
+The client shares only the token, the models and the errors with the server. OpenID Connect
+sign-in (the provider's side of it) is in :mod:`.openid_client`; a flow may yield its steps
+(wait, call the caller back) besides requests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from collections.abc import Callable, Generator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
 
 import httpx
@@ -34,6 +36,17 @@ from .models import (
     WireEnum,
 )
 from .negotiate_client import NegotiateAuth
+from .openid_client import (
+    DEFAULT_OPENID_TIMEOUT,
+    TRANSPORT_ERROR_EXTENSION,
+    OpenIdSignIn,
+    ProviderEntry,
+    Step,
+    UserCodeCallback,
+    arun_step,
+    provider_tokens_flow,
+    run_step,
+)
 from .token import SessionToken
 from .wire import (
     CONFIGURATION_VERSION_HEADER,
@@ -47,7 +60,7 @@ __all__ = ["AsyncSessionClient", "NegotiateAuth", "SessionClient"]
 DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
-Flow = Generator[httpx.Request, httpx.Response, T]
+Flow = Generator[httpx.Request | Step, Any, T]
 VersionListener = Callable[[int | None, int], None]
 
 
@@ -119,6 +132,8 @@ class _ClientCore:
         self.windows_password = windows_password
         self.windows_protocol = windows_protocol
         self.service_hostname = service_hostname or self.base_url.host
+        #: How the current session was opened through an OpenID provider (None: it was not).
+        self.openid_sign_in: OpenIdSignIn | None = None
 
     def on_configuration_version_changed(self, listener: VersionListener) -> None:
         """Call ``listener(old, new)`` when a response reports a new configuration version:
@@ -140,6 +155,19 @@ class _ClientCore:
         body.update(Login=login or "", Password=password or "", Domain=domain)
         response = yield self._request("POST", "api/v1/sessions/open", json=body, auth=False)
         return self._accept_token(self._json(response))
+
+    def _open_openid_flow(
+        self, options: OpenIdSignIn, overrides: dict[str, Any]
+    ) -> Flow[SessionToken]:
+        body = self._client_params(overrides)
+        listed = yield self._request("GET", "api/v1/openid/providers", auth=False)
+        entry = ProviderEntry.pick(self._json(listed), options.provider)
+        tokens = yield from provider_tokens_flow(entry, options)
+        body.update(entry.exchange_body(tokens))
+        response = yield self._request("POST", "api/v1/openid/exchange", json=body, auth=False)
+        token = self._accept_token(self._json(response))
+        self.openid_sign_in = options
+        return token
 
     def _open_windows_flow(self, overrides: dict[str, Any]) -> Flow[SessionToken]:
         # Standard HTTP Negotiate, run by NegotiateAuth inside the HTTP client: ask, get
@@ -282,6 +310,7 @@ class _ClientCore:
         except (KeyError, TypeError):
             raise ProtocolError("the sign-in answer carries no token") from None
         self.session_token = token
+        self.openid_sign_in = None
         inactivity = body.get("SessionInactivityTime")
         self.session_inactivity_time = float(inactivity) if inactivity else None
         expires = body.get("PasswordExpires")
@@ -306,21 +335,26 @@ class SessionClient(_ClientCore):
 
     def _run(self, flow: Flow[T]) -> T:
         try:
-            request = next(flow)
+            step = next(flow)
             while True:
-                try:
-                    auth = request.extensions.pop(AUTH_EXTENSION, None)
-                    response = (
-                        self._http.send(request, auth=auth) if auth else self._http.send(request)
-                    )
-                    response.read()
-                except httpx.TransportError as exc:
-                    raise TransportError(
-                        f"cannot reach sessiond at {self.base_url}: {exc}"
-                    ) from exc
-                request = flow.send(response)
+                answer = self._send(step) if isinstance(step, httpx.Request) else run_step(step)
+                step = flow.send(answer)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()  # a flow that failed lets go of what it holds (a loopback receiver)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        auth = request.extensions.pop(AUTH_EXTENSION, None)
+        on_error = request.extensions.pop(TRANSPORT_ERROR_EXTENSION, None)
+        try:
+            response = self._http.send(request, auth=auth) if auth else self._http.send(request)
+            response.read()
+        except httpx.TransportError as exc:
+            if on_error is not None:
+                raise on_error(exc) from exc
+            raise TransportError(f"cannot reach sessiond at {self.base_url}: {exc}") from exc
+        return response
 
     def open_session(
         self,
@@ -335,6 +369,23 @@ class SessionClient(_ClientCore):
     def open_session_windows_auth(self, **client_params: Any) -> SessionToken:
         """OpenSessionWindowsAuthAsync: integrated Windows sign-in."""
         return self._run(self._open_windows_flow(client_params))
+
+    def open_session_openid(
+        self,
+        provider: str,
+        *,
+        flow: Literal["browser", "device"] = "browser",
+        open_browser: Callable[[str], Any] | None = None,
+        on_user_code: UserCodeCallback | None = None,
+        timeout: float = DEFAULT_OPENID_TIMEOUT,
+        **client_params: Any,
+    ) -> SessionToken:
+        """Sign in through the OpenID provider sessiond lists as ``provider``: in the system
+        browser with a loopback redirect (``open_browser(url)`` instead, if given), or by the
+        device flow (``on_user_code(verification_uri, user_code, verification_uri_complete)``
+        tells the person where to go; by default it prints). ``timeout``: seconds the person has."""
+        options = OpenIdSignIn(provider, flow, open_browser, on_user_code, timeout)
+        return self._run(self._open_openid_flow(options, client_params))
 
     def close_session(self) -> bool:
         """CloseSessionAsync: True if the session was still open."""
@@ -414,21 +465,30 @@ class AsyncSessionClient(_ClientCore):
 
     async def _run(self, flow: Flow[T]) -> T:
         try:
-            request = next(flow)
+            step = next(flow)
             while True:
-                try:
-                    auth = request.extensions.pop(AUTH_EXTENSION, None)
-                    response = await (
-                        self._http.send(request, auth=auth) if auth else self._http.send(request)
-                    )
-                    await response.aread()
-                except httpx.TransportError as exc:
-                    raise TransportError(
-                        f"cannot reach sessiond at {self.base_url}: {exc}"
-                    ) from exc
-                request = flow.send(response)
+                if isinstance(step, httpx.Request):
+                    step = flow.send(await self._send(step))
+                else:
+                    step = flow.send(await arun_step(step))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        finally:
+            flow.close()  # a flow that failed lets go of what it holds (a loopback receiver)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        auth = request.extensions.pop(AUTH_EXTENSION, None)
+        on_error = request.extensions.pop(TRANSPORT_ERROR_EXTENSION, None)
+        try:
+            response = await (
+                self._http.send(request, auth=auth) if auth else self._http.send(request)
+            )
+            await response.aread()
+        except httpx.TransportError as exc:
+            if on_error is not None:
+                raise on_error(exc) from exc
+            raise TransportError(f"cannot reach sessiond at {self.base_url}: {exc}") from exc
+        return response
 
     async def open_session(
         self,
@@ -443,6 +503,20 @@ class AsyncSessionClient(_ClientCore):
     async def open_session_windows_auth(self, **client_params: Any) -> SessionToken:
         """OpenSessionWindowsAuthAsync: integrated Windows sign-in."""
         return await self._run(self._open_windows_flow(client_params))
+
+    async def open_session_openid(
+        self,
+        provider: str,
+        *,
+        flow: Literal["browser", "device"] = "browser",
+        open_browser: Callable[[str], Any] | None = None,
+        on_user_code: UserCodeCallback | None = None,
+        timeout: float = DEFAULT_OPENID_TIMEOUT,  # noqa: ASYNC109 (the person's time, one flow)
+        **client_params: Any,
+    ) -> SessionToken:
+        """As :meth:`SessionClient.open_session_openid`; the callbacks may be coroutines."""
+        options = OpenIdSignIn(provider, flow, open_browser, on_user_code, timeout)
+        return await self._run(self._open_openid_flow(options, client_params))
 
     async def close_session(self) -> bool:
         """CloseSessionAsync: True if the session was still open."""

@@ -47,7 +47,13 @@ integrators catch one tree on both sides::
             └── StoreOutdated       -   store_outdated           command line: schema too old/new
 
 Client-side only: ``TransportError`` (the server could not be reached) and
-``ProtocolError`` (the server answered something that is not sessiond).
+``ProtocolError`` (the server answered something that is not sessiond); and the OpenID Connect
+flows' own (``sessiond.openid_client``, which raises ``OpenIdProviderUnavailable`` too when it
+cannot use the provider): ``OpenIdSignInFailed`` 401 ``openid_sign_in_failed`` (the provider
+refused; ``details.error``), and under it ``OpenIdAccessDenied`` (``openid_access_denied``: the
+person or the provider said no), ``OpenIdStateMismatch`` (``openid_state_mismatch``: the redirect
+does not belong to this sign-in) and ``OpenIdSignInExpired`` (``openid_sign_in_expired``: not
+completed in time).
 """
 
 from __future__ import annotations
@@ -382,6 +388,33 @@ class ProtocolError(SessiondError):
 
     code = "protocol_error"
     status = 0
+
+
+class OpenIdSignInFailed(AuthenticationError):
+    """Client side: the OpenID Provider refused the sign-in (``details.provider``,
+    ``details.error``: the provider's OAuth error code)."""
+
+    code = "openid_sign_in_failed"
+
+
+class OpenIdAccessDenied(OpenIdSignInFailed):
+    """Client side: the user declined at the provider, or the provider denied the sign-in."""
+
+    code = "openid_access_denied"
+
+
+class OpenIdStateMismatch(OpenIdSignInFailed):
+    """Client side: the redirect to the loopback receiver carried no ``state`` or another
+    sign-in's: it was refused and nothing was redeemed."""
+
+    code = "openid_state_mismatch"
+
+
+class OpenIdSignInExpired(OpenIdSignInFailed):
+    """Client side: the sign-in at the provider was not completed in time (the client's
+    ``timeout``, or the device code's ``expires_in``)."""
+
+    code = "openid_sign_in_expired"
 
 
 INTERNAL_ERROR_BODY: dict[str, Any] = {

@@ -1,8 +1,8 @@
 """A session manager: keeps one session open for an application.
 
 It opens the session, touches it before the server's inactivity timeout would close it, opens a
-new one with the same credentials (or Negotiate) when the server says the old one expired or was
-closed, and reports what happened through events:
+new one with the same credentials (or Negotiate, or the same OpenID provider and flow) when the
+server says the old one expired or was closed, and reports what happened through events:
 
     ``opened(token)``                           a session was opened (also after a re-open)
     ``expired(token, error)``                   the server no longer knows the session
@@ -40,6 +40,7 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from .client import AsyncSessionClient, SessionClient
 from .errors import SessionExpired, SessionNotFound, TransportError
+from .openid_client import OpenIdSignIn
 from .token import SessionToken
 
 __all__ = ["AsyncSessionManager", "SessionManager"]
@@ -106,8 +107,13 @@ class _ManagerCore(Generic[C]):
         domain: str | None,
         keepalive: float | None,
         open_params: dict[str, Any],
+        openid: OpenIdSignIn | str | None = None,
     ) -> None:
+        if openid is not None and (login or password):
+            raise ValueError("give either login and password or openid, not both")
         self.client: C = client
+        #: Sign in (and again) through this OpenID provider instead of login and password.
+        self.openid = OpenIdSignIn(openid) if isinstance(openid, str) else openid
         self._login = login
         self._password = password
         self._domain = domain
@@ -132,13 +138,25 @@ class _ManagerCore(Generic[C]):
     # --- the flows, written once ---------------------------------------------------------
 
     def _open_flow(self) -> Flow[SessionToken]:
-        token: SessionToken = yield Call(
-            lambda client: client.open_session(
-                self._login, self._password, self._domain, **self._open_params
-            )
-        )
+        token: SessionToken = yield Call(self._open_session)
         yield Emit("opened", (token,))
         return token
+
+    def _open_session(self, client: C) -> Any:
+        """The client's sign-in call (a coroutine for the async client)."""
+        openid = self.openid
+        if openid is None:
+            return client.open_session(
+                self._login, self._password, self._domain, **self._open_params
+            )
+        return client.open_session_openid(
+            openid.provider,
+            flow=openid.flow,
+            open_browser=openid.open_browser,
+            on_user_code=openid.on_user_code,
+            timeout=openid.timeout,
+            **self._open_params,
+        )
 
     def _call_flow(self, operation: Callable[[C], Any]) -> Flow[Any]:
         used = self.client.session_token
@@ -176,9 +194,10 @@ class AsyncSessionManager(_ManagerCore[AsyncSessionClient]):
         domain: str | None = None,
         *,
         keepalive: float | None = None,
+        openid: OpenIdSignIn | str | None = None,
         **open_params: Any,
     ) -> None:
-        super().__init__(client, login, password, domain, keepalive, open_params)
+        super().__init__(client, login, password, domain, keepalive, open_params, openid)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[Any]] = set()
@@ -285,9 +304,10 @@ class SessionManager(_ManagerCore[SessionClient]):
         domain: str | None = None,
         *,
         keepalive: float | None = None,
+        openid: OpenIdSignIn | str | None = None,
         **open_params: Any,
     ) -> None:
-        super().__init__(client, login, password, domain, keepalive, open_params)
+        super().__init__(client, login, password, domain, keepalive, open_params, openid)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
