@@ -28,12 +28,11 @@ from sessiond import (
     SessionManager,
 )
 from sessiond.errors import (
-    OpenIdAccessDenied,
+    OpenIdAuthorizationRefused,
     OpenIdProviderUnavailable,
     OpenIdProviderUnknown,
     OpenIdSignInExpired,
-    OpenIdSignInFailed,
-    OpenIdStateMismatch,
+    OpenIdStateInvalid,
 )
 from sessiond.openid_client import OpenIdSignIn
 from sessiond.token import SessionToken
@@ -135,9 +134,9 @@ def test_a_redirect_with_a_wrong_or_no_state_is_refused_at_the_loopback_receiver
             params = {"code": "a-code", **({"state": state} if state else {})}
             answers.append(httpx.get(redirect, params=params, timeout=10))
 
-        with pytest.raises(OpenIdStateMismatch) as refused:
+        with pytest.raises(OpenIdStateInvalid) as refused:
             _sign_in(openid_server, open_browser=open_browser, timeout=30)
-        assert refused.value.code == "openid_state_mismatch"
+        assert refused.value.code == "openid_state_invalid"
         assert refused.value.details["provider"] == "corp"
         assert answers[0].status_code == 400 and "does not belong" in answers[0].text
 
@@ -167,7 +166,7 @@ def test_declining_consent_at_the_provider_ends_the_loopback_flow_as_access_deni
         page.goto(url)
         provider_login(page, bob.login, bob.password, consent=False)
 
-    with pytest.raises(OpenIdAccessDenied) as denied:
+    with pytest.raises(OpenIdAuthorizationRefused) as denied:
         _sign_in(openid_server, open_browser=open_browser, timeout=60)
     assert denied.value.details["error"] == "access_denied"
     assert "refused the sign-in (access_denied)" in page.content()  # the receiver's page
@@ -183,7 +182,7 @@ def test_the_receiver_page_shows_what_the_redirect_carries_as_text(
         params = {"state": asked["state"][0], "error": "<script>alert(1)</script>"}
         answers.append(httpx.get(asked["redirect_uri"][0], params=params, timeout=10))
 
-    with pytest.raises(OpenIdSignInFailed) as refused:
+    with pytest.raises(OpenIdAuthorizationRefused) as refused:
         _sign_in(openid_server, open_browser=open_browser, timeout=30)
     assert refused.value.details["error"] == "<script>alert(1)</script>"
     assert "<script>" not in answers[0].text and "&lt;script&gt;" in answers[0].text
@@ -237,9 +236,9 @@ def test_device_flow_denied_by_the_person_ends_as_access_denied(
         with page.expect_navigation():
             page.click("#oidc-device-abort")
 
-    with pytest.raises(OpenIdAccessDenied) as denied:
+    with pytest.raises(OpenIdAuthorizationRefused) as denied:
         _sign_in(openid_server, flow="device", on_user_code=on_user_code, timeout=60)
-    assert denied.value.code == "openid_access_denied"
+    assert denied.value.code == "openid_authorization_refused"
     assert "corp" in denied.value.message and denied.value.details["error"] == "access_denied"
 
 
@@ -391,7 +390,7 @@ def test_the_async_client_refuses_a_wrong_state_at_its_receiver(
 
     async def main() -> None:
         async with AsyncSessionClient(openid_server.url) as client:
-            with pytest.raises(OpenIdStateMismatch):
+            with pytest.raises(OpenIdStateInvalid):
                 await client.open_session_openid("corp", open_browser=open_browser, timeout=30)
             assert client.session_token is None
 

@@ -49,11 +49,12 @@ integrators catch one tree on both sides::
 Client-side only: ``TransportError`` (the server could not be reached) and
 ``ProtocolError`` (the server answered something that is not sessiond); and the OpenID Connect
 flows' own (``sessiond.openid_client``, which raises ``OpenIdProviderUnavailable`` too when it
-cannot use the provider): ``OpenIdSignInFailed`` 401 ``openid_sign_in_failed`` (the provider
-refused; ``details.error``), and under it ``OpenIdAccessDenied`` (``openid_access_denied``: the
-person or the provider said no), ``OpenIdStateMismatch`` (``openid_state_mismatch``: the redirect
-does not belong to this sign-in) and ``OpenIdSignInExpired`` (``openid_sign_in_expired``: not
-completed in time).
+cannot use the provider): ``OpenIdSignInFailed`` 401 ``openid_sign_in_failed`` (the redirect
+carried no code) and under it ``OpenIdSignInExpired`` (``openid_sign_in_expired``: not completed
+in time). The client raises the server's classes where the meaning is the same: a redirect of
+another sign-in is ``OpenIdStateInvalid``, another issuer in it ``OpenIdIssuerMismatch``, an
+error answered by the provider (``access_denied`` and the others, ``details.error``)
+``OpenIdAuthorizationRefused``: one code for one meaning, on both sides.
 """
 
 from __future__ import annotations
@@ -196,15 +197,17 @@ class OpenIdTokenInvalid(InvalidCredentials):
 
 
 class OpenIdStateInvalid(AuthenticationError):
-    """The console's OpenID Connect callback came without the ``state`` its sign-in started
-    with in this browser (none, another one, expired, or used already): nothing is redeemed."""
+    """An OpenID Connect redirect came without the ``state`` its sign-in started with (the
+    console's callback in this browser, or the client's loopback receiver: none, another one,
+    expired, or used already): nothing is redeemed."""
 
     code = "openid_state_invalid"
 
 
 class OpenIdIssuerMismatch(AuthenticationError):
-    """The console's OpenID Connect callback names (``iss``, RFC 9207) another issuer than the
-    provider its sign-in started with (a provider mix-up): nothing is redeemed."""
+    """An OpenID Connect redirect (the console's callback, the client's loopback receiver)
+    names (``iss``, RFC 9207) another issuer than the provider its sign-in started with (a
+    provider mix-up): nothing is redeemed."""
 
     code = "openid_issuer_mismatch"
 
@@ -241,8 +244,8 @@ class PermissionDenied(SessiondError):
 
 
 class OpenIdAuthorizationRefused(SessiondError):
-    """The OpenID Provider answered the console's sign-in with an error (``details.error``:
-    ``access_denied`` when the person or the provider said no)."""
+    """The OpenID Provider answered a sign-in (the console's, or the client's flows) with an
+    error (``details.error``: ``access_denied`` when the person or the provider said no)."""
 
     code = "openid_authorization_refused"
     status = 403
@@ -395,19 +398,6 @@ class OpenIdSignInFailed(AuthenticationError):
     ``details.error``: the provider's OAuth error code)."""
 
     code = "openid_sign_in_failed"
-
-
-class OpenIdAccessDenied(OpenIdSignInFailed):
-    """Client side: the user declined at the provider, or the provider denied the sign-in."""
-
-    code = "openid_access_denied"
-
-
-class OpenIdStateMismatch(OpenIdSignInFailed):
-    """Client side: the redirect to the loopback receiver carried no ``state`` or another
-    sign-in's: it was refused and nothing was redeemed."""
-
-    code = "openid_state_mismatch"
 
 
 class OpenIdSignInExpired(OpenIdSignInFailed):

@@ -35,12 +35,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from .errors import (
     NotConfigured,
-    OpenIdAccessDenied,
+    OpenIdAuthorizationRefused,
+    OpenIdIssuerMismatch,
     OpenIdProviderUnavailable,
     OpenIdProviderUnknown,
     OpenIdSignInExpired,
     OpenIdSignInFailed,
-    OpenIdStateMismatch,
+    OpenIdStateInvalid,
     ProtocolError,
     SessiondError,
 )
@@ -312,14 +313,14 @@ def _browser_flow(
 def _check_redirect(entry: ProviderEntry, answer: dict[str, str], state: str) -> None:
     """The redirect's parameters, once it matched this sign-in's ``state``."""
     if not secrets.compare_digest(answer.get("state", ""), state):
-        raise OpenIdStateMismatch(
+        raise OpenIdStateInvalid(
             f"the redirect from the OpenID provider {entry.name!r} carried "
             f"{'another' if answer.get('state') else 'no'} state: it was refused; sign in again",
             details={"provider": entry.name},
         )
     iss = answer.get("iss")
     if iss is not None and iss != entry.issuer:  # RFC 9207: a provider mix-up
-        raise OpenIdSignInFailed(
+        raise OpenIdIssuerMismatch(
             f"the redirect names the issuer {iss!r}, not {entry.issuer!r} of the OpenID "
             f"provider {entry.name!r}: it was refused",
             details={"provider": entry.name, "error": "issuer_mismatch"},
@@ -550,9 +551,8 @@ def _expired(entry: ProviderEntry, seconds: float) -> SessiondError:
 def _refusal(entry: ProviderEntry, body: dict[str, Any]) -> SessiondError:
     error = str(body.get("error"))
     description = str(body.get("error_description") or "")
-    cls = OpenIdAccessDenied if error == "access_denied" else OpenIdSignInFailed
     said = f": {description}" if description else ""
-    return cls(
+    return OpenIdAuthorizationRefused(
         f"the OpenID provider {entry.name!r} refused the sign-in ({error}{said})",
         details={"provider": entry.name, "error": error, "description": description},
     )
