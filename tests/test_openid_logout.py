@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from sessiond.keys import KeyRing
 from tests.conftest import ServerProcess, free_port, server_env
-from tests.infra.oidc import OidcClient, OidcProvider, new_rsa_jwk
+from tests.infra.oidc import OidcClient, OidcProvider, new_signing_jwk
 from tests.infra.oidc_pages import confirm_logout
 from tests.infra.postgres import PostgresServer
 from tests.test_oidc_provider import CHROMIUM, CHROMIUM_ARGS, Receiver, code_flow, jwt_parts
@@ -417,9 +417,9 @@ def test_hostile_logout_tokens_are_refused_and_close_nothing(
     elif case == "hs256 with the public key":
         token = hs256_with_public_key(oidc_provider, claims)
     elif case == "another key, the provider's kid":
-        token = signed(oidc_provider, claims, key=RSAKey.import_key(new_rsa_jwk()))
+        token = signed(oidc_provider, claims, key=RSAKey.import_key(new_signing_jwk()))
     elif case == "another key, an unknown kid":
-        stranger = new_rsa_jwk()
+        stranger = new_signing_jwk()
         token = signed(oidc_provider, claims, RSAKey.import_key(stranger), stranger["kid"])
     elif case == "no JWT":
         token = "not-a-jwt"
