@@ -823,3 +823,32 @@ def test_a_key_fetch_from_a_frozen_provider_holds_up_no_token_of_a_known_key(
         "openid_provider_unavailable",
         {"provider": "corp"},
     )
+
+
+def test_a_password_sign_in_of_an_openid_user_is_the_uniform_refusal_and_says_why(
+    server: ServerProcess, oidc_provider: OidcProvider
+) -> None:
+    """An OpenId user has no password here: a password sign-in gets the same refusal as a
+    wrong password, and the audit says that the user signs in through the provider (not that
+    OpenId sign-in is missing on this server)."""
+    login = f"frank-{uuid.uuid4().hex[:6]}"
+    added = httpx.post(
+        f"{server.url}/api/v1/users",
+        json={"Login": login, "LoginType": "OpenId",
+              "Account": f"{oidc_provider.issuer}#sub-{login}"},
+        headers=admin_headers(server), timeout=10,
+    )  # fmt: skip
+    assert added.status_code in (200, 201), added.text
+    before = written(server)
+    answer = httpx.post(
+        server.url + "/api/v1/sessions/open",
+        json={"Login": login, "Password": "any password at all"},
+        timeout=30,
+    )
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error"]["code"] == "invalid_credentials"
+    assert written(server) == before
+    (record,) = [r for r in audit_records(server, "LoginFailed") if login in json.dumps(r)][:1]
+    assert "OpenId users sign in by OpenID Connect sign-in, not with a password" in json.dumps(
+        record
+    )

@@ -343,10 +343,13 @@ class SignIn:
         backend = self.authenticators.get(user.login_type) if user.login_type.signs_in else None
         if backend is None:
             wire = user.login_type.wire
+            proof = next((p for p in self.proofs.values() if p.login_type is user.login_type), None)
             reason = (
-                f"sign-in of {wire} users is not configured on this server"
-                if user.login_type.signs_in
-                else f"login type {wire}: may not sign in"
+                f"login type {wire}: may not sign in"
+                if not user.login_type.signs_in
+                else f"{wire} users sign in by {proof.title}, not with a password"
+                if proof is not None
+                else f"sign-in of {wire} users is not configured on this server"
             )
             await self._refuse(user, who, password, client_address, reason)
         return backend
