@@ -29,6 +29,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from playwright.sync_api import Browser, sync_playwright
 
+from sessiond.token import SessionToken
 from tests.conftest import ServerProcess, free_port, server_env
 from tests.infra.oidc import OidcProvider
 from tests.infra.oidc_pages import provider_login
@@ -852,3 +853,23 @@ def test_a_password_sign_in_of_an_openid_user_is_the_uniform_refusal_and_says_wh
     assert "OpenId users sign in by OpenID Connect sign-in, not with a password" in json.dumps(
         record
     )
+
+
+def test_subjects_that_differ_only_in_case_are_two_people(
+    server: ServerProcess, oidc_provider: OidcProvider
+) -> None:
+    """OpenID Connect's ``sub`` is case-sensitive: two subjects of one issuer that differ only
+    in case are two accounts, each provisioned as its own user, never one user's."""
+    tag = uuid.uuid4().hex[:6]
+    logins = {}
+    for sub, login in ((f"CaseSub-{tag}", f"upper-{tag}"), (f"casesub-{tag}", f"lower-{tag}")):
+        answer = exchange(server, signed(oidc_provider, sub=sub, preferred_username=login))
+        assert answer.status_code == 200, answer.text
+        logins[sub] = user_by_login(server, login)
+    upper, lower = logins.values()
+    assert upper["ID"] != lower["ID"]
+    assert upper["Account"] == f"openid:{oidc_provider.issuer}#CaseSub-{tag}"
+    assert lower["Account"] == f"openid:{oidc_provider.issuer}#casesub-{tag}"
+    again = exchange(server, signed(oidc_provider, sub=f"CaseSub-{tag}"))
+    assert again.status_code == 200, again.text
+    assert str(SessionToken.from_xml(again.json()["Token"]).user_id) == upper["ID"]

@@ -12,7 +12,15 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from ..models import AccessLevel, AuditAction, DeviceType, LicenseType, LoginType, ServiceType
+from ..models import (
+    OPENID_ACCOUNT_PREFIX,
+    AccessLevel,
+    AuditAction,
+    DeviceType,
+    LicenseType,
+    LoginType,
+    ServiceType,
+)
 from ..token import SessionToken, fast_uuid
 from . import schema
 from .base import AuditRecord, SessionRecord, SessionUser, UserRecord
@@ -49,10 +57,18 @@ def key(text: str) -> str:
     return text.strip().casefold()
 
 
+def account_key(account: str) -> str:
+    """How accounts are compared: as :func:`key`, except an OpenId account
+    (``openid:<issuer>#<subject>``), compared exactly: OpenID Connect's ``sub`` is
+    case-sensitive, so two subjects that differ only in case are two people."""
+    text = account.strip()
+    return text if text.startswith(OPENID_ACCOUNT_PREFIX) else key(text)
+
+
 def user_values(user: UserRecord) -> dict[str, Any]:
     values = asdict(user)
     values["login_key"] = key(user.login)
-    values["account_key"] = key(user.account) if user.account else None
+    values["account_key"] = account_key(user.account) if user.account else None
     return _enums_to_int(values)
 
 
@@ -65,7 +81,7 @@ def user_changes(changes: dict[str, Any]) -> dict[str, Any]:
     if "login" in values:
         values["login_key"] = key(values["login"])
     if "account" in values:
-        values["account_key"] = key(values["account"]) if values["account"] else None
+        values["account_key"] = account_key(values["account"]) if values["account"] else None
     return _enums_to_int(values)
 
 

@@ -41,6 +41,7 @@ from .codec import (
     SESSION_COLUMNS,
     SQL_SESSIONS,
     USER_CHECK_COLUMNS,
+    account_key,
     audit_from_row,
     key,
     session_from_row,
@@ -161,7 +162,7 @@ class SqlStore(Store):
         return await self._one_user(schema.users.c.login_key == key(login))
 
     async def find_user_by_account(self, account: str) -> UserRecord | None:
-        return await self._one_user(schema.users.c.account_key == key(account))
+        return await self._one_user(schema.users.c.account_key == account_key(account))
 
     async def list_users(self) -> Sequence[UserRecord]:
         async with self._read() as conn:
