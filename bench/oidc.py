@@ -4,7 +4,7 @@ sign-ins, both over HTTP to one ``sessiond serve`` (default Argon2 settings), in
 The provider is the tests' real one (:class:`tests.infra.oidc.OidcProvider`: oidc-provider on
 Node.js, on loopback; ``scripts/install-test-provider`` installs it). Its token is a JWT access
 token for this server from the client-credentials grant (no browser needed), exchanged as
-``tokenType: access_token`` for a provisioned user; a fresh token each round. Rounds alternate
+``TokenType: access_token`` for a provisioned user; a fresh token each round. Rounds alternate
 which kind goes first. Both kinds open a session each time; the exchange verifies an RS256
 signature and the claims where the password sign-in verifies an Argon2id hash.
 """
@@ -69,7 +69,7 @@ async def _rounds(config: Config, server: Sessiond, provider: object) -> None:
         async def exchange(_index: int) -> None:
             answer = await client.post(
                 f"{server.url}/api/v1/openid/exchange",
-                json={"provider": "bench", "token": token, "tokenType": "access_token"},
+                json={"Provider": "bench", "Token": token, "TokenType": "access_token"},
             )
             if answer.status_code != 200:
                 raise BenchError(f"token exchange answered {answer.status_code}: {answer.text}")

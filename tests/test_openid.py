@@ -150,7 +150,7 @@ def tokens(browser: Browser, receiver: Receiver) -> Tokens:
 
 def exchange(server: ServerProcess, token: str, provider: str = "corp", **more: Any) -> Any:
     return httpx.post(
-        server.url + EXCHANGE, json={"provider": provider, "token": token, **more}, timeout=30
+        server.url + EXCHANGE, json={"Provider": provider, "Token": token, **more}, timeout=30
     )
 
 
@@ -230,14 +230,14 @@ def test_the_providers_are_listed_to_anyone(
 ) -> None:
     answer = httpx.get(server.url + PROVIDERS, timeout=10)
     assert answer.status_code == 200
-    listed = {p["name"]: p for p in answer.json()}
+    listed = {p["Name"]: p for p in answer.json()}
     assert set(listed) == {"corp", "other"}
     assert listed["corp"] == {
-        "name": "corp",
-        "displayName": "Corp sign-in",
-        "issuer": oidc_provider.issuer,
-        "clientId": oidc_provider.desktop_client.client_id,
-        "scopes": ["openid", "profile", "email", "groups"],
+        "Name": "corp",
+        "DisplayName": "Corp sign-in",
+        "Issuer": oidc_provider.issuer,
+        "ClientId": oidc_provider.desktop_client.client_id,
+        "Scopes": ["openid", "profile", "email", "groups"],
     }
     assert "client_secret" not in answer.text and "secret" not in answer.text.lower()
 
@@ -255,7 +255,7 @@ def test_a_real_id_token_of_a_mapped_user_opens_a_session(
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     got = tokens(oidc_provider, "bob")
-    answer = exchange(server, got["id_token"], nonce=jwt_parts(got["id_token"])[1]["nonce"])
+    answer = exchange(server, got["id_token"], Nonce=jwt_parts(got["id_token"])[1]["nonce"])
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert set(body) == {"Token", "AuthToken", "SessionInactivityTime", "PasswordExpires"}
@@ -291,7 +291,7 @@ def test_a_jwt_access_token_for_this_server_opens_a_session(
 ) -> None:
     got = tokens(oidc_provider, "bob")
     assert jwt_parts(got["access_token"])[1]["aud"] == oidc_provider.api_audience
-    answer = exchange(server, got["access_token"], tokenType="access_token")
+    answer = exchange(server, got["access_token"], TokenType="access_token")
     assert answer.status_code == 200, answer.text
 
 
@@ -415,7 +415,7 @@ def test_a_token_of_one_provider_sent_as_another_is_refused(
     answer = exchange(server, real, provider="other")
     assert answer.status_code == 401, answer.text
     assert answer.json()["error"]["code"] == "openid_token_invalid"
-    wrong_nonce = exchange(server, real, nonce="not-the-nonce-sent")
+    wrong_nonce = exchange(server, real, Nonce="not-the-nonce-sent")
     assert wrong_nonce.status_code == 401, wrong_nonce.text
     assert wrong_nonce.json()["error"]["code"] == "openid_token_invalid"
     assert written(server) == before
@@ -429,6 +429,23 @@ def test_an_unknown_provider_is_refused(server: ServerProcess, oidc_provider: Oi
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert (error["code"], error["details"]) == ("openid_provider_unknown", {"provider": "nowhere"})
+    assert written(server) == before
+
+
+def test_the_exchange_body_is_spelled_as_the_rest_of_the_api(
+    server: ServerProcess, oidc_provider: OidcProvider
+) -> None:
+    """Provider, Token, TokenType, Nonce beside ServiceType: camelCase members are refused."""
+    before = written(server)
+    camel = {"provider": "corp", "token": signed(oidc_provider), "tokenType": "id_token"}
+    answer = httpx.post(
+        server.url + EXCHANGE, json={**camel, "ServiceType": "WebClient"}, timeout=30
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert "Provider: Field required" in error["message"]
+    assert "tokenType: Extra inputs are not permitted" in error["message"]
     assert written(server) == before
 
 

@@ -222,7 +222,7 @@ def test_the_device_flow_polls_until_the_person_approves(
         assert client.current_session()["SessionID"] == str(token.session_id)
     assert polls == ["authorization_pending", "granted"] and token.login_type == LoginType.OPEN_ID
     assert shown[0][2] and shown[0][1] in shown[0][2]  # verification_uri_complete
-    assert _claims(exchanged[0]["token"])["sub"] == alice.sub and "nonce" not in exchanged[0]
+    assert _claims(exchanged[0]["Token"])["sub"] == alice.sub and "Nonce" not in exchanged[0]
 
 
 def test_device_flow_denied_by_the_person_ends_as_access_denied(
@@ -307,9 +307,9 @@ def test_the_browser_flow_ends_in_a_platform_session_token_that_validates(
     redeemed = parse_qs(next(r for r in sent if r.url.path == "/token").content.decode())
     assert "client_secret" not in redeemed and redeemed["code_verifier"][0]
     exchange = json.loads(next(r for r in sent if r.url.path.endswith("/exchange")).content)
-    claims = _claims(exchange["token"])
+    claims = _claims(exchange["Token"])
     assert claims["iss"] == oidc_provider.issuer and claims["sub"] == alice.sub
-    assert claims["nonce"] == exchange["nonce"] == asked["nonce"][0]
+    assert claims["nonce"] == exchange["Nonce"] == asked["nonce"][0]
 
 
 def _in_a_thread_of_its_own(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -179,7 +179,7 @@ def exchange(server: ServerProcess, session: ProviderSession) -> str:
     """A platform session for the provider session's ID token; its auth token."""
     answer = httpx.post(
         server.url + "/api/v1/openid/exchange",
-        json={"provider": PROVIDER, "token": session.id_token},
+        json={"Provider": PROVIDER, "Token": session.id_token},
         timeout=30,
     )
     assert answer.status_code == 200, answer.text

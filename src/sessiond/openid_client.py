@@ -165,27 +165,27 @@ class ProviderEntry:
             entries = _PROVIDER_LIST.validate_python(listed)
         except ValidationError:
             raise ProtocolError("sessiond's list of OpenID providers is not one") from None
-        found = next((e for e in entries if e.name == name), None)
+        found = next((e for e in entries if e.Name == name), None)
         if found is None:
-            known = sorted(e.name for e in entries)
+            known = sorted(e.Name for e in entries)
             raise OpenIdProviderUnknown(
                 f"sessiond has no OpenID provider {name!r}; it offers: "
                 f"{', '.join(known) or 'none'}",
                 details={"provider": name, "known": known},
             )
-        if not found.clientId:
+        if not found.ClientId:
             raise NotConfigured(
                 f"sessiond lists the OpenID provider {name!r} without a public client id: the "
                 "administrator sets public_client_id in its settings",
                 details={"provider": name},
             )
-        scopes = found.scopes if "openid" in found.scopes else ["openid", *found.scopes]
-        return cls(name, found.issuer, found.clientId, tuple(scopes), found.displayName)
+        scopes = found.Scopes if "openid" in found.Scopes else ["openid", *found.Scopes]
+        return cls(name, found.Issuer, found.ClientId, tuple(scopes), found.DisplayName)
 
     def exchange_body(self, tokens: ProviderTokens) -> dict[str, Any]:
         """The OpenID Connect fields of ``POST /api/v1/openid/exchange``."""
         exchange = OpenIdExchange(
-            provider=self.name, token=tokens.id_token, tokenType="id_token", nonce=tokens.nonce
+            Provider=self.name, Token=tokens.id_token, TokenType="id_token", Nonce=tokens.nonce
         )
         return exchange.model_dump(exclude_none=True)
 

@@ -43,15 +43,15 @@ OPENID_TOKEN_MAX_CHARS: Final = 16 * 1024
 
 class OpenIdProviderInfo(BaseModel):
     """One entry of ``GET /api/v1/openid/providers``: what a client needs to sign in with the
-    provider as its public client (``clientId``) before exchanging the token here."""
+    provider as its public client (``ClientId``) before exchanging the token here."""
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(description="the provider's name on this server (the exchange's provider)")
-    displayName: str = Field(description="what sign-in pages call it")
-    issuer: str = Field(description="its issuer: discovery at issuer/.well-known/...")
-    clientId: str | None = Field(description="the public client (PKCE, loopback, device grant)")
-    scopes: list[str] = Field(description="the scopes to ask for")
+    Name: str = Field(description="the provider's name on this server (the exchange's Provider)")
+    DisplayName: str = Field(description="what sign-in pages call it")
+    Issuer: str = Field(description="its issuer: discovery at issuer/.well-known/...")
+    ClientId: str | None = Field(description="the public client (PKCE, loopback, device grant)")
+    Scopes: list[str] = Field(description="the scopes to ask for")
 
 
 class OpenIdExchange(BaseModel):
@@ -60,13 +60,13 @@ class OpenIdExchange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: str = Field(max_length=63, description="a name from /api/v1/openid/providers")
-    token: str = Field(
+    Provider: str = Field(max_length=63, description="a name from /api/v1/openid/providers")
+    Token: str = Field(
         min_length=1, max_length=OPENID_TOKEN_MAX_CHARS, description="the provider's token"
     )
-    tokenType: Literal["id_token", "access_token"] = Field(
+    TokenType: Literal["id_token", "access_token"] = Field(
         "id_token", description="an ID token, or a JWT access token for this server"
     )
-    nonce: str | None = Field(
+    Nonce: str | None = Field(
         None, max_length=512, description="the nonce the flow sent: the ID token must carry it"
     )

@@ -49,10 +49,10 @@ async def providers(request: Request) -> JSONResponse:
 )
 async def exchange(request: Request, body: OpenIdExchangeRequest) -> JSONResponse:
     opened = await _service(request).openid.exchange(
-        body.provider,
-        body.token,
-        body.tokenType,
-        body.nonce,
+        body.Provider,
+        body.Token,
+        body.TokenType,
+        body.Nonce,
         body.client_info(request.headers.get("user-agent")),
         client_address(request),
     )

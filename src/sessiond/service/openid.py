@@ -30,11 +30,11 @@ class OpenIdSignIn:
             return []
         return [
             OpenIdProviderInfo(
-                name=p.name,
-                displayName=p.display_name,
-                issuer=p.settings.issuer,
-                clientId=p.settings.public_client_id,
-                scopes=list(p.settings.scopes),
+                Name=p.name,
+                DisplayName=p.display_name,
+                Issuer=p.settings.issuer,
+                ClientId=p.settings.public_client_id,
+                Scopes=list(p.settings.scopes),
             )
             for p in self.backend.providers.values()
         ]

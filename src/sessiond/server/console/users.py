@@ -127,8 +127,8 @@ def _openid_mapping(service: Any, user: UserRecord) -> dict[str, str] | None:
     if pair is None:
         return None
     issuer, subject = pair
-    named = [p for p in service.openid.providers() if p.issuer == issuer]
-    provider = f"{named[0].displayName} ({named[0].name})" if named else "none configured here"
+    named = [p for p in service.openid.providers() if p.Issuer == issuer]
+    provider = f"{named[0].DisplayName} ({named[0].Name})" if named else "none configured here"
     return {"provider": provider, "issuer": issuer, "subject": subject}
 
 
